@@ -1,0 +1,174 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueryEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUERY_EVENT_TYPE_SENDING_QUERY: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_PEER_RESPONSE: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_FINAL_PEER: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_QUERY_ERROR: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_PROVIDER: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_VALUE: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_ADDING_PEER: _ClassVar[QueryEventType]
+    QUERY_EVENT_TYPE_DIALING_PEER: _ClassVar[QueryEventType]
+
+class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_UNSPECIFIED: _ClassVar[Mode]
+    MODE_SERVER: _ClassVar[Mode]
+    MODE_CLIENT: _ClassVar[Mode]
+QUERY_EVENT_TYPE_SENDING_QUERY: QueryEventType
+QUERY_EVENT_TYPE_PEER_RESPONSE: QueryEventType
+QUERY_EVENT_TYPE_FINAL_PEER: QueryEventType
+QUERY_EVENT_TYPE_QUERY_ERROR: QueryEventType
+QUERY_EVENT_TYPE_PROVIDER: QueryEventType
+QUERY_EVENT_TYPE_VALUE: QueryEventType
+QUERY_EVENT_TYPE_ADDING_PEER: QueryEventType
+QUERY_EVENT_TYPE_DIALING_PEER: QueryEventType
+MODE_UNSPECIFIED: Mode
+MODE_SERVER: Mode
+MODE_CLIENT: Mode
+
+class PeerInfo(_message.Message):
+    __slots__ = ("id", "addrs")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryEvent(_message.Message):
+    __slots__ = ("type", "id", "responses", "extra")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    type: QueryEventType
+    id: str
+    responses: _containers.RepeatedCompositeFieldContainer[PeerInfo]
+    extra: str
+    def __init__(self, type: _Optional[_Union[QueryEventType, str]] = ..., id: _Optional[str] = ..., responses: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., extra: _Optional[str] = ...) -> None: ...
+
+class FindPeerRequest(_message.Message):
+    __slots__ = ("peer_id",)
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+
+class FindPeerResponse(_message.Message):
+    __slots__ = ("peer",)
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    peer: PeerInfo
+    def __init__(self, peer: _Optional[_Union[PeerInfo, _Mapping]] = ...) -> None: ...
+
+class FindProvsRequest(_message.Message):
+    __slots__ = ("cid", "num_providers")
+    CID_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    cid: str
+    num_providers: int
+    def __init__(self, cid: _Optional[str] = ..., num_providers: _Optional[int] = ...) -> None: ...
+
+class FindProvsResponse(_message.Message):
+    __slots__ = ("provider",)
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    provider: PeerInfo
+    def __init__(self, provider: _Optional[_Union[PeerInfo, _Mapping]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+
+class ProvideRequest(_message.Message):
+    __slots__ = ("cids", "recursive")
+    CIDS_FIELD_NUMBER: _ClassVar[int]
+    RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    cids: _containers.RepeatedScalarFieldContainer[str]
+    recursive: bool
+    def __init__(self, cids: _Optional[_Iterable[str]] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class ProvideResponse(_message.Message):
+    __slots__ = ("event", "cid")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    event: QueryEvent
+    cid: str
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ...) -> None: ...
+
+class PutRequest(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class PutResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: QueryEvent
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("peer_id",)
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: QueryEvent
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InfoResponse(_message.Message):
+    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "connected_peers", "version", "queries_in_flight")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    mode: Mode
+    protocol: str
+    routing_table_size: int
+    connected_peers: int
+    version: str
+    queries_in_flight: int
+    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., connected_peers: _Optional[int] = ..., version: _Optional[str] = ..., queries_in_flight: _Optional[int] = ...) -> None: ...
+
+class ConnectRequest(_message.Message):
+    __slots__ = ("addr",)
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    addr: str
+    def __init__(self, addr: _Optional[str] = ...) -> None: ...
+
+class ConnectResponse(_message.Message):
+    __slots__ = ("peer", "added_to_routing_table")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ADDED_TO_ROUTING_TABLE_FIELD_NUMBER: _ClassVar[int]
+    peer: PeerInfo
+    added_to_routing_table: bool
+    def __init__(self, peer: _Optional[_Union[PeerInfo, _Mapping]] = ..., added_to_routing_table: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,5 @@
+import sys
+
+from dhtd.cli import main
+
+sys.exit(main())

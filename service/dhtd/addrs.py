@@ -1,0 +1,55 @@
+"""Multiaddr text <-> bytes, for the edges (config, gRPC). Uses the multiaddr package only."""
+
+from __future__ import annotations
+
+import multiaddr
+
+from dhtd.errors import InvalidArgument
+from dhtd.ids import parse_peer_id
+
+
+def format_addr(addr: bytes) -> str:
+    """A binary multiaddr as text; an unparseable one as ``<invalid multiaddr HEX>``."""
+    try:
+        return str(multiaddr.Multiaddr(addr))
+    except Exception:
+        return f"<invalid multiaddr {addr.hex()}>"
+
+
+def _parse(text: str, field: str) -> multiaddr.Multiaddr:
+    try:
+        return multiaddr.Multiaddr(text.strip())
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidArgument(field, f"not a multiaddr: {reason}") from None
+
+
+def parse_dial_addr(text: str, field: str = "addr") -> tuple[bytes, bytes]:
+    """Splits ``/ip4/…/tcp/N/p2p/<id>`` into (peer ID multihash, binary transport addr)."""
+    addr = _parse(text, field)
+    names = [p.name for p in addr.protocols()]
+    if not names or names[-1] != "p2p":
+        raise InvalidArgument(field, "must end in /p2p/<peer id>")
+    if len(names) < 2:
+        raise InvalidArgument(field, "needs a transport address before /p2p/<peer id>")
+    peer_text = addr.value_for_protocol("p2p")
+    peer = parse_peer_id(peer_text, field)
+    transport = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_text}"))
+    return peer, bytes(transport.to_bytes())
+
+
+def parse_listen_addr(text: str, field: str = "listen") -> bytes:
+    """A TCP listen multiaddr (``/ip4/<ip>/tcp/<port>`` or ip6) as bytes."""
+    addr = _parse(text, field)
+    names = [p.name for p in addr.protocols()]
+    if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
+        raise InvalidArgument(field, "must be /ip4/<ip>/tcp/<port> or /ip6/<ip>/tcp/<port>")
+    return bytes(addr.to_bytes())
+
+
+def loopback_dial_addr(listen: bytes) -> bytes:
+    """Where a local process reaches a listen address: 0.0.0.0 / :: become loopback."""
+    addr = multiaddr.Multiaddr(listen)
+    text = str(addr)
+    text = text.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/").replace("/ip6/::/", "/ip6/::1/")
+    return bytes(multiaddr.Multiaddr(text).to_bytes())

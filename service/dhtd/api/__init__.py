@@ -1,0 +1,1 @@
+"""The gRPC edge: decoding requests, encoding answers, mapping errors to statuses."""

@@ -1,0 +1,232 @@
+"""The servicers of dht.v1: decode the request, call the node, encode the answer.
+
+Each method is a few lines; everything about the DHT is in :mod:`dhtd.node`,
+and errors are mapped to statuses by :mod:`dhtd.api.status`, applied by the
+two decorators below.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar, cast
+
+import grpc
+from dht.v1 import dht_pb2 as pb
+from dht.v1 import dht_pb2_grpc as pb_grpc
+
+import dhtd
+from dhtd.addrs import format_addr, parse_dial_addr
+from dhtd.bridge import Bridge
+from dhtd.errors import FailedPrecondition, InvalidArgument, InvalidRecord
+from dhtd.ids import parse_cid, parse_peer_id, parse_record_key, peer_id_to_str
+from dhtd.lookup import PeerRecord, QueryEvent
+from dhtd.node import DhtNode
+
+from .status import status_of
+
+# FindProvs stops after this many providers when the request says 0
+# (the IPFS DHT API: numProviders defaults to 20).
+DEFAULT_NUM_PROVIDERS = 20
+
+# The server finishes this much before the caller's deadline, so that the
+# caller gets DEADLINE_EXCEEDED from us with the DHT work already stopped.
+DEADLINE_MARGIN = 0.02
+
+# The largest record value accepted by Put. IPNS records are at most 10 KiB
+# (IPNS spec); go-libp2p peers take messages up to 4 MiB. 64 KiB leaves room
+# for any sane record and keeps one Put from flooding 20 peers.
+MAX_VALUE_BYTES = 64 * 1024
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+def unary(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext], Coroutine[Any, Any, Res]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Coroutine[Any, Any, Res]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Res:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable") from None
+
+    return wrapper
+
+
+def streaming(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Res]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Res]]:
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Req, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Res]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def peer_info(record: PeerRecord) -> pb.PeerInfo:
+    return pb.PeerInfo(id=peer_id_to_str(record.id), addrs=[format_addr(a) for a in record.addrs])
+
+
+def query_event(event: QueryEvent) -> pb.QueryEvent:
+    return pb.QueryEvent(
+        type=cast(Any, int(event.type)),
+        id=peer_id_to_str(event.peer),
+        responses=[peer_info(r) for r in event.responses],
+        extra=event.extra,
+    )
+
+
+def record_key(key: bytes, node: DhtNode) -> bytes:
+    parse_record_key(key, "key")
+    try:
+        node.validators.namespace_of(key)
+        if not node.validators.knows(key):
+            raise InvalidRecord("")
+    except InvalidRecord:
+        namespace = parse_record_key(key, "key")[0]
+        known = ", ".join(f"/{n}/" for n in node.validators.namespaces)
+        raise InvalidArgument(
+            "key", f"namespace /{namespace}/ is not open on this node (open: {known}; "
+            "an operator opens more with --namespace)"
+        ) from None
+    return key
+
+
+class _Base:
+    def __init__(self, node: DhtNode, bridge: Bridge, query_timeout: float) -> None:
+        self.node = node
+        self.bridge = bridge
+        self.query_timeout = query_timeout
+
+    def timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """The DHT budget: the caller's deadline (less a margin), capped by --query-timeout."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.query_timeout
+        return max(0.0, min(self.query_timeout, float(remaining) - DEADLINE_MARGIN))
+
+
+class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
+    """dht.v1.DhtService."""
+
+    @unary
+    async def FindPeer(self, request: pb.FindPeerRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.FindPeerResponse:
+        peer = parse_peer_id(request.peer_id, "peer_id")
+        t = self.timeout(context)
+        found = await self.bridge.call(lambda: self.node.find_peer(peer, t))
+        return pb.FindPeerResponse(peer=peer_info(found))
+
+    @streaming
+    async def FindProvs(self, request: pb.FindProvsRequest, context: grpc.aio.ServicerContext
+                        ) -> AsyncIterator[pb.FindProvsResponse]:
+        cid = parse_cid(request.cid, "cid")
+        count = request.num_providers or DEFAULT_NUM_PROVIDERS
+        t = self.timeout(context)
+
+        async def work(put: Callable[[PeerRecord], None]) -> int:
+            return await self.node.find_providers(cid.multihash, count, put, t)
+
+        async for provider in self.bridge.stream(work):
+            yield pb.FindProvsResponse(provider=peer_info(provider))
+
+    @unary
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext
+                  ) -> pb.GetResponse:
+        key = record_key(request.key, self.node)
+        t = self.timeout(context)
+        value = await self.bridge.call(lambda: self.node.get_value(key, t))
+        return pb.GetResponse(value=value)
+
+    @streaming
+    async def Provide(self, request: pb.ProvideRequest, context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[pb.ProvideResponse]:
+        if not request.cids:
+            raise InvalidArgument("cids", "is empty: give at least one CID")
+        cids = [parse_cid(text, f"cids[{i}]") for i, text in enumerate(request.cids)]
+        if request.recursive:
+            raise FailedPrecondition(
+                "recursive provide needs a block source to walk the DAG, and dhtd has none "
+                "yet; provide each CID with recursive=false"
+            )
+        t = self.timeout(context)
+        keys = [c.multihash for c in cids]
+
+        async def work(put: Callable[[tuple[int, QueryEvent]], None]) -> list[int]:
+            return await self.node.provide(keys, lambda i, e: put((i, e)), t)
+
+        async for index, event in self.bridge.stream(work):
+            yield pb.ProvideResponse(event=query_event(event), cid=request.cids[index])
+
+    @streaming
+    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext
+                  ) -> AsyncIterator[pb.PutResponse]:
+        key = record_key(request.key, self.node)
+        if not request.value:
+            raise InvalidArgument("value", "is empty")
+        if len(request.value) > MAX_VALUE_BYTES:
+            raise InvalidArgument(
+                "value", f"is {len(request.value)} bytes; the limit is {MAX_VALUE_BYTES}"
+            )
+        try:
+            self.node.validators.validate(key, request.value)
+        except InvalidRecord as exc:
+            raise InvalidArgument("value", f"rejected by the /{parse_record_key(key)[0]}/ "
+                                  f"validator: {exc}") from None
+        t = self.timeout(context)
+
+        async def work(put: Callable[[QueryEvent], None]) -> int:
+            return await self.node.put_value(key, request.value, put, t)
+
+        async for event in self.bridge.stream(work):
+            yield pb.PutResponse(event=query_event(event))
+
+    @streaming
+    async def Query(self, request: pb.QueryRequest, context: grpc.aio.ServicerContext
+                    ) -> AsyncIterator[pb.QueryResponse]:
+        peer = parse_peer_id(request.peer_id, "peer_id")
+        t = self.timeout(context)
+
+        async def work(put: Callable[[QueryEvent], None]) -> list[PeerRecord]:
+            return await self.node.query(peer, put, t)
+
+        async for event in self.bridge.stream(work):
+            yield pb.QueryResponse(event=query_event(event))
+
+
+class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
+    """dht.v1.NodeService."""
+
+    @unary
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext
+                   ) -> pb.InfoResponse:
+        info = self.node.info()
+        return pb.InfoResponse(
+            peer_id=peer_id_to_str(info.peer_id),
+            addrs=[format_addr(a) for a in info.addrs],
+            mode=pb.MODE_SERVER if info.server else pb.MODE_CLIENT,
+            protocol=info.protocol,
+            routing_table_size=info.routing_table_size,
+            connected_peers=info.connected_peers,
+            version=dhtd.__version__,
+            queries_in_flight=info.queries_in_flight,
+        )
+
+    @unary
+    async def Connect(self, request: pb.ConnectRequest, context: grpc.aio.ServicerContext
+                      ) -> pb.ConnectResponse:
+        peer, addr = parse_dial_addr(request.addr, "addr")
+        t = self.timeout(context)
+        record, added = await self.bridge.call(lambda: self.node.connect(peer, addr, t))
+        return pb.ConnectResponse(peer=peer_info(record), added_to_routing_table=added)

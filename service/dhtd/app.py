@@ -1,0 +1,196 @@
+"""Wiring: config -> identity -> libp2p host -> DHT node -> gRPC server.
+
+:func:`serve` runs on asyncio (grpc.aio) with trio as a guest on the same
+loop (see :mod:`dhtd.bridge`). Shutdown on SIGTERM/SIGINT: health turns
+NOT_SERVING at once, in-flight RPCs get ``--shutdown-grace`` seconds, then
+the DHT and the libp2p host close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import trio
+from dht.v1 import dht_pb2, dht_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dhtd.addrs import format_addr, loopback_dial_addr
+from dhtd.api.servicer import MAX_VALUE_BYTES, DhtServicer, NodeServicer
+from dhtd.bridge import Bridge, start_guest
+from dhtd.config import Config
+from dhtd.ids import peer_id_to_str
+from dhtd.node import Bootstrap, DhtNode
+from dhtd.p2p import Host, load_or_create_identity, new_identity, verify_signature
+from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
+
+log = logging.getLogger("dhtd")
+
+DHT_SERVICE = dht_pb2.DESCRIPTOR.services_by_name["DhtService"].full_name
+NODE_SERVICE = dht_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+# Services whose health follows the DHT: NOT_SERVING until the node has a peer.
+DHT_HEALTH_SERVICES = ("", DHT_SERVICE)
+
+# How long shutdown waits for the DHT and libp2p host to close.
+TRIO_STOP_WAIT = 10.0
+
+LOOPBACK_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
+
+
+def build_validators(namespaces: tuple[str, ...]) -> Validators:
+    """/pk/ and /ipns/ with their own rules, plus each operator namespace (last write wins)."""
+    table: dict[str, object] = {
+        "pk": PublicKeyValidator(),
+        "ipns": IpnsValidator(verify_signature),
+    }
+    for name in namespaces:
+        table[name] = LastWriteWinsValidator(MAX_VALUE_BYTES)
+    return Validators(table)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Trio:
+    """What the trio side hands back to asyncio once the node runs."""
+
+    node: DhtNode
+    stop: Callable[[], None]
+
+
+async def _run_dht(
+    config: Config,
+    bridge: Bridge,
+    on_ready: Callable[[_Trio], None],
+    on_table_change: Callable[[int], None],
+) -> None:
+    """The trio side: the node, its dev peers, and the nursery RPC work runs in."""
+    from dhtd.addrs import parse_listen_addr
+
+    host = Host(load_or_create_identity(config.data_dir), config.protocol_id)
+    node = DhtNode(
+        host,
+        build_validators(config.namespaces),
+        server=config.server_mode,
+        bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
+        on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
+    )
+    with trio.CancelScope() as scope:
+        async with node.running(config.listen), trio.open_nursery() as nursery:
+            bridge.attach(nursery)
+            if config.dev_peers:
+                main = Bootstrap(node.self_id, loopback_dial_addr(host.listen_addrs()[0]))
+                for i in range(config.dev_peers):
+                    await nursery.start(_run_dev_peer, config, main, i,
+                                        parse_listen_addr(LOOPBACK_ANY_PORT))
+
+            def stop() -> None:
+                bridge.detach()
+                scope.cancel()
+
+            bridge.to_asyncio(on_ready, _Trio(node, lambda: bridge.call_soon_trio(stop)))
+            await trio.sleep_forever()
+
+
+async def _run_dev_peer(
+    config: Config, main: Bootstrap, index: int, listen: bytes,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """One in-process DHT peer on 127.0.0.1, bootstrapped to the main node (--dev-peers)."""
+    host = Host(new_identity(), config.protocol_id)
+    node = DhtNode(host, build_validators(config.namespaces), bootstrap=[main])
+    async with node.running([listen]):
+        log.info("dev peer started", extra={"index": index, "peer_id": peer_id_to_str(node.self_id),
+                                            "addr": format_addr(host.listen_addrs()[0])})
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def serve(config: Config) -> None:
+    """Runs dhtd until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    bridge = Bridge(loop)
+    ready: asyncio.Future[_Trio] = loop.create_future()
+    health_servicer = health.aio.HealthServicer()
+    table_sizes: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_ready(t: _Trio) -> None:
+        if not ready.done():
+            ready.set_result(t)
+
+    trio_done = start_guest(
+        loop, lambda: _run_dht(config, bridge, on_ready, table_sizes.put_nowait)
+    )
+    first: set[asyncio.Future[Any]] = {ready, trio_done}
+    started = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+    if trio_done in started[0]:
+        trio_done.result()  # raises why the DHT could not start
+        raise RuntimeError("the DHT stopped before it was ready")
+    dht = ready.result()
+    node = dht.node
+
+    server = grpc.aio.server()
+    dht_pb2_grpc.add_DhtServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        DhtServicer(node, bridge, config.query_timeout), server)
+    dht_pb2_grpc.add_NodeServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        NodeServicer(node, bridge, config.query_timeout), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (DHT_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(config.grpc_addr)
+    for service in DHT_HEALTH_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(NODE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    info = node.info()
+    log.info("dhtd ready", extra={
+        "grpc_addr": f"{config.grpc_host}:{port}",
+        "peer_id": peer_id_to_str(info.peer_id),
+        "addrs": ",".join(f"{format_addr(a)}/p2p/{peer_id_to_str(info.peer_id)}"
+                          for a in info.addrs),
+        "protocol": info.protocol,
+        "mode": "server" if info.server else "client",
+        "dev_peers": config.dev_peers,
+    })
+
+    async def follow_table() -> None:
+        serving = False
+        while True:
+            size = await table_sizes.get()
+            if (size > 0) != serving:
+                serving = size > 0
+                status = (health_pb2.HealthCheckResponse.SERVING if serving
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                for service in DHT_HEALTH_SERVICES:
+                    await health_servicer.set(service, status)
+                log.info("dht serving" if serving else "dht has no peers", extra={"peers": size})
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            follower = tasks.create_task(follow_table())
+            table_sizes.put_nowait(node.info().routing_table_size)
+            waiter = tasks.create_task(stopping.wait())
+            either: set[asyncio.Future[Any]] = {waiter, trio_done}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            follower.cancel()
+            waiter.cancel()
+    finally:
+        log.info("dhtd stopping", extra={"grace_s": config.shutdown_grace})
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.shutdown_grace)
+        dht.stop()
+        try:
+            await asyncio.wait_for(trio_done, TRIO_STOP_WAIT)
+        except (TimeoutError, trio.Cancelled):
+            log.warning("the DHT did not stop in time")
+        log.info("dhtd stopped")

@@ -1,0 +1,199 @@
+"""The one module that knows both trio and asyncio.
+
+The DHT (py-libp2p) runs on trio; grpc.aio runs on asyncio. trio runs as a
+guest on the asyncio loop (``trio.lowlevel.start_guest_run``), so both share
+one thread and no GIL hand-off sits between a gRPC call and the DHT.
+
+asyncio code calls into trio with :meth:`Bridge.call` (one result) or
+:meth:`Bridge.stream` (items as they come, then a result). Both promise: if
+the asyncio side is cancelled (client cancel, deadline, shutdown), the trio
+work is cancelled too, and the call returns only after that work has ended,
+so no task outlives its RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from dhtd.errors import Unavailable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# After cancelling trio work for a cancelled RPC, how long the RPC waits for
+# that work to end. trio cancellation is prompt; this only bounds a bug.
+CANCEL_WAIT = 5.0
+
+_END = object()
+
+
+class _Job(Generic[T]):
+    """One piece of trio work started from asyncio, with its cancel scope."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.scope: trio.CancelScope | None = None
+        self.cancel_requested = False
+        self.done = loop.create_future()
+        self.items: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+
+    def finish(self, outcome: tuple[bool, Any]) -> None:
+        def resolve() -> None:
+            self.items.put_nowait(_END)
+            if not self.done.done():
+                self.done.set_result(outcome)
+
+        self.loop.call_soon_threadsafe(resolve)
+
+
+class Bridge:
+    """Starts trio work from asyncio on the node's trio nursery."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Called from trio: work started from asyncio will run in ``nursery``."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._nursery = nursery
+
+    def detach(self) -> None:
+        self._nursery = None
+
+    def call_soon_trio(self, fn: Callable[[], object]) -> None:
+        """Called from asyncio: runs ``fn()`` on trio soon (a no-op once trio has ended)."""
+        if self._token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn)
+
+    def to_asyncio(self, fn: Callable[..., object], *args: object) -> None:
+        """Called from trio: runs ``fn(*args)`` on the asyncio loop soon."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def _start(self, job: _Job[Any], work: Callable[[], Awaitable[Any]]) -> None:
+        token, nursery = self._token, self._nursery
+        if token is None or nursery is None:
+            raise Unavailable("the DHT node is not running (starting up or shutting down)")
+
+        async def run() -> None:
+            outcome: tuple[bool, Any] = (False, Unavailable("the DHT node is shutting down"))
+            try:
+                with trio.CancelScope() as scope:
+                    job.scope = scope
+                    if job.cancel_requested:
+                        scope.cancel()
+                    try:
+                        outcome = (True, await work())
+                    except Exception as exc:
+                        outcome = (False, exc)
+            finally:
+                job.finish(outcome)
+
+        def spawn() -> None:
+            if self._nursery is None:
+                job.finish((False, Unavailable("the DHT node is shutting down")))
+                return
+            self._nursery.start_soon(run)
+
+        try:
+            token.run_sync_soon(spawn)
+        except trio.RunFinishedError:
+            raise Unavailable("the DHT node has stopped") from None
+
+    async def _cancel(self, job: _Job[Any]) -> None:
+        def cancel() -> None:
+            job.cancel_requested = True
+            if job.scope is not None:
+                job.scope.cancel()
+
+        if self._token is not None and not job.done.done():
+            try:
+                self._token.run_sync_soon(cancel)
+            except trio.RunFinishedError:
+                return
+            with _suppress_cancel():
+                await asyncio.wait_for(asyncio.shield(job.done), CANCEL_WAIT)
+
+    async def call(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``work()`` on trio and returns its result (or raises its exception)."""
+        job: _Job[T] = _Job(self.loop)
+        self._start(job, work)
+        try:
+            ok, value = await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            await self._cancel(job)
+            raise
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    async def stream(self, work: Callable[[Callable[[T], None]], Awaitable[R]]) -> AsyncIterator[T]:
+        """Runs ``work(put)`` on trio; yields each item it puts, in order, as it comes.
+
+        After the last item, raises the work's exception if it failed. Closing
+        the iterator early (or cancelling the consumer) cancels the work."""
+        job: _Job[T] = _Job(self.loop)
+        self._start(job, lambda: work(job.put))
+        try:
+            while True:
+                item = await job.items.get()
+                if item is _END:
+                    break
+                yield item
+            ok, value = job.done.result()
+            if not ok:
+                raise value
+        finally:
+            if not job.done.done():
+                await self._cancel(job)
+
+
+class _suppress_cancel:
+    """Waits out a cancel without letting TimeoutError or CancelledError escape it."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
+        return kind is not None and issubclass(kind, (TimeoutError, asyncio.CancelledError))  # type: ignore[arg-type]
+
+
+def start_guest(
+    loop: asyncio.AbstractEventLoop, main: Callable[[], Awaitable[None]]
+) -> asyncio.Future[None]:
+    """Runs trio ``main`` as a guest on ``loop``; the future resolves when trio ends."""
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finished(outcome: Any) -> None:
+        if done.done():
+            return
+        try:
+            outcome.unwrap()
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    def schedule(fn: Callable[[], None]) -> None:
+        loop.call_soon_threadsafe(fn)
+
+    trio.lowlevel.start_guest_run(
+        main,
+        run_sync_soon_threadsafe=schedule,
+        done_callback=finished,
+        host_uses_signal_set_wakeup_fd=True,
+    )
+    return done
+
+

@@ -1,0 +1,31 @@
+"""The ``dhtd`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from dhtd import config as config_module
+from dhtd import logs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = config_module.load(argv)
+    except config_module.ConfigError as exc:
+        for line in exc.problems:
+            print(f"dhtd: {line}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    from dhtd import app
+
+    try:
+        asyncio.run(app.serve(config))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""dhtd's configuration: one validated object, from flags and DHTD_* variables.
+
+Every flag ``--some-flag`` also reads ``DHTD_SOME_FLAG``; a flag given on the
+command line wins. Repeatable flags take a comma-separated list in their
+variable. :func:`load` checks everything at once and raises
+:class:`ConfigError` with one line per bad setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dhtd
+from dhtd.addrs import parse_dial_addr, parse_listen_addr
+from dhtd.errors import InvalidArgument
+
+DEFAULT_GRPC_ADDR = "127.0.0.1:50051"
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4001"
+DEFAULT_PROTOCOL_PREFIX = "/ipfs"
+# The server-side cap on one DHT operation (the issue's --query-timeout default).
+DEFAULT_QUERY_TIMEOUT = 60.0
+# In-flight RPCs get this long to finish on SIGTERM before they are cancelled.
+DEFAULT_SHUTDOWN_GRACE = 10.0
+# Upper bound for --dev-peers: each in-process peer costs a libp2p host.
+MAX_DEV_PEERS = 64
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+# Namespaces with their own validators, always open (go-libp2p and js-libp2p do the same).
+BUILTIN_NAMESPACES = ("pk", "ipns")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """One line per bad setting."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True)
+class Config:
+    grpc_host: str
+    grpc_port: int
+    listen: tuple[bytes, ...]
+    bootstrap: tuple[tuple[bytes, bytes], ...]
+    data_dir: Path
+    server_mode: bool
+    protocol_prefix: str
+    namespaces: tuple[str, ...]
+    query_timeout: float
+    log_level: str
+    log_format: str
+    dev_peers: int
+    shutdown_grace: float
+
+    @property
+    def protocol_id(self) -> str:
+        return f"{self.protocol_prefix}/kad/1.0.0"
+
+    @property
+    def grpc_addr(self) -> str:
+        host = f"[{self.grpc_host}]" if ":" in self.grpc_host else self.grpc_host
+        return f"{host}:{self.grpc_port}"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> str:
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "dhtd")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.replace("\n", ",").split(",") if v.strip()]
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env(flag: str, default: str | None = None) -> str | None:
+        return environ.get("DHTD_" + flag.upper().replace("-", "_"), default)
+
+    def env_list(flag: str, default: list[str]) -> list[str]:
+        value = env(flag)
+        return _split(value) if value is not None else default
+
+    p = argparse.ArgumentParser(
+        prog="dhtd",
+        description="The libp2p / IPFS Kademlia DHT, served over gRPC. "
+        "Every flag also reads DHTD_<FLAG> (e.g. DHTD_GRPC_ADDR); lists are comma-separated.",
+    )
+    p.add_argument("--version", action="version", version=f"dhtd {dhtd.__version__}")
+    p.add_argument("--grpc-addr", default=env("grpc-addr", DEFAULT_GRPC_ADDR),
+                   help="host:port the gRPC API listens on (default %(default)s)")
+    p.add_argument("--listen", action="append", default=None,
+                   help=f"libp2p listen multiaddr, repeatable (default {DEFAULT_LISTEN})")
+    p.add_argument("--bootstrap", action="append", default=None,
+                   help="peer to join through: /ip4/<ip>/tcp/<port>/p2p/<peer id>, repeatable")
+    p.add_argument("--data-dir", default=env("data-dir", default_data_dir(environ)),
+                   help="where the node key lives (default %(default)s)")
+    p.add_argument("--mode", default=env("mode", "server"),
+                   help="server (answer kad requests) or client (default %(default)s)")
+    p.add_argument("--protocol-prefix", default=env("protocol-prefix", DEFAULT_PROTOCOL_PREFIX),
+                   help="kad protocol prefix; another one makes a private DHT "
+                   "(default %(default)s, giving /ipfs/kad/1.0.0)")
+    p.add_argument("--namespace", action="append", default=None,
+                   help="open a record namespace (last write wins), repeatable")
+    p.add_argument("--query-timeout", default=env("query-timeout", str(DEFAULT_QUERY_TIMEOUT)),
+                   help="cap on one DHT operation, seconds (default %(default)s)")
+    p.add_argument("--log-level", default=env("log-level", "info"),
+                   help="debug, info, warning or error (default %(default)s)")
+    p.add_argument("--log-format", default=env("log-format", "json"),
+                   help="json or text (default %(default)s)")
+    p.add_argument("--dev-peers", default=env("dev-peers", "0"),
+                   help="also start N local DHT peers on 127.0.0.1, bootstrapped to this node")
+    p.add_argument("--shutdown-grace", default=env("shutdown-grace", str(DEFAULT_SHUTDOWN_GRACE)),
+                   help="seconds in-flight RPCs get on SIGTERM (default %(default)s)")
+    p.set_defaults(
+        _env_listen=env_list("listen", [DEFAULT_LISTEN]),
+        _env_bootstrap=env_list("bootstrap", []),
+        _env_namespace=env_list("namespace", []),
+    )
+    return p
+
+
+def _host_port(text: str, flag: str, problems: list[str]) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        problems.append(f"--{flag}: {text!r} is not host:port")
+        return None
+    return host, int(port)
+
+
+def _number(text: str, flag: str, problems: list[str], *, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        problems.append(f"--{flag}: {text!r} is not a number")
+        return low
+    if not low <= value <= high:
+        problems.append(f"--{flag}: {value:g} is outside {low:g}..{high:g}")
+    return value
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Parses and validates; raises ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    args = build_parser(environ).parse_args(argv)
+    problems: list[str] = []
+
+    grpc_addr = _host_port(args.grpc_addr, "grpc-addr", problems) or ("", 0)
+
+    listen: list[bytes] = []
+    for text in args.listen or args._env_listen:
+        try:
+            listen.append(parse_listen_addr(text, "--listen"))
+        except InvalidArgument as exc:
+            problems.append(f"--listen: {text!r}: {exc.reason}")
+    bootstrap: list[tuple[bytes, bytes]] = []
+    for text in args.bootstrap or args._env_bootstrap:
+        try:
+            bootstrap.append(parse_dial_addr(text, "--bootstrap"))
+        except InvalidArgument as exc:
+            problems.append(f"--bootstrap: {text!r}: {exc.reason}")
+
+    mode = args.mode.strip().lower()
+    if mode not in ("server", "client"):
+        problems.append(f"--mode: {args.mode!r} is not server or client")
+
+    prefix = args.protocol_prefix.strip().rstrip("/")
+    if not prefix.startswith("/") or " " in prefix or len(prefix) < 2:
+        problems.append(f"--protocol-prefix: {args.protocol_prefix!r} must look like /name")
+
+    namespaces: list[str] = []
+    for ns in args.namespace or args._env_namespace:
+        ns = ns.strip().strip("/")
+        if not NAMESPACE_RE.match(ns):
+            problems.append(f"--namespace: {ns!r} must be letters, digits, '.', '_' or '-'")
+        elif ns in BUILTIN_NAMESPACES:
+            problems.append(f"--namespace: /{ns}/ is built in and has its own validator")
+        elif ns not in namespaces:
+            namespaces.append(ns)
+
+    query_timeout = _number(args.query_timeout, "query-timeout", problems, low=0.001, high=3600)
+    grace = _number(args.shutdown_grace, "shutdown-grace", problems, low=0, high=600)
+    dev_peers = _number(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
+    if dev_peers != int(dev_peers):
+        problems.append(f"--dev-peers: {args.dev_peers!r} is not a whole number")
+
+    level = args.log_level.strip().lower()
+    if level not in LOG_LEVELS:
+        problems.append(f"--log-level: {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    log_format = args.log_format.strip().lower()
+    if log_format not in ("json", "text"):
+        problems.append(f"--log-format: {args.log_format!r} is not json or text")
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        grpc_host=grpc_addr[0],
+        grpc_port=grpc_addr[1],
+        listen=tuple(listen),
+        bootstrap=tuple(bootstrap),
+        data_dir=Path(args.data_dir).expanduser(),
+        server_mode=mode == "server",
+        protocol_prefix=prefix,
+        namespaces=tuple(namespaces),
+        query_timeout=query_timeout,
+        log_level=level,
+        log_format=log_format,
+        dev_peers=int(dev_peers),
+        shutdown_grace=grace,
+    )

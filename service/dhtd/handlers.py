@@ -1,0 +1,175 @@
+"""Answers inbound kad requests, dispatched through one table by message type.
+
+Each handler takes the sender and the request and returns the answer, or
+None when the spec says nothing is sent back (ADD_PROVIDER). A handler raises
+:class:`Rejected` when the request is invalid; the host then resets the
+stream, as the spec asks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dhtd.errors import InvalidRecord
+from dhtd.ids import kad_key
+from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
+from dhtd.lookup import PeerRecord
+from dhtd.records import Candidate, ProviderStore, Validators, ValueStore
+from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.wire.kad_pb2 import Message
+
+# The longest key accepted in GET_VALUE / GET_PROVIDERS / ADD_PROVIDER.
+# Record keys are at most dhtd.ids.MAX_KEY_BYTES (512); provider keys are
+# multihashes, far shorter. Anything longer is a malformed request.
+MAX_REQUEST_KEY_BYTES = 512
+
+# Providers returned per GET_PROVIDERS answer (go-libp2p-kad-dht returns every
+# live provider record; we cap the answer at k to keep messages small).
+MAX_PROVIDERS_PER_ANSWER = BUCKET_SIZE
+
+
+class Rejected(Exception):
+    """The request is invalid: reset the stream without an answer."""
+
+
+@dataclass
+class Peers:
+    """What the handlers need to know about peers, from the host."""
+
+    addrs_of: Callable[[bytes], tuple[bytes, ...]]
+    connected: Callable[[], frozenset[bytes]]
+
+
+Handler = Callable[["KadHandlers", bytes, Message], Message | None]
+
+
+@dataclass
+class KadHandlers:
+    """The server side of the kad protocol for one node."""
+
+    self_id: bytes
+    table: RoutingTable
+    values: ValueStore
+    providers: ProviderStore
+    validators: Validators
+    peers: Peers
+    clock: Callable[[], float] = time.time
+    on_request: Callable[[int], None] = field(default=lambda _kind: None)
+
+    def handle(self, sender: bytes, request: Message) -> Message | None:
+        """Answers ``request`` from ``sender``; raises Rejected on invalid input."""
+        handler = HANDLERS.get(request.type)
+        if handler is None:
+            raise Rejected(f"unknown message type {request.type}")
+        self.on_request(request.type)
+        if len(request.key) > MAX_REQUEST_KEY_BYTES:
+            raise Rejected("key too long")
+        return handler(self, sender, request)
+
+    def closer_peers(self, key: bytes, exclude: bytes) -> list[PeerRecord]:
+        """Up to k known peers nearest to ``key`` that have addresses, minus ``exclude``."""
+        out = []
+        for peer in self.table.closest(kad_key(key), BUCKET_SIZE + 1):
+            if peer == exclude:
+                continue
+            addrs = self.peers.addrs_of(peer)
+            if addrs:
+                out.append(PeerRecord(peer, addrs))
+        return out[:BUCKET_SIZE]
+
+    def _answer(self, request: Message, sender: bytes) -> Message:
+        answer = new_message(request.type, request.key)
+        add_peers(answer.closerPeers, self.closer_peers(request.key, sender),
+                  self.peers.connected())
+        return answer
+
+
+def find_node(h: KadHandlers, sender: bytes, request: Message) -> Message:
+    if not request.key:
+        raise Rejected("FIND_NODE without a key")
+    answer = h._answer(request, sender)
+    # The spec's FIND_NODE exception: a known target is returned first, even
+    # when it is not a DHT server, so that FindPeer finds client-mode peers.
+    target = request.key
+    if target != sender and all(p.id != target for p in answer.closerPeers):
+        addrs = h.peers.addrs_of(target)
+        if addrs:
+            found = Message()
+            add_peers(found.closerPeers, [PeerRecord(target, addrs)], h.peers.connected())
+            found.closerPeers.extend(answer.closerPeers[: BUCKET_SIZE - 1])
+            del answer.closerPeers[:]
+            answer.closerPeers.extend(found.closerPeers)
+    return answer
+
+
+def get_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
+    if not request.key:
+        raise Rejected("GET_VALUE without a key")
+    answer = h._answer(request, sender)
+    stored = h.values.get(request.key, h.clock())
+    if stored is not None:
+        answer.record.CopyFrom(new_record(stored.key, stored.value, stored.received_at))
+    return answer
+
+
+def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
+    record = request.record
+    if not request.HasField("record") or record.key != request.key or not request.key:
+        raise Rejected("PUT_VALUE record key must equal the message key")
+    try:
+        h.validators.validate(record.key, record.value)
+    except InvalidRecord as exc:
+        raise Rejected(str(exc)) from None
+    now = h.clock()
+    existing = h.values.get(record.key, now)
+    if existing is not None and existing.value != record.value:
+        candidates = [Candidate(existing.value, existing.received_at), Candidate(record.value, now)]
+        if h.validators.select(record.key, candidates) == 0:
+            raise Rejected("a better record is already stored")
+    try:
+        h.values.put(record.key, record.value, now)
+    except InvalidRecord as exc:
+        raise Rejected(str(exc)) from None
+    # The spec: the answer echoes the request.
+    answer = Message()
+    answer.CopyFrom(request)
+    return answer
+
+
+def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
+    if not request.key:
+        raise Rejected("ADD_PROVIDER without a key")
+    now = h.clock()
+    for provider in request.providerPeers:
+        # A peer may only announce itself (go-libp2p-kad-dht handlers.go does the same).
+        if provider.id != sender:
+            continue
+        addrs = tuple(provider.addrs) or h.peers.addrs_of(sender)
+        h.providers.add(request.key, sender, addrs, now)
+    return None
+
+
+def get_providers(h: KadHandlers, sender: bytes, request: Message) -> Message:
+    if not request.key:
+        raise Rejected("GET_PROVIDERS without a key")
+    answer = h._answer(request, sender)
+    records = h.providers.get(request.key, h.clock())[:MAX_PROVIDERS_PER_ANSWER]
+    peers = [PeerRecord(r.peer, r.addrs or h.peers.addrs_of(r.peer)) for r in records]
+    add_peers(answer.providerPeers, peers, h.peers.connected())
+    return answer
+
+
+def ping(h: KadHandlers, sender: bytes, request: Message) -> Message:
+    return new_message(MessageType.PING)
+
+
+HANDLERS: dict[int, Handler] = {
+    MessageType.FIND_NODE: find_node,
+    MessageType.GET_VALUE: get_value,
+    MessageType.PUT_VALUE: put_value,
+    MessageType.ADD_PROVIDER: add_provider,
+    MessageType.GET_PROVIDERS: get_providers,
+    MessageType.PING: ping,
+}

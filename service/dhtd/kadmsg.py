@@ -1,0 +1,71 @@
+"""Building and reading kad wire messages (libp2p kad-dht spec).
+
+Small, pure helpers shared by the inbound handlers and the outbound
+operations, so both sides encode peers and record times one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from dhtd.lookup import PeerRecord
+from dhtd.wire.kad_pb2 import Message, Record
+
+MessageType = Message.MessageType
+
+
+def new_message(kind: int, key: bytes = b"") -> Message:
+    message = Message()
+    message.type = kind  # type: ignore[assignment]
+    message.key = key
+    return message
+
+
+def add_peers(field: object, peers: Iterable[PeerRecord], connected: frozenset[bytes]) -> None:
+    """Appends ``peers`` to a repeated ``Message.Peer`` field."""
+    for peer in peers:
+        entry = field.add()  # type: ignore[attr-defined]
+        entry.id = peer.id
+        entry.addrs.extend(peer.addrs)
+        entry.connection = Message.CONNECTED if peer.id in connected else Message.CAN_CONNECT
+
+
+def read_peers(field: Iterable[Message.Peer]) -> list[PeerRecord]:
+    """Decodes a repeated ``Message.Peer`` field; entries with no ID are dropped."""
+    return [PeerRecord(p.id, tuple(p.addrs)) for p in field if p.id]
+
+
+def new_record(key: bytes, value: bytes, received_at: float | None = None) -> Record:
+    record = Record()
+    record.key = key
+    record.value = value
+    if received_at is not None:
+        record.timeReceived = format_time(received_at)
+    return record
+
+
+def format_time(epoch: float) -> str:
+    """RFC 3339 with nanoseconds and a Z, as go-libp2p writes Record.timeReceived."""
+    dt = datetime.fromtimestamp(epoch, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond * 1000:09d}Z"
+
+
+def parse_time(text: str) -> float | None:
+    """Reads an RFC 3339 time (any fraction length); None if it is not one."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    head, sep, rest = text.partition(".")
+    if sep:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()

@@ -1,0 +1,567 @@
+"""A DHT node: routing table, record stores, and the six operations.
+
+The operations are thin: each one is :func:`dhtd.lookup.lookup` with its own
+``ask`` and ``stop`` functions, plus what it does before and after the walk.
+Every operation runs under :meth:`DhtNode._operation`, which bounds it by a
+timeout, counts it as in flight, and turns a passed deadline into
+:class:`DeadlineExceeded`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from dhtd.errors import DeadlineExceeded, FailedPrecondition, InvalidRecord, NotFound, Unavailable
+from dhtd.handlers import KadHandlers, Peers, Rejected
+from dhtd.ids import kad_key, peer_id_to_str
+from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, parse_time, read_peers
+from dhtd.lookup import (
+    ALPHA,
+    Emit,
+    EventType,
+    LookupResult,
+    PeerRecord,
+    PeerRequestError,
+    QueryEvent,
+    describe,
+    lookup,
+)
+from dhtd.p2p import Host
+from dhtd.records import Candidate, ProviderStore, Validators, ValueStore
+from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.wire.kad_pb2 import Message
+
+log = logging.getLogger("dhtd.node")
+
+# How often the routing table is refreshed with a self-lookup
+# (go-libp2p-kad-dht amino/defaults.go: DefaultRoutingTableRefreshPeriod = 10 min).
+REFRESH_INTERVAL = 600.0
+
+# Retry schedule for bootstrap peers while the routing table is empty: first
+# retry after 1 s, doubling up to 30 s, so that nodes started in any order
+# find each other within seconds and a missing bootstrap peer costs little.
+BOOTSTRAP_RETRY_FIRST = 1.0
+BOOTSTRAP_RETRY_MAX = 30.0
+
+# How long a bootstrap dial may take before it counts as failed.
+BOOTSTRAP_DIAL_TIMEOUT = 10.0
+
+# Get stops once this many peers returned a valid record
+# (the Amino DHT's IPNS quorum: 16 of the 20 closest).
+GET_QUORUM = 16
+
+# Records found outdated during a Get are corrected on their holders in the
+# background; each correction is bounded by this.
+CORRECTION_TIMEOUT = 10.0
+
+# CIDs announced at once by one Provide call.
+PROVIDE_CONCURRENCY = 8
+
+NO_PEERS = (
+    "this node has no DHT peers yet: start dhtd with --bootstrap "
+    "/ip4/<ip>/tcp/<port>/p2p/<peer id> (env DHTD_BOOTSTRAP), or call "
+    "dht.v1.NodeService/Connect with such an address"
+)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    peer: bytes
+    addr: bytes
+
+
+@dataclass
+class Observer:
+    """Hooks for metrics; each default does nothing."""
+
+    op_started: Callable[[str], None] = lambda op: None
+    op_finished: Callable[[str, str, float], None] = lambda op, outcome, seconds: None
+    first_result: Callable[[str, float], None] = lambda op, seconds: None
+    event: Callable[[int], None] = lambda kind: None
+    outbound: Callable[[int, bool], None] = lambda kind, ok: None
+    inbound: Callable[[int], None] = lambda kind: None
+
+
+@dataclass
+class NodeInfo:
+    peer_id: bytes
+    addrs: list[bytes]
+    server: bool
+    protocol: str
+    routing_table_size: int
+    connected_peers: int
+    queries_in_flight: int
+
+
+@dataclass
+class _Op:
+    name: str
+    started: float
+    first: float | None = None
+
+    def got_result(self, observer: Observer) -> None:
+        if self.first is None:
+            self.first = time.monotonic()
+            observer.first_result(self.name, self.first - self.started)
+
+
+@dataclass
+class DhtNode:
+    """One DHT node on one libp2p host."""
+
+    host: Host
+    validators: Validators
+    server: bool = True
+    bootstrap: Sequence[Bootstrap] = ()
+    observer: Observer = field(default_factory=Observer)
+    on_table_change: Callable[[int], None] = lambda size: None
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.self_id = self.host.self_id
+        self.table = RoutingTable(self.self_id)
+        self.values = ValueStore()
+        self.providers = ProviderStore()
+        self.in_flight: dict[str, int] = {}
+        self.handlers = KadHandlers(
+            self_id=self.self_id,
+            table=self.table,
+            values=self.values,
+            providers=self.providers,
+            validators=self.validators,
+            peers=Peers(addrs_of=self.host.addrs_of, connected=self._connected_set),
+            clock=self.clock,
+            on_request=self.observer.inbound,
+        )
+        self._table_nonempty = trio.Event()
+        self._table_emptied = trio.Event()
+        self._background: trio.Nursery | None = None
+
+    # -- lifetime -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self, listen: Sequence[bytes]) -> AsyncIterator[DhtNode]:
+        """Opens the host, bootstraps in the background, and keeps the table fresh."""
+        handler = self._serve if self.server else None
+        async with self.host.open(listen, handler, self.add_peer), trio.open_nursery() as nursery:
+            self._background = nursery
+            nursery.start_soon(self._maintain)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                self._background = None
+
+    async def _serve(self, sender: bytes, request: Message) -> Message | None:
+        try:
+            return self.handlers.handle(sender, request)
+        except Rejected as exc:
+            log.debug("rejected %s from %s: %s", request.type, peer_id_to_str(sender), exc)
+            raise
+
+    def add_peer(self, peer: bytes) -> None:
+        """A connected peer speaks kad: it joins the routing table."""
+        before = len(self.table)
+        if self.table.add(peer) and before == 0:
+            self._table_nonempty.set()
+            self._table_emptied = trio.Event()
+            self.on_table_change(len(self.table))
+
+    def _forget(self, peer: bytes) -> None:
+        if self.table.remove(peer) and len(self.table) == 0:
+            self._table_nonempty = trio.Event()
+            self._table_emptied.set()
+            self.on_table_change(0)
+
+    def _connected_set(self) -> frozenset[bytes]:
+        return frozenset(self.host.connected_peers())
+
+    async def _maintain(self) -> None:
+        """Bootstrap, then refresh every REFRESH_INTERVAL.
+
+        While the table is empty, bootstrap peers are retried with backoff (or,
+        with none configured, the node waits for a Connect or an inbound peer)."""
+        delay = BOOTSTRAP_RETRY_FIRST
+        while True:
+            if not self.table:
+                if self.bootstrap:
+                    await self._dial_bootstrap()
+                if not self.table:
+                    await self._wait_table(delay if self.bootstrap else math.inf)
+                    delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+                    continue
+            delay = BOOTSTRAP_RETRY_FIRST
+            await self._refresh()
+            with trio.move_on_after(REFRESH_INTERVAL):
+                await self._table_emptied.wait()
+
+    async def _wait_table(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self._table_nonempty.wait()
+
+    async def _dial_bootstrap(self) -> None:
+        async def dial(b: Bootstrap) -> None:
+            with trio.move_on_after(BOOTSTRAP_DIAL_TIMEOUT):
+                try:
+                    await self.host.connect(b.peer, b.addr)
+                except PeerRequestError as exc:
+                    log.info("bootstrap peer %s: %s", peer_id_to_str(b.peer), exc)
+                    return
+                if await self.host.wait_identified(b.peer):
+                    self.add_peer(b.peer)
+
+        async with trio.open_nursery() as nursery:
+            for b in self.bootstrap:
+                nursery.start_soon(dial, b)
+
+    async def _refresh(self) -> None:
+        """A self-lookup: fills the buckets nearest to this node (Kademlia join)."""
+        try:
+            await self._walk(self.self_id, MessageType.FIND_NODE, lambda e: None)
+        except Unavailable:
+            return
+        log.debug("routing table refreshed: %d peers", len(self.table))
+
+    # -- the transport the lookup sees -------------------------------------
+
+    def is_connected(self, peer: bytes) -> bool:
+        return self.host.is_connected(peer)
+
+    def learn(self, peers: Sequence[PeerRecord]) -> None:
+        self.host.learn(peers)
+
+    def forget(self, peer: bytes) -> None:
+        self._forget(peer)
+
+    # -- shared plumbing ----------------------------------------------------
+
+    @asynccontextmanager
+    async def _operation(self, name: str, timeout: float) -> AsyncIterator[_Op]:
+        op = _Op(name, time.monotonic())
+        self.in_flight[name] = self.in_flight.get(name, 0) + 1
+        self.observer.op_started(name)
+        outcome = "error"
+        try:
+            with trio.fail_after(timeout):
+                yield op
+            outcome = "ok"
+        except trio.TooSlowError:
+            outcome = "deadline"
+            raise DeadlineExceeded(
+                f"{name} did not finish within {timeout:.3g}s (deadline or --query-timeout)"
+            ) from None
+        except NotFound:
+            outcome = "not_found"
+            raise
+        except trio.Cancelled:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.in_flight[name] -= 1
+            self.observer.op_finished(name, outcome, time.monotonic() - op.started)
+
+    def queries_in_flight(self) -> int:
+        return sum(self.in_flight.values())
+
+    def _seeds(self, target: bytes) -> list[PeerRecord]:
+        peers = self.table.closest(kad_key(target), BUCKET_SIZE)
+        if not peers:
+            raise Unavailable(NO_PEERS)
+        return [PeerRecord(p, self.host.addrs_of(p)) for p in peers]
+
+    def _emitter(self, emit: Emit) -> Emit:
+        def counted(event: QueryEvent) -> None:
+            self.observer.event(event.type)
+            emit(event)
+
+        return counted
+
+    async def _request(self, peer: bytes, message: Message) -> Message:
+        try:
+            answer = await self.host.request(peer, message)
+        except Exception:
+            self.observer.outbound(message.type, False)
+            raise
+        self.observer.outbound(message.type, True)
+        return answer
+
+    async def _send(self, peer: bytes, message: Message) -> None:
+        try:
+            await self.host.send(peer, message)
+        except Exception:
+            self.observer.outbound(message.type, False)
+            raise
+        self.observer.outbound(message.type, True)
+
+    async def _walk(
+        self,
+        key: bytes,
+        kind: int,
+        emit: Emit,
+        on_answer: Callable[[bytes, Message], None] = lambda peer, answer: None,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> LookupResult:
+        """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each answer."""
+
+        async def ask(peer: bytes) -> list[PeerRecord]:
+            answer = await self._request(peer, new_message(kind, key))
+            on_answer(peer, answer)
+            return read_peers(answer.closerPeers)
+
+        return await lookup(
+            key, self._seeds(key), self, ask, self._emitter(emit), self_id=self.self_id, stop=stop
+        )
+
+    # -- the six operations -------------------------------------------------
+
+    async def find_peer(self, target: bytes, timeout: float) -> PeerRecord:
+        """The addresses of ``target``. NotFound when no peer on the walk knows any."""
+        async with self._operation("find_peer", timeout) as op:
+            if target == self.self_id:
+                return PeerRecord(target, tuple(self.host.listen_addrs()))
+            if self.host.is_connected(target):
+                addrs = self.host.addrs_of(target)
+                if addrs:
+                    op.got_result(self.observer)
+                    return PeerRecord(target, addrs)
+            found: list[PeerRecord] = []
+
+            def on_answer(peer: bytes, answer: Message) -> None:
+                for record in read_peers(answer.closerPeers):
+                    if record.id == target and record.addrs and not found:
+                        found.append(record)
+                        op.got_result(self.observer)
+
+            await self._walk(target, MessageType.FIND_NODE, lambda e: None, on_answer,
+                             stop=lambda: bool(found))
+            if not found:
+                raise NotFound(f"no peer on the walk knows an address of {peer_id_to_str(target)}")
+            return found[0]
+
+    async def find_providers(
+        self, key: bytes, count: int, on_provider: Callable[[PeerRecord], None], timeout: float
+    ) -> int:
+        """Passes each provider of ``key`` (a multihash) to ``on_provider`` as soon as it is
+        known, stopping after ``count``. Returns how many; NotFound if none."""
+        async with self._operation("find_providers", timeout) as op:
+            seen: set[bytes] = set()
+
+            def found(record: PeerRecord) -> None:
+                if record.id in seen or len(seen) >= count:
+                    return
+                seen.add(record.id)
+                op.got_result(self.observer)
+                on_provider(record)
+
+            for local in self.providers.get(key, self.clock()):
+                found(PeerRecord(local.peer, local.addrs or self.host.addrs_of(local.peer)))
+            if len(seen) < count:
+
+                def on_answer(peer: bytes, answer: Message) -> None:
+                    providers = read_peers(answer.providerPeers)
+                    self.host.learn(providers)
+                    for record in providers:
+                        found(record if record.addrs else
+                              PeerRecord(record.id, self.host.addrs_of(record.id)))
+
+                await self._walk(key, MessageType.GET_PROVIDERS, lambda e: None, on_answer,
+                                 stop=lambda: len(seen) >= count)
+            if not seen:
+                raise NotFound("no provider found for this CID")
+            return len(seen)
+
+    async def get_value(self, key: bytes, timeout: float) -> bytes:
+        """The best valid value under ``key``. NotFound if no peer holds one.
+
+        Peers that answered with an outdated value are sent the best one
+        afterwards, in the background, so a newer Put spreads to them."""
+        try:
+            self.validators.namespace_of(key)
+        except InvalidRecord as exc:
+            raise InvalidRecord(str(exc)) from None
+        async with self._operation("get_value", timeout) as op:
+            answers: list[tuple[bytes | None, Candidate]] = []
+            local = self.values.get(key, self.clock())
+            if local is not None:
+                answers.append((None, Candidate(local.value, local.received_at)))
+
+            def on_answer(peer: bytes, answer: Message) -> None:
+                if not answer.HasField("record") or answer.record.key != key:
+                    return
+                record = answer.record
+                try:
+                    self.validators.validate(key, record.value)
+                except InvalidRecord as exc:
+                    raise PeerRequestError(f"invalid record: {exc}") from None
+                answers.append((peer, Candidate(record.value, parse_time(record.timeReceived))))
+                op.got_result(self.observer)
+
+            try:
+                await self._walk(key, MessageType.GET_VALUE, lambda e: None, on_answer,
+                                 stop=lambda: len(answers) >= GET_QUORUM)
+            except Unavailable:
+                if not answers:
+                    raise
+            if not answers:
+                raise NotFound("no peer holds a valid record under this key")
+            best = answers[self.validators.select(key, [c for _, c in answers])][1]
+            stale = [p for p, c in answers if p is not None and c.value != best.value]
+            if stale and self._background is not None:
+                self._background.start_soon(self._correct, key, best.value, stale)
+            return best.value
+
+    async def _correct(self, key: bytes, value: bytes, peers: list[bytes]) -> None:
+        message = new_message(MessageType.PUT_VALUE, key)
+        message.record.CopyFrom(new_record(key, value))
+        with trio.move_on_after(CORRECTION_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for peer in peers:
+                    nursery.start_soon(self._put_one, peer, message, lambda e: None)
+
+    async def put_value(self, key: bytes, value: bytes, emit: Emit, timeout: float) -> int:
+        """Stores the record here and on the k peers nearest to ``key``.
+
+        Emits the walk's events, then SENDING_QUERY and FINAL_PEER (stored) or
+        QUERY_ERROR per peer. Returns how many peers stored it; Unavailable if
+        none did."""
+        self.validators.validate(key, value)
+        async with self._operation("put_value", timeout):
+            now = self.clock()
+            existing = self.values.get(key, now)
+            if existing is not None and existing.value != value:
+                pair = [Candidate(existing.value, existing.received_at), Candidate(value, now)]
+                if self.validators.select(key, pair) == 0:
+                    raise FailedPrecondition(
+                        "this node already holds a better record under this key "
+                        "(e.g. a higher IPNS sequence number)"
+                    )
+            self.values.put(key, value, now)
+            emit = self._emitter(emit)
+            result = await self._walk(key, MessageType.FIND_NODE, emit)
+            message = new_message(MessageType.PUT_VALUE, key)
+            message.record.CopyFrom(new_record(key, value))
+            stored = await self._store_on(result.closest, emit,
+                                          lambda peer, e: self._put_one(peer, message, e))
+            if stored == 0:
+                raise Unavailable(
+                    f"no peer accepted the record (0 of the {len(result.closest)} closest)"
+                )
+            return stored
+
+    async def _put_one(self, peer: bytes, message: Message, emit: Emit) -> None:
+        answer = await self._request(peer, message)
+        if answer.record.value != message.record.value:
+            raise PeerRequestError("peer did not store the record (echo differs)")
+
+    async def _store_on(
+        self,
+        peers: Sequence[PeerRecord],
+        emit: Emit,
+        store: Callable[[bytes, Emit], Awaitable[None]],
+    ) -> int:
+        """Runs ``store`` against every peer at once; counts the ones that succeeded."""
+        stored = 0
+
+        async def one(peer: PeerRecord) -> None:
+            nonlocal stored
+            emit(QueryEvent(EventType.SENDING_QUERY, peer.id))
+            try:
+                await store(peer.id, emit)
+            except Exception as exc:
+                emit(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=describe(exc)))
+                return
+            stored += 1
+            emit(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+
+        limiter = trio.CapacityLimiter(ALPHA * 2)
+
+        async def limited(peer: PeerRecord) -> None:
+            async with limiter:
+                await one(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(limited, peer)
+        return stored
+
+    async def provide(
+        self, keys: Sequence[bytes], emit: Callable[[int, QueryEvent], None], timeout: float
+    ) -> list[int]:
+        """Announces this node as a provider of each key (a multihash).
+
+        ``emit`` gets the index of the key with each event. Returns the number
+        of peers that took each announcement; Unavailable if any took none."""
+        if not self.table:
+            raise Unavailable(NO_PEERS)
+        async with self._operation("provide", timeout):
+            counts = [0] * len(keys)
+            limiter = trio.CapacityLimiter(PROVIDE_CONCURRENCY)
+            addrs = tuple(self.host.listen_addrs())
+
+            async def announce(index: int) -> None:
+                key = keys[index]
+                tagged = self._emitter(lambda e: emit(index, e))
+                self.providers.add(key, self.self_id, addrs, self.clock())
+                async with limiter:
+                    result = await self._walk(key, MessageType.FIND_NODE, tagged)
+                    message = new_message(MessageType.ADD_PROVIDER, key)
+                    add_peers(message.providerPeers, [PeerRecord(self.self_id, addrs)],
+                              frozenset())
+                    counts[index] = await self._store_on(
+                        result.closest, tagged, lambda peer, e: self._send(peer, message)
+                    )
+
+            async with trio.open_nursery() as nursery:
+                for i in range(len(keys)):
+                    nursery.start_soon(announce, i)
+            missed = [i for i, n in enumerate(counts) if n == 0]
+            if missed:
+                raise Unavailable(
+                    f"no peer accepted the provider record of {len(missed)} of "
+                    f"{len(keys)} CIDs (first: index {missed[0]})"
+                )
+            return counts
+
+    async def query(self, target: bytes, emit: Emit, timeout: float) -> list[PeerRecord]:
+        """Walks towards ``target``; emits the walk, then FINAL_PEER per closest peer found."""
+        async with self._operation("query", timeout):
+            emit = self._emitter(emit)
+            result = await self._walk(target, MessageType.FIND_NODE, emit)
+            for peer in result.closest:
+                emit(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+            if not result.closest:
+                raise NotFound("no peer answered the query")
+            return result.closest
+
+    # -- node -----------------------------------------------------------------
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(
+            peer_id=self.self_id,
+            addrs=self.host.listen_addrs(),
+            server=self.server,
+            protocol=self.host.protocol_id,
+            routing_table_size=len(self.table),
+            connected_peers=len(self.host.connected_peers()),
+            queries_in_flight=self.queries_in_flight(),
+        )
+
+    async def connect(self, peer: bytes, addr: bytes, timeout: float) -> tuple[PeerRecord, bool]:
+        """Dials ``peer``; returns its record and whether it joined the routing table."""
+        async with self._operation("connect", timeout):
+            try:
+                await self.host.connect(peer, addr)
+            except PeerRequestError as exc:
+                raise Unavailable(f"could not connect: {exc}") from None
+            kad = await self.host.wait_identified(peer)
+            if kad:
+                self.add_peer(peer)
+            return PeerRecord(peer, self.host.addrs_of(peer)), peer in self.table
+

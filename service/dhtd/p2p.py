@@ -1,0 +1,389 @@
+"""The libp2p edge: the only module that imports py-libp2p.
+
+It turns py-libp2p's host into the small surface the core needs: send a kad
+request to a peer, serve kad requests under a protocol id, learn and look up
+addresses, hear about peers that speak kad, and verify signatures. Peer IDs
+cross this boundary as binary multihashes and addresses as binary multiaddrs;
+libp2p's exception groups are unwrapped into :class:`PeerRequestError` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import libp2p.network.swarm as _swarm
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.serialization import deserialize_private_key, deserialize_public_key
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from dhtd.lookup import PeerRecord, PeerRequestError, describe
+from dhtd.wire.kad_pb2 import Message
+
+log = logging.getLogger("dhtd.p2p")
+
+# py-libp2p 0.8.1 waits this long before every dial after the first address,
+# even when the first dial already succeeded (libp2p.network.swarm). On
+# loopback and for DHT walks that dial many peers, it only adds latency: each
+# new peer cost 250 ms. Zero means all addresses of a peer are dialled at once.
+DIAL_STAGGER = 0.0
+_swarm._HAPPY_EYEBALLS_DELAY = DIAL_STAGGER
+
+# The largest kad message read from a peer (go-libp2p network.MessageSizeMax, 4 MiB).
+MAX_MESSAGE_BYTES = 4 << 20
+
+# How long identify may take before a new connection is judged without its
+# protocol list (py-libp2p's own identify read timeout is 10 s).
+IDENTIFY_WAIT = 5.0
+_IDENTIFY_POLL = 0.02
+
+# Addresses learned from other peers are kept this long in the peerstore
+# (go-libp2p peerstore.TempAddrTTL is 2 min; providers' addrs 24 h). An hour
+# covers any walk and the re-dials that follow it.
+LEARNED_ADDR_TTL = 3600
+
+IDENTITY_FILE = "identity.key"
+
+KadHandler = Callable[[bytes, Message], Awaitable[Message | None]]
+
+
+class RejectedRequest(Exception):
+    """Raised by a kad handler to reset the stream without answering (spec: on error, reset)."""
+
+
+def load_or_create_identity(data_dir: Path) -> KeyPair:
+    """Loads the node key from ``data_dir``, creating it (mode 0600) on first start."""
+    path = data_dir / IDENTITY_FILE
+    if path.exists():
+        private = deserialize_private_key(path.read_bytes())
+        return KeyPair(private, private.get_public_key())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pair = create_new_key_pair()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pair.private_key.serialize())
+    tmp.replace(path)
+    return pair
+
+
+def new_identity() -> KeyPair:
+    """A fresh ed25519 identity, kept in memory only (dev peers)."""
+    return create_new_key_pair()
+
+
+def peer_id_of(pair: KeyPair) -> bytes:
+    return ID.from_pubkey(pair.public_key).to_bytes()
+
+
+def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """Verifies ``signature`` over ``data`` with a protobuf-encoded libp2p public key."""
+    try:
+        return bool(deserialize_public_key(public_key).verify(data, signature))
+    except Exception:
+        return False
+
+
+def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    """``addr`` without a trailing /p2p/<id>."""
+    try:
+        peer = addr.value_for_protocol("p2p")
+    except Exception:
+        return addr
+    return addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}")) if peer else addr
+
+
+def expand_unspecified(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """0.0.0.0 becomes 127.0.0.1 plus this host's IPv4 addresses; :: becomes ::1."""
+    addr = strip_p2p(addr)
+    text = str(addr)
+    if text.startswith("/ip4/0.0.0.0/"):
+        rest = text[len("/ip4/0.0.0.0"):]
+        return [multiaddr.Multiaddr(f"/ip4/{ip}{rest}") for ip in _local_ipv4()]
+    if text.startswith("/ip6/::/"):
+        return [multiaddr.Multiaddr("/ip6/::1" + text[len("/ip6/::"):])]
+    return [addr]
+
+
+def _local_ipv4() -> list[str]:
+    ips = ["127.0.0.1"]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        ip = str(info[4][0])
+        if ip not in ips and not ip.startswith("127."):
+            ips.append(ip)
+    return ips
+
+
+class _Notifee:
+    """Forwards connection events to trio channels without blocking the swarm."""
+
+    def __init__(self, connected: trio.MemorySendChannel[bytes]) -> None:
+        self._connected = connected
+
+    async def opened_stream(self, *_: Any) -> None: ...
+    async def closed_stream(self, *_: Any) -> None: ...
+    async def listen(self, *_: Any) -> None: ...
+    async def listen_close(self, *_: Any) -> None: ...
+    async def disconnected(self, *_: Any) -> None: ...
+
+    async def connected(self, _network: Any, conn: Any) -> None:
+        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._connected.send_nowait(conn.muxed_conn.peer_id.to_bytes())
+
+
+class Host:
+    """A running libp2p host that speaks kad under ``protocol_id``.
+
+    Use :meth:`open` (an async context manager). While it is open, peers that
+    connect in either direction and list ``protocol_id`` in identify are passed
+    to ``on_kad_peer``; inbound kad streams are answered by ``handler`` when one
+    is given (server mode) and refused otherwise (client mode).
+    """
+
+    def __init__(self, key_pair: KeyPair, protocol_id: str) -> None:
+        self._pair = key_pair
+        self.protocol_id = protocol_id
+        self.self_id = peer_id_of(key_pair)
+        self._host: Any = new_host(key_pair=key_pair)
+
+    @asynccontextmanager
+    async def open(
+        self,
+        listen: Sequence[bytes],
+        handler: KadHandler | None,
+        on_kad_peer: Callable[[bytes], None],
+    ) -> AsyncIterator[Host]:
+        send, receive = trio.open_memory_channel[bytes](1024)
+        addrs = [multiaddr.Multiaddr(a) for a in listen]
+        async with self._host.run(addrs), trio.open_nursery() as nursery:
+            if handler is not None:
+                self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
+            self._host.get_network().register_notifee(_Notifee(send))
+            nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                send.close()
+
+    async def close(self) -> None:
+        await self._host.close()
+
+    # -- peers and addresses ------------------------------------------------
+
+    def listen_addrs(self) -> list[bytes]:
+        """The addresses others can dial this host at, without /p2p/.
+
+        An unspecified listen address (0.0.0.0, ::) is expanded to loopback and
+        this host's own addresses, as go-libp2p does, so provider records and
+        Info never carry an address nobody can dial."""
+        out: list[bytes] = []
+        for addr in self._host.get_transport_addrs():
+            for expanded in expand_unspecified(addr):
+                raw = bytes(expanded.to_bytes())
+                if raw not in out:
+                    out.append(raw)
+        return out
+
+    def is_connected(self, peer: bytes) -> bool:
+        return bool(self._host.get_network().get_connections(ID(peer)))
+
+    def connected_peers(self) -> list[bytes]:
+        return [p.to_bytes() for p in self._host.get_connected_peers()]
+
+    def addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
+        if peer == self.self_id:
+            return tuple(self.listen_addrs())
+        try:
+            known = self._host.get_peerstore().addrs(ID(peer))
+        except Exception:
+            return ()
+        return tuple(dict.fromkeys(bytes(strip_p2p(a).to_bytes()) for a in known))
+
+    def learn(self, peers: Sequence[PeerRecord]) -> None:
+        store = self._host.get_peerstore()
+        for peer in peers:
+            if peer.id == self.self_id or not peer.addrs:
+                continue
+            addrs = []
+            for raw in peer.addrs:
+                try:
+                    addrs.append(multiaddr.Multiaddr(raw))
+                except Exception:
+                    continue
+            if addrs:
+                store.add_addrs(ID(peer.id), addrs, LEARNED_ADDR_TTL)
+
+    def speaks_kad(self, peer: bytes) -> bool:
+        try:
+            protocols = self._host.get_peerstore().get_protocols(ID(peer))
+        except Exception:
+            return False
+        return self.protocol_id in protocols
+
+    async def connect(self, peer: bytes, addr: bytes) -> None:
+        """Dials ``peer`` at ``addr``. Raises PeerRequestError if that fails."""
+        try:
+            await self._host.connect(PeerInfo(ID(peer), [multiaddr.Multiaddr(addr)]))
+        except Exception as exc:
+            raise PeerRequestError(describe(exc)) from None
+
+    async def wait_identified(self, peer: bytes) -> bool:
+        """Waits (at most IDENTIFY_WAIT) for identify; True if ``peer`` speaks kad."""
+        with trio.move_on_after(IDENTIFY_WAIT):
+            # py-libp2p 0.8.1 signals no event when identify completes.
+            while not self._identified(peer):  # noqa: ASYNC110
+                await trio.sleep(_IDENTIFY_POLL)
+        return self.speaks_kad(peer)
+
+    def _identified(self, peer: bytes) -> bool:
+        try:
+            return bool(self._host.get_peerstore().get_protocols(ID(peer)))
+        except Exception:
+            return False
+
+    async def _watch_identify(
+        self,
+        connected: trio.MemoryReceiveChannel[bytes],
+        on_kad_peer: Callable[[bytes], None],
+        nursery: trio.Nursery,
+    ) -> None:
+        async def check(peer: bytes) -> None:
+            if await self.wait_identified(peer):
+                on_kad_peer(peer)
+
+        async for peer in connected:
+            nursery.start_soon(check, peer)
+
+    # -- kad requests -------------------------------------------------------
+
+    async def request(self, peer: bytes, message: Message) -> Message:
+        """Sends one kad message and reads one answer. Raises PeerRequestError."""
+        try:
+            stream = await self._host.new_stream(ID(peer), [self.protocol_id])
+        except Exception as exc:
+            raise PeerRequestError(describe(exc)) from None
+        try:
+            await stream.write(_frame(message))
+            answer = Message()
+            answer.ParseFromString(await _read_frame(stream))
+            return answer
+        except PeerRequestError:
+            await _reset(stream)
+            raise
+        except Exception as exc:
+            await _reset(stream)
+            raise PeerRequestError(describe(exc)) from None
+        finally:
+            await _close(stream)
+
+    async def send(self, peer: bytes, message: Message) -> None:
+        """Sends one kad message that has no answer (ADD_PROVIDER). Raises PeerRequestError."""
+        try:
+            stream = await self._host.new_stream(ID(peer), [self.protocol_id])
+        except Exception as exc:
+            raise PeerRequestError(describe(exc)) from None
+        try:
+            await stream.write(_frame(message))
+        except Exception as exc:
+            await _reset(stream)
+            raise PeerRequestError(describe(exc)) from None
+        finally:
+            await _close(stream)
+
+    def _stream_handler(self, handler: KadHandler) -> Callable[[Any], Awaitable[None]]:
+        async def serve(stream: Any) -> None:
+            sender = stream.muxed_conn.peer_id.to_bytes()
+            try:
+                while True:
+                    try:
+                        data = await _read_frame(stream)
+                    except EOFError:
+                        break
+                    request = Message()
+                    request.ParseFromString(data)
+                    answer = await handler(sender, request)
+                    if answer is not None:
+                        await stream.write(_frame(answer))
+            except Exception as exc:
+                log.debug("kad stream from %s reset: %s", ID(sender), describe(exc))
+                await _reset(stream)
+                return
+            await _close(stream)
+
+        return serve
+
+
+def _frame(message: Message) -> bytes:
+    body = message.SerializeToString()
+    return _uvarint(len(body)) + body
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+async def _read_exact(stream: Any, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await stream.read(n - len(buf))
+        if not chunk:
+            raise EOFError("stream closed")
+        buf += chunk
+    return bytes(buf)
+
+
+async def _read_frame(stream: Any) -> bytes:
+    """Reads one varint-prefixed message. EOFError on a clean end before it."""
+    length = shift = 0
+    for _ in range(10):
+        chunk = await stream.read(1)
+        if not chunk:
+            if shift:
+                raise PeerRequestError("stream ended inside a length prefix")
+            raise EOFError("stream closed")
+        byte = chunk[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise PeerRequestError("length prefix too long")
+    if length > MAX_MESSAGE_BYTES:
+        raise PeerRequestError(f"message of {length} bytes is over {MAX_MESSAGE_BYTES}")
+    try:
+        return await _read_exact(stream, length)
+    except EOFError:
+        raise PeerRequestError("stream ended inside a message") from None
+
+
+async def _reset(stream: Any) -> None:
+    with suppress(Exception):
+        await stream.reset()
+
+
+async def _close(stream: Any) -> None:
+    with suppress(Exception):
+        await stream.close()

@@ -1,0 +1,90 @@
+"""The Kademlia routing table: k-buckets keyed by SHA-256 distance.
+
+Pure data structure: no I/O, no clock, no libp2p. Peers are the binary
+multihash of their peer ID. Keys are converted with :func:`dhtd.ids.kad_key`
+(SHA-256), as go-libp2p-kbucket does, so dhtd measures distance exactly like
+go-libp2p and js-libp2p peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dhtd.ids import common_prefix_len, kad_key, xor_distance
+
+# k, the bucket size and the number of peers a lookup returns
+# (go-libp2p-kad-dht amino/defaults.go: DefaultBucketSize = 20).
+BUCKET_SIZE = 20
+
+# One bucket per possible common-prefix length of two SHA-256 keys.
+KEY_BITS = 256
+
+
+class RoutingTable:
+    """k-buckets around ``self_id``.
+
+    Promises: the table never holds ``self_id``; a bucket never holds more
+    than ``bucket_size`` peers; a full bucket keeps its older peers (new ones
+    are refused until a peer is removed), as the Kademlia paper prescribes.
+    """
+
+    def __init__(self, self_id: bytes, bucket_size: int = BUCKET_SIZE) -> None:
+        self.self_id = self_id
+        self._self_key = kad_key(self_id)
+        self.bucket_size = bucket_size
+        self._buckets: list[dict[bytes, bytes]] = [{} for _ in range(KEY_BITS + 1)]
+        self._size = 0
+
+    def _bucket_of(self, peer: bytes) -> tuple[dict[bytes, bytes], bytes]:
+        key = kad_key(peer)
+        return self._buckets[common_prefix_len(self._self_key, key)], key
+
+    def add(self, peer: bytes) -> bool:
+        """Adds ``peer``; returns True if it is in the table afterwards."""
+        if peer == self.self_id:
+            return False
+        bucket, key = self._bucket_of(peer)
+        if peer in bucket:
+            return True
+        if len(bucket) >= self.bucket_size:
+            return False
+        bucket[peer] = key
+        self._size += 1
+        return True
+
+    def remove(self, peer: bytes) -> bool:
+        """Removes ``peer``; returns True if it was there."""
+        bucket, _ = self._bucket_of(peer)
+        if bucket.pop(peer, None) is None:
+            return False
+        self._size -= 1
+        return True
+
+    def __contains__(self, peer: object) -> bool:
+        if not isinstance(peer, bytes):
+            return False
+        bucket, _ = self._bucket_of(peer)
+        return peer in bucket
+
+    def __len__(self) -> int:
+        return self._size
+
+    def peers(self) -> list[bytes]:
+        """Every peer in the table, nearest buckets last."""
+        return [p for bucket in self._buckets for p in bucket]
+
+    def closest(self, target_key: bytes, count: int = BUCKET_SIZE) -> list[bytes]:
+        """The ``count`` peers nearest to ``target_key`` (a kad key), nearest first."""
+        return closest_to(target_key, self._entries(), count)
+
+    def _entries(self) -> Iterable[tuple[bytes, bytes]]:
+        for bucket in self._buckets:
+            yield from bucket.items()
+
+
+def closest_to(
+    target_key: bytes, entries: Iterable[tuple[bytes, bytes]], count: int
+) -> list[bytes]:
+    """Sorts ``(peer, kad_key)`` pairs by XOR distance to ``target_key``; keeps ``count``."""
+    ranked = sorted(entries, key=lambda e: xor_distance(e[1], target_key))
+    return [peer for peer, _ in ranked[:count]]

@@ -1,0 +1,526 @@
+"""Unit tests for dhtd.records: validators and in-memory stores."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import cbor2
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from dhtd.errors import InvalidRecord
+from dhtd.records import (
+    MAX_IPNS_RECORD_BYTES,
+    Candidate,
+    IpnsValidator,
+    LastWriteWinsValidator,
+    ProviderStore,
+    PublicKeyValidator,
+    Validators,
+    ValueStore,
+    peer_id_from_public_key,
+)
+from dhtd.wire import ipns_pb2, kad_pb2
+
+NOW = 1_750_000_000.0  # a fixed "current time" (2025-06-15) for every test
+HOUR = 3600.0
+
+
+# --- Helpers ----------------------------------------------------------------
+
+
+class Ed25519Identity:
+    """A real Ed25519 key pair with its libp2p encodings."""
+
+    def __init__(self) -> None:
+        self.private = Ed25519PrivateKey.generate()
+        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public_proto = kad_pb2.PublicKey(
+            Type=kad_pb2.KeyType.Ed25519, Data=raw
+        ).SerializeToString()
+        # 36 bytes <= 42: identity multihash 0x00, length, key bytes.
+        self.peer_id = bytes([0x00, len(self.public_proto)]) + self.public_proto
+
+
+def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """The verify_signature the daemon would supply, for Ed25519 only."""
+    key = kad_pb2.PublicKey()
+    key.ParseFromString(public_key)
+    if key.Type != kad_pb2.KeyType.Ed25519:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(key.Data).verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def rfc3339(moment: float, nanos: int = 0) -> bytes:
+    """Format epoch seconds as RFC 3339 with a 9-digit fraction."""
+    stamp = datetime.fromtimestamp(int(moment), tz=UTC)
+    return (stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z").encode()
+
+
+def ipns_record(
+    signer: Ed25519Identity,
+    *,
+    sequence: int = 1,
+    eol: bytes | None = None,
+    value: bytes = b"/ipfs/bafkqaddwgevxmmraojswg33smq",
+    ttl: int = 300_000_000_000,
+    pub_key: bytes | None = None,
+    v1: bool = False,
+    v1_value: bytes | None = None,
+    padding: int = 0,
+    sign_with: Ed25519Identity | None = None,
+) -> bytes:
+    """Build a serialized V2 (optionally V1+V2) IpnsEntry signed by ``signer``."""
+    validity = eol if eol is not None else rfc3339(NOW + HOUR)
+    doc: dict[str, object] = {
+        "Value": value,
+        "Validity": validity,
+        "ValidityType": 0,
+        "Sequence": sequence,
+        "TTL": ttl,
+    }
+    if padding:
+        doc["_padding"] = b"x" * padding
+    data = cbor2.dumps(doc, canonical=True)
+    key = (sign_with or signer).private
+    entry = ipns_pb2.IpnsEntry(
+        signatureV2=key.sign(b"ipns-signature:" + data),
+        data=data,
+    )
+    if pub_key is not None:
+        entry.pubKey = pub_key
+    if v1:
+        entry.value = v1_value if v1_value is not None else value
+        entry.validity = validity
+        entry.validityType = ipns_pb2.IpnsEntry.EOL
+        entry.sequence = sequence
+        entry.ttl = ttl
+        entry.signatureV1 = b"legacy, never checked"
+    return entry.SerializeToString()
+
+
+@pytest.fixture
+def alice() -> Ed25519Identity:
+    return Ed25519Identity()
+
+
+@pytest.fixture
+def bob() -> Ed25519Identity:
+    return Ed25519Identity()
+
+
+@pytest.fixture
+def ipns() -> IpnsValidator:
+    return IpnsValidator(verify_ed25519, now=lambda: NOW)
+
+
+# --- /pk/ -------------------------------------------------------------------
+
+
+def test_peer_id_inlines_small_keys(alice: Ed25519Identity) -> None:
+    assert peer_id_from_public_key(alice.public_proto) == alice.peer_id
+
+
+def test_pk_accepts_matching_ed25519_key(alice: Ed25519Identity) -> None:
+    PublicKeyValidator().validate(b"/pk/" + alice.peer_id, alice.public_proto)
+
+
+def test_pk_rejects_someone_elses_key(alice: Ed25519Identity, bob: Ed25519Identity) -> None:
+    with pytest.raises(InvalidRecord, match="does not match"):
+        PublicKeyValidator().validate(b"/pk/" + alice.peer_id, bob.public_proto)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xff\xff\xff", "not a libp2p PublicKey"),
+        (b"", "empty key data"),
+        (kad_pb2.PublicKey(Type=kad_pb2.KeyType.Ed25519).SerializeToString(), "empty key data"),
+        (b"\x08\x07\x12\x01\x01", "unknown key type 7"),
+    ],
+)
+def test_pk_rejects_malformed_values(value: bytes, reason: str) -> None:
+    key = b"/pk/" + peer_id_from_public_key(value)
+    with pytest.raises(InvalidRecord, match=reason):
+        PublicKeyValidator().validate(key, value)
+
+
+def test_pk_rejects_wrong_namespace(alice: Ed25519Identity) -> None:
+    with pytest.raises(InvalidRecord, match="/pk/"):
+        PublicKeyValidator().validate(b"/ipns/" + alice.peer_id, alice.public_proto)
+
+
+def test_pk_large_keys_use_sha256() -> None:
+    value = kad_pb2.PublicKey(Type=kad_pb2.KeyType.RSA, Data=bytes(300)).SerializeToString()
+    assert len(value) > 42
+    expected = bytes([0x12, 0x20]) + hashlib.sha256(value).digest()
+    assert peer_id_from_public_key(value) == expected
+    validator = PublicKeyValidator()
+    validator.validate(b"/pk/" + expected, value)
+    inlined = bytes([0x00, 0x81, 0x02]) + value[:129]  # an identity id for some other bytes
+    with pytest.raises(InvalidRecord, match="does not match"):
+        validator.validate(b"/pk/" + inlined, value)
+
+
+def test_pk_select_is_first(alice: Ed25519Identity) -> None:
+    candidates = [Candidate(alice.public_proto, None), Candidate(alice.public_proto, NOW)]
+    assert PublicKeyValidator().select(b"/pk/" + alice.peer_id, candidates) == 0
+
+
+# --- /ipns/ -----------------------------------------------------------------
+
+
+def test_ipns_accepts_v2_record(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    ipns.validate(b"/ipns/" + alice.peer_id, ipns_record(alice))
+
+
+def test_ipns_accepts_v1_v2_record_with_pubkey(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    record = ipns_record(alice, v1=True, pub_key=alice.public_proto)
+    ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_accepts_offset_timezones(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    later = datetime.fromtimestamp(NOW + HOUR, tz=UTC).astimezone()
+    eol = later.strftime("%Y-%m-%dT%H:%M:%S.5%z")
+    eol = eol[:-2] + ":" + eol[-2:]  # +hhmm -> +hh:mm
+    ipns.validate(b"/ipns/" + alice.peer_id, ipns_record(alice, eol=eol.encode()))
+
+
+def test_ipns_rejects_expired(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    record = ipns_record(alice, eol=rfc3339(NOW - 1, nanos=999_999_999))
+    with pytest.raises(InvalidRecord, match="expired"):
+        ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_expiry_follows_injected_clock(alice: Ed25519Identity) -> None:
+    clock = [NOW]
+    validator = IpnsValidator(verify_ed25519, now=lambda: clock[0])
+    record = ipns_record(alice, eol=rfc3339(NOW + 10))
+    validator.validate(b"/ipns/" + alice.peer_id, record)
+    clock[0] = NOW + 10
+    with pytest.raises(InvalidRecord, match="expired"):
+        validator.validate(b"/ipns/" + alice.peer_id, record)
+
+
+@pytest.mark.parametrize("eol", [b"tomorrow", b"2025-13-01T00:00:00Z", b"2025-06-15T10:00:00"])
+def test_ipns_rejects_bad_validity(alice: Ed25519Identity, ipns: IpnsValidator, eol: bytes) -> None:
+    with pytest.raises(InvalidRecord, match="RFC 3339"):
+        ipns.validate(b"/ipns/" + alice.peer_id, ipns_record(alice, eol=eol))
+
+
+def test_ipns_rejects_bad_signature(
+    alice: Ed25519Identity, bob: Ed25519Identity, ipns: IpnsValidator
+) -> None:
+    record = ipns_record(alice, sign_with=bob)
+    with pytest.raises(InvalidRecord, match="signatureV2 does not verify"):
+        ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_rejects_tampered_data(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    entry = ipns_pb2.IpnsEntry()
+    entry.ParseFromString(ipns_record(alice, sequence=1))
+    other = ipns_pb2.IpnsEntry()
+    other.ParseFromString(ipns_record(alice, sequence=2))
+    entry.data = other.data
+    with pytest.raises(InvalidRecord, match="signatureV2 does not verify"):
+        ipns.validate(b"/ipns/" + alice.peer_id, entry.SerializeToString())
+
+
+def test_ipns_rejects_pubkey_not_matching_name(
+    alice: Ed25519Identity, bob: Ed25519Identity, ipns: IpnsValidator
+) -> None:
+    record = ipns_record(bob, pub_key=bob.public_proto)
+    with pytest.raises(InvalidRecord, match="pubKey does not match the IPNS name"):
+        ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_record_under_another_name_fails_signature(
+    alice: Ed25519Identity, bob: Ed25519Identity, ipns: IpnsValidator
+) -> None:
+    with pytest.raises(InvalidRecord, match="signatureV2 does not verify"):
+        ipns.validate(b"/ipns/" + alice.peer_id, ipns_record(bob))
+
+
+def test_ipns_needs_pubkey_for_hashed_names(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    hashed_name = bytes([0x12, 0x20]) + hashlib.sha256(b"some big key").digest()
+    with pytest.raises(InvalidRecord, match="no pubKey"):
+        ipns.validate(b"/ipns/" + hashed_name, ipns_record(alice))
+
+
+def test_ipns_rejects_too_large(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    record = ipns_record(alice, padding=MAX_IPNS_RECORD_BYTES)
+    assert len(record) > MAX_IPNS_RECORD_BYTES
+    with pytest.raises(InvalidRecord, match="limit is 10240"):
+        ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_accepts_unknown_data_fields_within_limit(
+    alice: Ed25519Identity, ipns: IpnsValidator
+) -> None:
+    ipns.validate(b"/ipns/" + alice.peer_id, ipns_record(alice, padding=1000))
+
+
+def test_ipns_rejects_v1_mismatch(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    record = ipns_record(alice, v1=True, v1_value=b"/ipfs/somethingelse")
+    with pytest.raises(InvalidRecord, match="V1 field value"):
+        ipns.validate(b"/ipns/" + alice.peer_id, record)
+
+
+def test_ipns_rejects_missing_v2_fields(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    entry = ipns_pb2.IpnsEntry()
+    entry.ParseFromString(ipns_record(alice))
+    no_sig = ipns_pb2.IpnsEntry(data=entry.data).SerializeToString()
+    no_data = ipns_pb2.IpnsEntry(signatureV2=entry.signatureV2).SerializeToString()
+    with pytest.raises(InvalidRecord, match="no signatureV2"):
+        ipns.validate(b"/ipns/" + alice.peer_id, no_sig)
+    with pytest.raises(InvalidRecord, match="no data"):
+        ipns.validate(b"/ipns/" + alice.peer_id, no_data)
+
+
+def test_ipns_rejects_data_missing_a_field(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    data = cbor2.dumps({"Value": b"/ipfs/x", "Validity": rfc3339(NOW + HOUR), "ValidityType": 0})
+    entry = ipns_pb2.IpnsEntry(data=data, signatureV2=alice.private.sign(b"ipns-signature:" + data))
+    with pytest.raises(InvalidRecord, match="no Sequence"):
+        ipns.validate(b"/ipns/" + alice.peer_id, entry.SerializeToString())
+
+
+def test_ipns_rejects_garbage(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    with pytest.raises(InvalidRecord):
+        ipns.validate(b"/ipns/" + alice.peer_id, b"\xff\xff")
+    with pytest.raises(InvalidRecord, match="not a multihash"):
+        ipns.validate(b"/ipns/\x00\x05ab", ipns_record(alice))
+
+
+def test_ipns_verifier_errors_become_invalid_record(alice: Ed25519Identity) -> None:
+    def broken(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        raise ValueError("unsupported key")
+
+    validator = IpnsValidator(broken, now=lambda: NOW)
+    with pytest.raises(InvalidRecord, match="could not be checked"):
+        validator.validate(b"/ipns/" + alice.peer_id, ipns_record(alice))
+
+
+def test_ipns_select_prefers_sequence_then_validity(
+    alice: Ed25519Identity, ipns: IpnsValidator
+) -> None:
+    key = b"/ipns/" + alice.peer_id
+    old = Candidate(ipns_record(alice, sequence=1, eol=rfc3339(NOW + 5 * HOUR)), NOW)
+    new = Candidate(ipns_record(alice, sequence=2, eol=rfc3339(NOW + HOUR)), None)
+    assert ipns.select(key, [old, new]) == 1
+    assert ipns.select(key, [new, old]) == 0
+
+    sooner = Candidate(ipns_record(alice, sequence=2, eol=rfc3339(NOW + HOUR, nanos=1)), None)
+    later = Candidate(ipns_record(alice, sequence=2, eol=rfc3339(NOW + HOUR, nanos=2)), None)
+    assert ipns.select(key, [later, sooner]) == 0
+    assert ipns.select(key, [sooner, later]) == 1
+    # Equal rank: the first wins.
+    assert ipns.select(key, [later, later]) == 0
+
+
+def test_ipns_select_unparseable_loses(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    key = b"/ipns/" + alice.peer_id
+    good = Candidate(ipns_record(alice, sequence=0), None)
+    junk = Candidate(b"\xff\xff", None)
+    assert ipns.select(key, [junk, good]) == 1
+    assert ipns.select(key, [junk, junk]) == 0
+
+
+# --- Last write wins --------------------------------------------------------
+
+
+def test_lww_validate() -> None:
+    validator = LastWriteWinsValidator(max_value_bytes=4)
+    validator.validate(b"/app/k", b"abcd")
+    with pytest.raises(InvalidRecord, match="empty"):
+        validator.validate(b"/app/k", b"")
+    with pytest.raises(InvalidRecord, match="5 bytes"):
+        validator.validate(b"/app/k", b"abcde")
+
+
+def test_lww_select_latest_and_ties_go_to_later_index() -> None:
+    validator = LastWriteWinsValidator(max_value_bytes=16)
+    key = b"/app/k"
+    assert validator.select(key, [Candidate(b"a", NOW + 1), Candidate(b"b", NOW)]) == 0
+    assert validator.select(key, [Candidate(b"a", NOW), Candidate(b"b", NOW + 1)]) == 1
+    # None is oldest.
+    assert validator.select(key, [Candidate(b"a", NOW), Candidate(b"b", None)]) == 0
+    assert validator.select(key, [Candidate(b"a", None), Candidate(b"b", NOW)]) == 1
+    # Ties: the later index wins, so an incoming Put replaces the existing value.
+    assert validator.select(key, [Candidate(b"a", NOW), Candidate(b"b", NOW)]) == 1
+    assert validator.select(key, [Candidate(b"a", None), Candidate(b"b", None)]) == 1
+    assert validator.select(key, [Candidate(b"only", None)]) == 0
+
+
+# --- Validators -------------------------------------------------------------
+
+
+def test_validators_route_by_namespace(alice: Ed25519Identity, ipns: IpnsValidator) -> None:
+    validators = Validators(
+        {"pk": PublicKeyValidator(), "ipns": ipns, "app": LastWriteWinsValidator(8)}
+    )
+    assert validators.namespaces == ["app", "ipns", "pk"]
+    validators.validate(b"/pk/" + alice.peer_id, alice.public_proto)
+    validators.validate(b"/ipns/" + alice.peer_id, ipns_record(alice))
+    with pytest.raises(InvalidRecord, match="allows 8"):
+        validators.validate(b"/app/x", b"123456789")
+    assert validators.select(b"/app/x", [Candidate(b"a", 1.0), Candidate(b"b", 2.0)]) == 1
+    assert validators.knows(b"/app/x")
+    assert not validators.knows(b"/other/x")
+    assert not validators.knows(b"garbage")
+
+
+def test_validators_unknown_namespace() -> None:
+    validators = Validators({"pk": PublicKeyValidator()})
+    with pytest.raises(InvalidRecord, match="no validator for namespace 'x'"):
+        validators.validate(b"/x/key", b"value")
+    with pytest.raises(InvalidRecord, match="no validator for namespace 'x'"):
+        validators.select(b"/x/key", [Candidate(b"value", None)])
+
+
+@pytest.mark.parametrize("key", [b"", b"pk/x", b"/pk", b"//x", b"/\xc3\xa9/x"])
+def test_namespace_of_rejects_malformed(key: bytes) -> None:
+    with pytest.raises(InvalidRecord):
+        Validators.namespace_of(key)
+
+
+def test_namespace_of() -> None:
+    assert Validators.namespace_of(b"/ipns/\x00\x24abc") == "ipns"
+    assert Validators.namespace_of(b"/app/a/b") == "app"
+
+
+# --- ValueStore -------------------------------------------------------------
+
+
+def test_value_store_put_get_replace_remove() -> None:
+    store = ValueStore(max_entries=10, max_age=HOUR)
+    stored = store.put(b"/app/k", b"v1", NOW)
+    assert stored.received_at == NOW
+    assert store.get(b"/app/k", NOW) == stored
+    store.put(b"/app/k", b"v2", NOW + 1)
+    got = store.get(b"/app/k", NOW + 1)
+    assert got is not None and got.value == b"v2"
+    assert len(store) == 1
+    store.remove(b"/app/k")
+    store.remove(b"/app/k")
+    assert store.get(b"/app/k", NOW) is None
+    assert len(store) == 0
+
+
+def test_value_store_expiry() -> None:
+    store = ValueStore(max_entries=10, max_age=HOUR)
+    store.put(b"/a/old", b"x", NOW)
+    store.put(b"/a/new", b"y", NOW + 30 * 60)
+    assert store.get(b"/a/old", NOW + HOUR - 1) is not None
+    assert store.get(b"/a/old", NOW + HOUR) is None  # removed on read
+    assert len(store) == 1
+    assert store.expire(NOW + 30 * 60 + HOUR - 1) == 0
+    assert store.expire(NOW + 30 * 60 + HOUR) == 1
+    assert len(store) == 0
+
+
+def test_value_store_full_refuses_new_keys_only() -> None:
+    store = ValueStore(max_entries=2, max_age=HOUR)
+    store.put(b"/a/1", b"x", NOW)
+    store.put(b"/a/2", b"x", NOW + 10)
+    with pytest.raises(InvalidRecord, match="value store full"):
+        store.put(b"/a/3", b"x", NOW + 20)
+    assert store.get(b"/a/1", NOW + 20) is not None
+    assert store.get(b"/a/2", NOW + 20) is not None
+    store.put(b"/a/1", b"replaced", NOW + 20)  # existing keys can be updated
+    # Once a record has expired, its slot is reclaimed.
+    store.put(b"/a/3", b"x", NOW + 10 + HOUR)
+    assert store.get(b"/a/3", NOW + 10 + HOUR) is not None
+    assert len(store) == 2
+
+
+# --- ProviderStore ----------------------------------------------------------
+
+
+def test_provider_store_refresh_and_ordering() -> None:
+    store = ProviderStore(validity=HOUR)
+    key = b"\x12\x20" + bytes(32)
+    store.add(key, b"peer-a", [b"/addr/a"], NOW)
+    store.add(key, b"peer-b", [b"/addr/b"], NOW + 10)
+    assert [r.peer for r in store.get(key, NOW + 20)] == [b"peer-b", b"peer-a"]
+
+    # Refresh a with no addrs: expiry moves, addrs are kept, a is now newest.
+    refreshed = store.add(key, b"peer-a", [], NOW + 20)
+    assert refreshed.expires_at == NOW + 20 + HOUR
+    assert refreshed.addrs == (b"/addr/a",)
+    assert [r.peer for r in store.get(key, NOW + 30)] == [b"peer-a", b"peer-b"]
+    # Refresh with addrs replaces them.
+    assert store.add(key, b"peer-a", [b"/addr/a2"], NOW + 30).addrs == (b"/addr/a2",)
+    assert len(store) == 2
+    assert store.keys_count == 1
+
+    # b expires first; get drops it.
+    assert [r.peer for r in store.get(key, NOW + 10 + HOUR)] == [b"peer-a"]
+    assert len(store) == 1
+    assert store.get(b"unknown", NOW) == []
+
+
+def test_provider_store_ties_newest_added_first() -> None:
+    store = ProviderStore(validity=HOUR)
+    for peer in (b"p1", b"p2", b"p3"):
+        store.add(b"k", peer, [], NOW)
+    assert [r.peer for r in store.get(b"k", NOW)] == [b"p3", b"p2", b"p1"]
+
+
+def test_provider_store_expire() -> None:
+    store = ProviderStore(validity=HOUR)
+    store.add(b"k1", b"p", [], NOW)
+    store.add(b"k2", b"p", [], NOW + 100)
+    store.add(b"k2", b"q", [], NOW)
+    assert len(store) == 3
+    assert store.expire(NOW + HOUR - 1) == 0
+    assert store.expire(NOW + HOUR) == 2
+    assert len(store) == 1
+    assert store.keys_count == 1
+    assert store.get(b"k1", NOW + HOUR) == []
+
+
+def test_provider_store_limits() -> None:
+    store = ProviderStore(validity=HOUR, max_keys=1, max_per_key=2)
+    store.add(b"k", b"p1", [], NOW)
+    store.add(b"k", b"p2", [], NOW + 1)
+    with pytest.raises(InvalidRecord, match="too many providers"):
+        store.add(b"k", b"p3", [], NOW + 2)
+    store.add(b"k", b"p1", [], NOW + 2)  # refreshing a known provider is fine
+    with pytest.raises(InvalidRecord, match="provider store full"):
+        store.add(b"other", b"p1", [], NOW + 2)
+    # After p2 expires its slot is free.
+    store.add(b"k", b"p3", [], NOW + 1 + HOUR)
+    assert {r.peer for r in store.get(b"k", NOW + 1 + HOUR)} == {b"p1", b"p3"}
+    # After everything under k expires, a new key fits.
+    store.add(b"other", b"p1", [], NOW + 10 * HOUR)
+    assert store.keys_count == 1
+    assert len(store) == 1
+
+
+def test_provider_store_rejects_empty_ids() -> None:
+    store = ProviderStore()
+    with pytest.raises(InvalidRecord):
+        store.add(b"", b"p", [], NOW)
+    with pytest.raises(InvalidRecord):
+        store.add(b"k", b"", [], NOW)
+
+
+def test_rfc3339_offsets_are_applied(alice: Ed25519Identity) -> None:
+    # 1 h ahead in +02:00 is 1 h behind in UTC: expired.
+    ahead = datetime.fromtimestamp(NOW + HOUR, tz=UTC) + timedelta(hours=2)
+    eol = ahead.strftime("%Y-%m-%dT%H:%M:%S+02:00").encode()
+    validator = IpnsValidator(verify_ed25519, now=lambda: NOW + HOUR + 1)
+    with pytest.raises(InvalidRecord, match="expired"):
+        validator.validate(b"/ipns/" + alice.peer_id, ipns_record(alice, eol=eol))
+    IpnsValidator(verify_ed25519, now=lambda: NOW).validate(
+        b"/ipns/" + alice.peer_id, ipns_record(alice, eol=eol)
+    )
