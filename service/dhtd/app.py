@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import trio
-from dht.v1 import dht_pb2, dht_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dht.v1 import dht_pb2, dht_pb2_grpc
 from dhtd.addrs import format_addr, loopback_dial_addr
 from dhtd.api.servicer import MAX_VALUE_BYTES, DhtServicer, NodeServicer
 from dhtd.bridge import Bridge, start_guest

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 import grpc
-from dht.v1 import dht_pb2 as pb
-from dht.v1 import dht_pb2_grpc as pb_grpc
 
 import dhtd
+from dht.v1 import dht_pb2 as pb
+from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd.addrs import format_addr, parse_dial_addr
 from dhtd.bridge import Bridge
 from dhtd.errors import FailedPrecondition, InvalidArgument, InvalidRecord

@@ -1,0 +1,262 @@
+"""The six RPCs across five dhtd OS processes on 127.0.0.1 (plus in-process dev peers)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import grpc
+import pytest
+
+from dht.v1 import dht_pb2 as pb
+from dhtd.ids import b58decode, parse_cid
+from tests.integration.conftest import NAMESPACE
+from tests.swarm import Node, start_node, wait_until
+
+pytestmark = pytest.mark.integration
+
+# A CID nobody provides (sha256 of a fixed text, CIDv1 raw).
+UNKNOWN_CID = "bafkreie7q3iidccmpvszul7kudcvvuavuo7u6gzlbobczuk5nqk3b4akba"
+FINAL = pb.QUERY_EVENT_TYPE_FINAL_PEER
+
+
+def kad(peer_id: str) -> bytes:
+    return hashlib.sha256(b58decode(peer_id)).digest()
+
+
+def cid_for(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    # CIDv1, raw codec (0x55), sha2-256 multihash, base32.
+    import base64
+    raw = bytes([0x01, 0x55, 0x12, 0x20]) + digest
+    return "b" + base64.b32encode(raw).decode().lower().rstrip("=")
+
+
+def status_of(call: object) -> grpc.StatusCode:
+    try:
+        if hasattr(call, "__iter__"):
+            list(call)  # type: ignore[call-overload]
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def test_find_peer_across_the_chain(five: list[Node]) -> None:
+    first, last = five[0], five[-1]
+    res = first.dht.FindPeer(pb.FindPeerRequest(peer_id=last.peer_id), timeout=10)
+    assert res.peer.id == last.peer_id
+    expected = last.p2p_addr.rsplit("/p2p/", 1)[0]
+    assert expected in res.peer.addrs
+
+
+def test_find_peer_of_a_dev_peer_of_another_process(five: list[Node]) -> None:
+    target = five[3].dev_peer_ids()[0]
+    res = five[0].dht.FindPeer(pb.FindPeerRequest(peer_id=target), timeout=10)
+    assert res.peer.id == target
+    assert res.peer.addrs and all(a.startswith("/ip4/127.0.0.1/tcp/") for a in res.peer.addrs)
+
+
+def test_put_on_a_get_on_e_then_newer_put_replaces(five: list[Node]) -> None:
+    key = f"/{NAMESPACE}/greeting-{time.time_ns()}".encode()
+    events = list(five[0].dht.Put(pb.PutRequest(key=key, value=b"hello v1"), timeout=20))
+    stored = [e.event for e in events if e.event.type == FINAL]
+    assert len(stored) >= 1, events
+    assert five[4].dht.Get(pb.GetRequest(key=key), timeout=10).value == b"hello v1"
+
+    list(five[1].dht.Put(pb.PutRequest(key=key, value=b"hello v2"), timeout=20))
+    assert five[4].dht.Get(pb.GetRequest(key=key), timeout=10).value == b"hello v2"
+    assert five[0].dht.Get(pb.GetRequest(key=key), timeout=10).value == b"hello v2"
+
+
+def test_provide_then_find_provs_from_another_node(five: list[Node]) -> None:
+    cid = cid_for(f"provide-{time.time_ns()}")
+    events = list(five[1].dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
+    assert {e.cid for e in events} == {cid}
+    assert any(e.event.type == FINAL for e in events)
+
+    found = list(five[3].dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=10))
+    assert [f.provider.id for f in found] == [five[1].peer_id]
+    assert five[1].p2p_addr.rsplit("/p2p/", 1)[0] in found[0].provider.addrs
+
+
+def test_num_providers_one_ends_after_the_first(five: list[Node]) -> None:
+    cid = cid_for(f"two-providers-{time.time_ns()}")
+    for node in (five[1], five[2]):
+        list(node.dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
+    both = list(five[4].dht.FindProvs(pb.FindProvsRequest(cid=cid, num_providers=2), timeout=10))
+    assert {f.provider.id for f in both} == {five[1].peer_id, five[2].peer_id}
+    one = list(five[4].dht.FindProvs(pb.FindProvsRequest(cid=cid, num_providers=1), timeout=10))
+    assert len(one) == 1 and one[0].provider.id in {five[1].peer_id, five[2].peer_id}
+
+
+def test_query_returns_the_true_closest_peers(five: list[Node]) -> None:
+    everyone = [n.peer_id for n in five] + [p for n in five for p in n.dev_peer_ids()]
+    assert len(everyone) == 25
+    target = five[2].dev_peer_ids()[1]
+    asker = five[0]
+    events = list(asker.dht.Query(pb.QueryRequest(peer_id=target), timeout=20))
+    finals = [e.event.id for e in events if e.event.type == FINAL]
+    others = [p for p in everyone if p != asker.peer_id]
+    truth = sorted(others, key=lambda p: int.from_bytes(kad(p)) ^ int.from_bytes(kad(target)))
+    assert finals == truth[:20]
+
+
+def test_query_streams_progress_events_in_order(five: list[Node]) -> None:
+    events = [r.event for r in five[0].dht.Query(
+        pb.QueryRequest(peer_id=five[4].peer_id), timeout=20)]
+    kinds = [e.type for e in events]
+    assert pb.QUERY_EVENT_TYPE_SENDING_QUERY in kinds
+    assert pb.QUERY_EVENT_TYPE_PEER_RESPONSE in kinds
+    # Each PEER_RESPONSE follows a SENDING_QUERY to the same peer.
+    sent: set[str] = set()
+    for e in events:
+        if e.type == pb.QUERY_EVENT_TYPE_SENDING_QUERY:
+            sent.add(e.id)
+        elif e.type == pb.QUERY_EVENT_TYPE_PEER_RESPONSE:
+            assert e.id in sent
+    # FINAL_PEER events come last.
+    first_final = kinds.index(FINAL)
+    assert all(k == FINAL for k in kinds[first_final:])
+
+
+def test_unknown_things_are_not_found(five: list[Node]) -> None:
+    node = five[2]
+    missing_peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+    with pytest.raises(grpc.RpcError) as err:
+        node.dht.FindPeer(pb.FindPeerRequest(peer_id=missing_peer), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        node.dht.Get(pb.GetRequest(key=f"/{NAMESPACE}/never-put".encode()), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    call = node.dht.FindProvs(pb.FindProvsRequest(cid=UNKNOWN_CID), timeout=10)
+    assert status_of(call) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("FindPeer", pb.FindPeerRequest(peer_id="not-a-peer"), "peer_id"),
+        ("FindPeer", pb.FindPeerRequest(peer_id=""), "peer_id"),
+        ("Query", pb.QueryRequest(peer_id="Qm123"), "peer_id"),
+        ("FindProvs", pb.FindProvsRequest(cid="bafyNOPE"), "cid"),
+        ("Provide", pb.ProvideRequest(cids=[]), "cids"),
+        ("Provide", pb.ProvideRequest(cids=[UNKNOWN_CID, "zzz"]), "cids[1]"),
+        ("Get", pb.GetRequest(key=b"no-namespace"), "key"),
+        ("Get", pb.GetRequest(key=b"/unopened/x"), "key"),
+        ("Put", pb.PutRequest(key=b"/app/x", value=b""), "value"),
+        ("Put", pb.PutRequest(key=b"/app/x", value=b"x" * (64 * 1024 + 1)), "value"),
+        ("Put", pb.PutRequest(key=b"/pk/whatever", value=b"not a key"), "value"),
+    ],
+)
+def test_malformed_input_is_invalid_argument(
+    five: list[Node], method: str, request_: object, field: str
+) -> None:
+    rpc = getattr(five[0].dht, method)
+    with pytest.raises(grpc.RpcError) as err:
+        result = rpc(request_, timeout=10)
+        if hasattr(result, "__iter__"):
+            list(result)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:"), err.value.details()
+
+
+def test_recursive_provide_is_failed_precondition(five: list[Node]) -> None:
+    call = five[0].dht.Provide(pb.ProvideRequest(cids=[UNKNOWN_CID], recursive=True), timeout=5)
+    with pytest.raises(grpc.RpcError) as err:
+        list(call)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "recursive" in err.value.details()
+
+
+def test_info_describes_the_node(five: list[Node]) -> None:
+    info = five[0].node_info()
+    assert info.peer_id == five[0].peer_id
+    assert info.protocol == "/ipfs/kad/1.0.0"
+    assert info.mode == pb.MODE_SERVER
+    assert info.routing_table_size >= 5
+    assert info.connected_peers >= 1
+    assert info.queries_in_flight == 0
+
+
+class Frozen:
+    """SIGSTOPs a process: it keeps its TCP connections but answers nothing."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def __enter__(self) -> Frozen:
+        os.kill(self.node.proc.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.node.proc.pid, signal.SIGCONT)
+
+
+def test_short_deadline_is_deadline_exceeded_promptly(five: list[Node]) -> None:
+    with Frozen(five[3]):
+        started = time.monotonic()
+        call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid_for("never")), timeout=0.2)
+        assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 1.0
+        wait_until(lambda: five[0].node_info().queries_in_flight == 0, 5,
+                   "the timed-out lookup to stop")
+
+
+def test_cancelling_find_provs_stops_its_lookup(five: list[Node]) -> None:
+    node = five[0]
+    with Frozen(five[3]):
+        call = node.dht.FindProvs(pb.FindProvsRequest(cid=cid_for("cancel-me")), timeout=30)
+        got_first = threading.Event()
+
+        def consume() -> None:
+            try:
+                for _ in call:
+                    got_first.set()
+            except grpc.RpcError:
+                pass
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        wait_until(lambda: node.node_info().queries_in_flight == 1, 5, "the lookup to start")
+        call.cancel()
+        reader.join(5)
+        assert not reader.is_alive()
+        wait_until(lambda: node.node_info().queries_in_flight == 0, 2,
+                   "the cancelled lookup to stop")
+        assert call.code() == grpc.StatusCode.CANCELLED
+
+
+def test_restart_with_the_same_data_dir_keeps_the_peer_id(tmp_path: object) -> None:
+    from pathlib import Path
+
+    data = Path(str(tmp_path)) / "node"
+    first = start_node("r1", data)
+    peer_id = first.peer_id
+    assert first.stop() == 0
+    assert (data / "identity.key").stat().st_mode & 0o777 == 0o600
+    second = start_node("r2", data)
+    try:
+        assert second.peer_id == peer_id
+    finally:
+        second.stop()
+
+
+def test_a_node_without_peers_is_unavailable(tmp_path: object) -> None:
+    from pathlib import Path
+
+    lonely = start_node("lonely", Path(str(tmp_path)) / "lonely")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            lonely.dht.FindPeer(pb.FindPeerRequest(
+                peer_id="12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "--bootstrap" in err.value.details()
+    finally:
+        lonely.stop()
+
+
+def test_parse_cid_helper_matches_the_daemon() -> None:
+    assert parse_cid(UNKNOWN_CID).version == 1
