@@ -6,6 +6,9 @@ import base64
 import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dhtd.errors import InvalidArgument
 from dhtd.ids import (
     DAG_PB,
@@ -33,8 +36,6 @@ from dhtd.ids import (
     peer_id_to_str,
     xor_distance,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # No example database: keep the test run from writing .hypothesis/ into the repo.
 PROPS = settings(database=None, max_examples=200, deadline=None)

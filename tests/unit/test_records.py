@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from dhtd.errors import InvalidRecord
 from dhtd.records import (
     MAX_IPNS_RECORD_BYTES,
