@@ -260,3 +260,56 @@ def test_a_node_without_peers_is_unavailable(tmp_path: object) -> None:
 
 def test_parse_cid_helper_matches_the_daemon() -> None:
     assert parse_cid(UNKNOWN_CID).version == 1
+
+
+def test_private_prefix_makes_a_separate_dht(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    private_a = start_node("pa", base / "pa", ["--protocol-prefix", "/private"])
+    nodes = [private_a]
+    try:
+        private_b = start_node("pb", base / "pb",
+                               ["--protocol-prefix", "/private", "--bootstrap", private_a.p2p_addr])
+        nodes.append(private_b)
+        public = start_node("pub", base / "pub")
+        nodes.append(public)
+        assert private_b.node_info().protocol == "/private/kad/1.0.0"
+        wait_until(lambda: private_b.node_info().routing_table_size == 1, 10,
+                   "the two private nodes to find each other")
+        # A public node can connect, but the private node does not speak /ipfs/kad/1.0.0.
+        res = public.node.Connect(pb.ConnectRequest(addr=private_a.p2p_addr), timeout=10)
+        assert res.peer.id == private_a.peer_id
+        assert res.added_to_routing_table is False
+        assert public.node_info().routing_table_size == 0
+        # The private pair still answers each other.
+        found = private_b.dht.FindPeer(pb.FindPeerRequest(peer_id=private_a.peer_id), timeout=10)
+        assert found.peer.id == private_a.peer_id
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_connect_adds_a_kad_peer_and_rejects_bad_addrs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    a = start_node("ca", base / "ca")
+    b = start_node("cb", base / "cb")
+    try:
+        res = a.node.Connect(pb.ConnectRequest(addr=b.p2p_addr), timeout=10)
+        assert res.added_to_routing_table is True
+        assert a.node_info().routing_table_size == 1
+        # The dialled side adds the dialler too.
+        wait_until(lambda: b.node_info().routing_table_size == 1, 10, "b to add a")
+        with pytest.raises(grpc.RpcError) as err:
+            a.node.Connect(pb.ConnectRequest(addr="/ip4/127.0.0.1/tcp/1"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("addr:")
+        dead = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+        with pytest.raises(grpc.RpcError) as err:
+            a.node.Connect(pb.ConnectRequest(addr=dead), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        a.stop()
+        b.stop()
