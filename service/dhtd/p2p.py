@@ -47,6 +47,15 @@ MAX_MESSAGE_BYTES = 4 << 20
 IDENTIFY_WAIT = 5.0
 _IDENTIFY_POLL = 0.02
 
+# Idle kad streams kept for reuse, per peer and in all. Like go-libp2p-kad-dht's
+# message sender, dhtd sends successive requests to a peer on one stream, which
+# skips the multistream-select negotiation of a new stream on every request.
+MAX_IDLE_STREAMS_PER_PEER = 2
+MAX_IDLE_STREAMS = 512
+
+# Resetting a broken stream must not hang a cancelled request.
+DISCARD_TIMEOUT = 1.0
+
 # Addresses learned from other peers are kept this long in the peerstore
 # (go-libp2p peerstore.TempAddrTTL is 2 min; providers' addrs 24 h). An hour
 # covers any walk and the re-dials that follow it.
@@ -55,6 +64,10 @@ LEARNED_ADDR_TTL = 3600
 IDENTITY_FILE = "identity.key"
 
 KadHandler = Callable[[bytes, Message], Awaitable[Message | None]]
+
+
+class _StaleStream(Exception):
+    """A stream failed before an answer came (closed by the peer, or broken)."""
 
 
 class RejectedRequest(Exception):
@@ -159,6 +172,8 @@ class Host:
         self.protocol_id = protocol_id
         self.self_id = peer_id_of(key_pair)
         self._host: Any = new_host(key_pair=key_pair)
+        self._idle: dict[bytes, list[Any]] = {}
+        self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
     async def open(
@@ -174,9 +189,12 @@ class Host:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
             self._host.get_network().register_notifee(_Notifee(send))
             nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
+            self._nursery = nursery
             try:
                 yield self
             finally:
+                self._nursery = None
+                self._idle.clear()
                 nursery.cancel_scope.cancel()
                 send.close()
 
@@ -272,24 +290,75 @@ class Host:
     # -- kad requests -------------------------------------------------------
 
     async def request(self, peer: bytes, message: Message) -> Message:
-        """Sends one kad message and reads one answer. Raises PeerRequestError."""
+        """Sends one kad message and reads one answer. Raises PeerRequestError.
+
+        Reuses an idle stream to ``peer`` when there is one (no protocol
+        negotiation); if the peer closed that stream meanwhile, retries once on
+        a new stream. A stream that was mid-request when cancelled is reset."""
+        frame = _frame(message)
+        stream = self._take_idle(peer)
+        if stream is not None:
+            try:
+                return await self._exchange(peer, stream, frame)
+            except _StaleStream:
+                pass
+        stream = await self._open(peer)
         try:
-            stream = await self._host.new_stream(ID(peer), [self.protocol_id])
+            return await self._exchange(peer, stream, frame)
+        except _StaleStream as exc:
+            raise PeerRequestError(str(exc)) from None
+
+    async def _open(self, peer: bytes) -> Any:
+        try:
+            return await self._host.new_stream(ID(peer), [self.protocol_id])
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
+
+    async def _exchange(self, peer: bytes, stream: Any, frame: bytes) -> Message:
         try:
-            await stream.write(_frame(message))
-            answer = Message()
-            answer.ParseFromString(await _read_frame(stream))
-            return answer
+            await stream.write(frame)
+            data = await _read_frame(stream)
         except PeerRequestError:
-            await _reset(stream)
+            await _discard(stream)
             raise
         except Exception as exc:
-            await _reset(stream)
-            raise PeerRequestError(describe(exc)) from None
-        finally:
-            await _close(stream)
+            await _discard(stream)
+            raise _StaleStream(describe(exc)) from None
+        except BaseException:
+            await _discard(stream)
+            raise
+        answer = Message()
+        try:
+            answer.ParseFromString(data)
+        except Exception:
+            await _discard(stream)
+            raise PeerRequestError("answer is not a kad message") from None
+        self._keep_idle(peer, stream)
+        return answer
+
+    def _take_idle(self, peer: bytes) -> Any | None:
+        streams = self._idle.get(peer)
+        if not streams:
+            return None
+        stream = streams.pop()
+        if not streams:
+            del self._idle[peer]
+        return stream
+
+    def _keep_idle(self, peer: bytes, stream: Any) -> None:
+        streams = self._idle.pop(peer, [])
+        streams.append(stream)
+        self._idle[peer] = streams  # most recently used last
+        if len(streams) > MAX_IDLE_STREAMS_PER_PEER:
+            self._spawn_close(streams.pop(0))
+        while sum(len(v) for v in self._idle.values()) > MAX_IDLE_STREAMS:
+            oldest = next(iter(self._idle))
+            for extra in self._idle.pop(oldest):
+                self._spawn_close(extra)
+
+    def _spawn_close(self, stream: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(_close, stream)
 
     async def send(self, peer: bytes, message: Message) -> None:
         """Sends one kad message that has no answer (ADD_PROVIDER). Raises PeerRequestError."""
@@ -377,6 +446,12 @@ async def _read_frame(stream: Any) -> bytes:
         return await _read_exact(stream, length)
     except EOFError:
         raise PeerRequestError("stream ended inside a message") from None
+
+
+async def _discard(stream: Any) -> None:
+    """Resets ``stream`` even inside a cancelled scope, within DISCARD_TIMEOUT."""
+    with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_TIMEOUT):
+        await _reset(stream)
 
 
 async def _reset(stream: Any) -> None:

@@ -1,0 +1,41 @@
+"""A typed Python client for dhtd, the libp2p Kademlia DHT served over gRPC."""
+
+from ._aio import AsyncClient
+from ._errors import (
+    CallCancelledError,
+    DeadlineExceededError,
+    DhtdError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from ._models import (
+    ConnectResult,
+    NodeInfo,
+    PeerInfo,
+    ProvideEvent,
+    QueryEvent,
+    QueryEventType,
+)
+from ._sync import Client
+
+__all__ = [
+    "AsyncClient",
+    "CallCancelledError",
+    "Client",
+    "ConnectResult",
+    "DeadlineExceededError",
+    "DhtdError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NodeInfo",
+    "NotFoundError",
+    "PeerInfo",
+    "ProvideEvent",
+    "QueryEvent",
+    "QueryEventType",
+    "UnavailableError",
+]

@@ -1,0 +1,166 @@
+"""The asyncio client, built on ``grpc.aio``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from dht.v1 import dht_pb2, dht_pb2_grpc
+
+from ._errors import from_rpc_error
+from ._models import (
+    ConnectResult,
+    NodeInfo,
+    PeerInfo,
+    ProvideEvent,
+    QueryEvent,
+    connect_result_from_pb,
+    event_from_pb,
+    node_info_from_pb,
+    peer_from_pb,
+    provide_event_from_pb,
+)
+from ._sync import DEFAULT_TARGET
+
+__all__ = ["AsyncClient"]
+
+_T = TypeVar("_T")
+
+
+class AsyncClient:
+    """An asyncio dhtd client with the same methods as ``Client``.
+
+    Create it inside a running event loop. ``timeout`` is the default deadline of
+    every call; each method's ``timeout`` keyword overrides it. A ``channel`` given
+    here is used as is and is not closed by ``close()``.
+
+    Streaming methods start the RPC when called and return an async generator.
+    Closing it early (``aclose()``, ``contextlib.aclosing``) cancels the RPC; after a
+    bare ``break`` asyncio closes it only when the generator is finalized.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._owns_channel = channel is None
+        self._channel: grpc.aio.Channel = (
+            grpc.aio.insecure_channel(target) if channel is None else channel
+        )
+        self._timeout = timeout
+        self._dht: Any = dht_pb2_grpc.DhtServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._node: Any = dht_pb2_grpc.NodeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel, if this client created it."""
+        if self._owns_channel:
+            await self._channel.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    async def _unary(self, method: Any, request: Any, deadline: float | None) -> Any:
+        try:
+            return await method(request, timeout=self._deadline(deadline))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def _stream(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None,
+        convert: Callable[[Any], _T],
+    ) -> AsyncGenerator[_T, None]:
+        try:
+            call = method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return _aiterate(call, convert)
+
+    # -- DhtService ----------------------------------------------------------------
+
+    async def find_peer(self, peer_id: str, *, timeout: float | None = None) -> PeerInfo:
+        """The multiaddrs of a peer. Raises NotFoundError when no peer knows one."""
+        request = dht_pb2.FindPeerRequest(peer_id=peer_id)
+        resp = await self._unary(self._dht.FindPeer, request, timeout)
+        return peer_from_pb(resp.peer)
+
+    def find_provs(
+        self, cid: str, num_providers: int = 0, *, timeout: float | None = None
+    ) -> AsyncGenerator[PeerInfo, None]:
+        """Each provider of ``cid`` as it is found (``num_providers`` 0 means 20)."""
+        request = dht_pb2.FindProvsRequest(cid=cid, num_providers=num_providers)
+        return self._stream(
+            self._dht.FindProvs, request, timeout, lambda r: peer_from_pb(r.provider)
+        )
+
+    async def get(self, key: bytes, *, timeout: float | None = None) -> bytes:
+        """The best value stored under ``key``. Raises NotFoundError if none."""
+        resp = await self._unary(self._dht.Get, dht_pb2.GetRequest(key=key), timeout)
+        value: bytes = resp.value
+        return value
+
+    def provide(
+        self, *cids: str, recursive: bool = False, timeout: float | None = None
+    ) -> AsyncGenerator[ProvideEvent, None]:
+        """Announce that this node provides each CID, yielding the walk events."""
+        request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive)
+        return self._stream(self._dht.Provide, request, timeout, provide_event_from_pb)
+
+    def put(
+        self, key: bytes, value: bytes, *, timeout: float | None = None
+    ) -> AsyncGenerator[QueryEvent, None]:
+        """Store a record on this node and the closest peers, yielding the walk events."""
+        request = dht_pb2.PutRequest(key=key, value=value)
+        return self._stream(self._dht.Put, request, timeout, lambda r: event_from_pb(r.event))
+
+    def query(
+        self, peer_id: str, *, timeout: float | None = None
+    ) -> AsyncGenerator[QueryEvent, None]:
+        """The walk towards ``peer_id``; ends with one FINAL_PEER per closest peer."""
+        request = dht_pb2.QueryRequest(peer_id=peer_id)
+        return self._stream(self._dht.Query, request, timeout, lambda r: event_from_pb(r.event))
+
+    # -- NodeService ---------------------------------------------------------------
+
+    async def info(self, *, timeout: float | None = None) -> NodeInfo:
+        """Describe this node."""
+        resp = await self._unary(self._node.Info, dht_pb2.InfoRequest(), timeout)
+        return node_info_from_pb(resp)
+
+    async def connect(self, addr: str, *, timeout: float | None = None) -> ConnectResult:
+        """Dial a multiaddr ending in ``/p2p/<peer id>``."""
+        request = dht_pb2.ConnectRequest(addr=addr)
+        resp = await self._unary(self._node.Connect, request, timeout)
+        return connect_result_from_pb(resp)
+
+
+async def _aiterate(call: Any, convert: Callable[[Any], _T]) -> AsyncGenerator[_T, None]:
+    try:
+        async for response in call:
+            yield convert(response)
+    except grpc.RpcError as err:
+        raise from_rpc_error(err) from err
+    finally:
+        call.cancel()

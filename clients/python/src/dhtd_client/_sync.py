@@ -1,0 +1,162 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from dht.v1 import dht_pb2, dht_pb2_grpc
+
+from ._errors import from_rpc_error
+from ._models import (
+    ConnectResult,
+    NodeInfo,
+    PeerInfo,
+    ProvideEvent,
+    QueryEvent,
+    connect_result_from_pb,
+    event_from_pb,
+    node_info_from_pb,
+    peer_from_pb,
+    provide_event_from_pb,
+)
+
+__all__ = ["Client"]
+
+_T = TypeVar("_T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+class Client:
+    """A blocking dhtd client.
+
+    ``timeout`` (seconds) is the default deadline of every call; each method's own
+    ``timeout`` keyword overrides it (``None`` there means "use the default").
+    A ``channel`` given here is used as is and is not closed by ``close()``.
+
+    Streaming methods start the RPC when called and return a generator that yields
+    each result as it arrives. Closing the generator early (``break``, ``.close()``,
+    ``contextlib.closing``) cancels the RPC.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._owns_channel = channel is None
+        self._channel: grpc.Channel = grpc.insecure_channel(target) if channel is None else channel
+        self._timeout = timeout
+        self._dht: Any = dht_pb2_grpc.DhtServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._node: Any = dht_pb2_grpc.NodeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel, if this client created it."""
+        if self._owns_channel:
+            self._channel.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._timeout if timeout is None else timeout
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    def _stream(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None,
+        convert: Callable[[Any], _T],
+    ) -> Generator[_T, None, None]:
+        try:
+            call = method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+        return _iterate(call, convert)
+
+    # -- DhtService ----------------------------------------------------------------
+
+    def find_peer(self, peer_id: str, *, timeout: float | None = None) -> PeerInfo:
+        """The multiaddrs of a peer. Raises NotFoundError when no peer knows one."""
+        resp = self._unary(self._dht.FindPeer, dht_pb2.FindPeerRequest(peer_id=peer_id), timeout)
+        return peer_from_pb(resp.peer)
+
+    def find_provs(
+        self, cid: str, num_providers: int = 0, *, timeout: float | None = None
+    ) -> Generator[PeerInfo, None, None]:
+        """Each provider of ``cid`` as it is found (``num_providers`` 0 means 20)."""
+        request = dht_pb2.FindProvsRequest(cid=cid, num_providers=num_providers)
+        return self._stream(
+            self._dht.FindProvs, request, timeout, lambda r: peer_from_pb(r.provider)
+        )
+
+    def get(self, key: bytes, *, timeout: float | None = None) -> bytes:
+        """The best value stored under ``key``. Raises NotFoundError if none."""
+        resp = self._unary(self._dht.Get, dht_pb2.GetRequest(key=key), timeout)
+        value: bytes = resp.value
+        return value
+
+    def provide(
+        self, *cids: str, recursive: bool = False, timeout: float | None = None
+    ) -> Generator[ProvideEvent, None, None]:
+        """Announce that this node provides each CID, yielding the walk events."""
+        request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive)
+        return self._stream(self._dht.Provide, request, timeout, provide_event_from_pb)
+
+    def put(
+        self, key: bytes, value: bytes, *, timeout: float | None = None
+    ) -> Generator[QueryEvent, None, None]:
+        """Store a record on this node and the closest peers, yielding the walk events."""
+        request = dht_pb2.PutRequest(key=key, value=value)
+        return self._stream(self._dht.Put, request, timeout, lambda r: event_from_pb(r.event))
+
+    def query(
+        self, peer_id: str, *, timeout: float | None = None
+    ) -> Generator[QueryEvent, None, None]:
+        """The walk towards ``peer_id``; ends with one FINAL_PEER per closest peer."""
+        request = dht_pb2.QueryRequest(peer_id=peer_id)
+        return self._stream(self._dht.Query, request, timeout, lambda r: event_from_pb(r.event))
+
+    # -- NodeService ---------------------------------------------------------------
+
+    def info(self, *, timeout: float | None = None) -> NodeInfo:
+        """Describe this node."""
+        resp = self._unary(self._node.Info, dht_pb2.InfoRequest(), timeout)
+        return node_info_from_pb(resp)
+
+    def connect(self, addr: str, *, timeout: float | None = None) -> ConnectResult:
+        """Dial a multiaddr ending in ``/p2p/<peer id>``."""
+        resp = self._unary(self._node.Connect, dht_pb2.ConnectRequest(addr=addr), timeout)
+        return connect_result_from_pb(resp)
+
+
+def _iterate(call: Any, convert: Callable[[Any], _T]) -> Generator[_T, None, None]:
+    try:
+        for response in call:
+            yield convert(response)
+    except grpc.RpcError as err:
+        raise from_rpc_error(err) from err
+    finally:
+        call.cancel()
