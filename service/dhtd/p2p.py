@@ -361,18 +361,34 @@ class Host:
             self._nursery.start_soon(_close, stream)
 
     async def send(self, peer: bytes, message: Message) -> None:
-        """Sends one kad message that has no answer (ADD_PROVIDER). Raises PeerRequestError."""
+        """Sends one kad message that has no answer (ADD_PROVIDER). Raises PeerRequestError.
+
+        Uses an idle stream when there is one (the walk before an ADD_PROVIDER
+        has just used it), else a new one; the stream stays open for reuse."""
+        frame = _frame(message)
+        stream = self._take_idle(peer)
+        if stream is not None:
+            try:
+                await self._write(stream, frame)
+            except _StaleStream:
+                stream = None
+        if stream is None:
+            stream = await self._open(peer)
+            try:
+                await self._write(stream, frame)
+            except _StaleStream as exc:
+                raise PeerRequestError(str(exc)) from None
+        self._keep_idle(peer, stream)
+
+    async def _write(self, stream: Any, frame: bytes) -> None:
         try:
-            stream = await self._host.new_stream(ID(peer), [self.protocol_id])
+            await stream.write(frame)
         except Exception as exc:
-            raise PeerRequestError(describe(exc)) from None
-        try:
-            await stream.write(_frame(message))
-        except Exception as exc:
-            await _reset(stream)
-            raise PeerRequestError(describe(exc)) from None
-        finally:
-            await _close(stream)
+            await _discard(stream)
+            raise _StaleStream(describe(exc)) from None
+        except BaseException:
+            await _discard(stream)
+            raise
 
     def _stream_handler(self, handler: KadHandler) -> Callable[[Any], Awaitable[None]]:
         async def serve(stream: Any) -> None:

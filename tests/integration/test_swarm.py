@@ -313,3 +313,20 @@ def test_connect_adds_a_kad_peer_and_rejects_bad_addrs(tmp_path: object) -> None
     finally:
         a.stop()
         b.stop()
+
+
+def test_find_provs_streams_the_first_provider_before_the_walk_ends(five: list[Node]) -> None:
+    cid = cid_for(f"stream-first-{time.time_ns()}")
+    list(five[1].dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
+    with Frozen(five[3]):
+        started = time.monotonic()
+        call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid, num_providers=5), timeout=3)
+        first = next(call)
+        first_at = time.monotonic() - started
+        assert first.provider.id == five[1].peer_id
+        assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+        ended_at = time.monotonic() - started
+    # The provider arrived at once; the walk went on (waiting on the frozen
+    # peer) until the deadline.
+    assert first_at < 1.0
+    assert ended_at > 2.5
