@@ -101,10 +101,15 @@ class Bridge:
                 job.finish(outcome)
 
         def spawn() -> None:
-            if self._nursery is None:
-                job.finish((False, Unavailable("the DHT node is shutting down")))
-                return
-            self._nursery.start_soon(run)
+            if self._nursery is not None:
+                try:
+                    self._nursery.start_soon(run)
+                    return
+                except RuntimeError:
+                    # The nursery has closed (the node is going down). Raising
+                    # here, in a run_sync_soon callback, would crash trio.
+                    pass
+            job.finish((False, Unavailable("the DHT node is shutting down")))
 
         try:
             token.run_sync_soon(spawn)

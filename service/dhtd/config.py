@@ -9,6 +9,7 @@ variable. :func:`load` checks everything at once and raises
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -186,7 +187,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     query_timeout = _number(args.query_timeout, "query-timeout", problems, low=0.001, high=3600)
     grace = _number(args.shutdown_grace, "shutdown-grace", problems, low=0, high=600)
     dev_peers = _number(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
-    if dev_peers != int(dev_peers):
+    # nan and inf are already reported as out of range (and int() would raise on them).
+    if math.isfinite(dev_peers) and dev_peers != int(dev_peers):
         problems.append(f"--dev-peers: {args.dev_peers!r} is not a whole number")
 
     level = args.log_level.strip().lower()

@@ -70,14 +70,18 @@ class KadHandlers:
 
     def closer_peers(self, key: bytes, exclude: bytes) -> list[PeerRecord]:
         """Up to k known peers nearest to ``key`` that have addresses, minus ``exclude``."""
-        out = []
-        for peer in self.table.closest(kad_key(key), BUCKET_SIZE + 1):
+        out: list[PeerRecord] = []
+        # Ranks the whole table (closest() sorts it all anyway), so that peers
+        # skipped for having no addresses do not shrink the answer below k.
+        for peer in self.table.closest(kad_key(key), len(self.table)):
+            if len(out) == BUCKET_SIZE:
+                break
             if peer == exclude:
                 continue
             addrs = self.peers.addrs_of(peer)
             if addrs:
                 out.append(PeerRecord(peer, addrs))
-        return out[:BUCKET_SIZE]
+        return out
 
     def _answer(self, request: Message, sender: bytes) -> Message:
         answer = new_message(request.type, request.key)
@@ -147,7 +151,10 @@ def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
         if provider.id != sender:
             continue
         addrs = tuple(provider.addrs) or h.peers.addrs_of(sender)
-        h.providers.add(request.key, sender, addrs, now)
+        try:
+            h.providers.add(request.key, sender, addrs, now)
+        except InvalidRecord as exc:  # the store is full
+            raise Rejected(str(exc)) from None
     return None
 
 

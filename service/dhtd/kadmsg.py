@@ -6,6 +6,7 @@ operations, so both sides encode peers and record times one way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -13,6 +14,12 @@ from dhtd.lookup import PeerRecord
 from dhtd.wire.kad_pb2 import Message, Record
 
 MessageType = Message.MessageType
+
+# RFC 3339 date-time: full date, full time, optional fraction, required offset.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def new_message(kind: int, key: bytes = b"") -> Message:
@@ -54,7 +61,7 @@ def format_time(epoch: float) -> str:
 def parse_time(text: str) -> float | None:
     """Reads an RFC 3339 time (any fraction length); None if it is not one."""
     text = text.strip()
-    if not text:
+    if not _RFC3339.fullmatch(text):
         return None
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -66,6 +73,4 @@ def parse_time(text: str) -> float | None:
         dt = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

@@ -1,0 +1,132 @@
+"""Unit tests for dhtd.kadmsg: message helpers and Record.timeReceived times."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dhtd.kadmsg import (
+    MessageType,
+    add_peers,
+    format_time,
+    new_message,
+    new_record,
+    parse_time,
+    read_peers,
+)
+from dhtd.lookup import PeerRecord
+from dhtd.wire.kad_pb2 import Message
+
+NOW = 1_750_000_000.123456
+
+
+# --- times ------------------------------------------------------------------------------------
+
+
+def test_format_time_is_rfc3339_with_nanoseconds_and_z() -> None:
+    assert format_time(0) == "1970-01-01T00:00:00.000000000Z"
+    assert format_time(1_700_000_000.5) == "2023-11-14T22:13:20.500000000Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", format_time(NOW))
+
+
+@settings(database=None, max_examples=300)
+@given(st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+def test_format_then_parse_round_trips_to_the_microsecond(epoch: float) -> None:
+    parsed = parse_time(format_time(epoch))
+    assert parsed is not None
+    assert parsed == pytest.approx(epoch, abs=1e-6)
+    # Formatting what was parsed gives the same text back.
+    assert format_time(parsed) == format_time(epoch)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20z", 1_700_000_000.0),
+        ("2023-11-14t22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14 22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20.5Z", 1_700_000_000.5),
+        ("2023-11-14T22:13:20.123456789Z", 1_700_000_000.123456),
+        ("2023-11-14T22:13:20.000000001Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20.1234567890123Z", 1_700_000_000.123456),
+        ("2023-11-14T22:13:20+00:00", 1_700_000_000.0),
+        ("2023-11-15T00:13:20.25+02:00", 1_700_000_000.25),
+        ("2023-11-14T17:13:20.123456789-05:00", 1_700_000_000.123456),
+        ("2023-11-14T22:13:20-00:00", 1_700_000_000.0),
+        ("  2023-11-14T22:13:20Z\n", 1_700_000_000.0),
+    ],
+)
+def test_parse_time(text: str, expected: float) -> None:
+    parsed = parse_time(text)
+    assert parsed is not None
+    assert parsed == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "garbage",
+        "1700000000",
+        "nan",
+        "2023-11-14",  # a date is not a date-time
+        "22:13:20Z",
+        "2023-11-14T22:13Z",  # seconds are required
+        "2023-11-14T22:13:20",  # so is the offset
+        "20231114T221320Z",  # the basic ISO 8601 form is not RFC 3339
+        "2023-11-14T22:13:20.Z",  # a '.' needs digits
+        "2023-11-14T22:13:20.5.5Z",
+        "2023-11-14T22:13:20ZZ",
+        "2023-11-14T22:13:20+0200",
+        "2023-13-14T22:13:20Z",  # month 13
+        "2023-11-31T22:13:20Z",  # November 31st
+        "2023-11-14T25:13:20Z",
+        "2023-11-14T22:13:20+24:00",
+        "٢٠٢٣-11-14T22:13:20Z",  # non-ASCII digits
+        "2023-11-14T22:13:20Z trailing",
+    ],
+)
+def test_parse_time_garbage_is_none(text: str) -> None:
+    assert parse_time(text) is None
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def test_new_message() -> None:
+    message = new_message(MessageType.GET_VALUE, b"/pk/x")
+    assert message.type == Message.GET_VALUE
+    assert message.key == b"/pk/x"
+    assert not message.HasField("record")
+    assert new_message(MessageType.PING).key == b""
+
+
+def test_new_record() -> None:
+    record = new_record(b"/app/k", b"v", NOW)
+    assert (record.key, record.value) == (b"/app/k", b"v")
+    assert record.timeReceived == format_time(NOW)
+    assert new_record(b"/app/k", b"v").timeReceived == ""
+
+
+def test_add_peers_then_read_peers() -> None:
+    peers = [PeerRecord(b"\x12\x20" + bytes([i]) * 32, (b"a%d" % i, b"b")) for i in range(3)]
+    peers.append(PeerRecord(b"\x12\x20" + b"\x09" * 32))
+    message = Message()
+    add_peers(message.closerPeers, peers, frozenset([peers[1].id]))
+    assert [p.connection for p in message.closerPeers] == [
+        Message.CAN_CONNECT, Message.CONNECTED, Message.CAN_CONNECT, Message.CAN_CONNECT
+    ]
+    wire = Message.FromString(message.SerializeToString())
+    assert read_peers(wire.closerPeers) == peers
+
+
+def test_read_peers_drops_entries_without_an_id() -> None:
+    message = Message()
+    message.closerPeers.add().addrs.append(b"orphan")
+    message.closerPeers.add().id = b"p"
+    assert read_peers(message.closerPeers) == [PeerRecord(b"p")]

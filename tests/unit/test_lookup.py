@@ -1,0 +1,506 @@
+"""Unit tests for dhtd.lookup: the iterative Kademlia walk, against an in-process fake network.
+
+Every test runs trio with a MockClock that jumps ahead whenever all tasks are
+blocked, so timeouts cost no wall time and a walk that never ends shows up as
+a TooSlowError from a bounding fail_after instead of a hung test.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from dhtd.ids import kad_key, xor_distance
+from dhtd.lookup import (
+    EventType,
+    LookupResult,
+    PeerRecord,
+    PeerRequestError,
+    QueryEvent,
+    describe,
+    lookup,
+)
+from dhtd.routing import RoutingTable
+
+K = 20
+# Virtual seconds any single walk may take before the test counts it as hung.
+WALK_BOUND = 1_000.0
+
+
+def run(fn: Callable[[], Awaitable[object]]) -> object:
+    """Runs ``fn`` under trio with a clock that skips idle time."""
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def sha_id(rng: random.Random) -> bytes:
+    """A random sha2-256 multihash peer ID."""
+    return b"\x12\x20" + rng.randbytes(32)
+
+
+def identity_id(rng: random.Random) -> bytes:
+    """A random identity-multihash peer ID shaped like an Ed25519 one (34 bytes)."""
+    return b"\x00\x24\x08\x01\x12\x20" + rng.randbytes(28)
+
+
+def addr_of(peer: bytes) -> tuple[bytes, ...]:
+    return (b"addr:" + peer[-6:],)
+
+
+def true_closest(target: bytes, peers: Sequence[bytes], count: int) -> list[bytes]:
+    """Brute force: ``count`` peers nearest to ``target`` (raw key), nearest first."""
+    tkey = kad_key(target)
+    return sorted(peers, key=lambda p: xor_distance(kad_key(p), tkey))[:count]
+
+
+class FakeTransport:
+    def __init__(self, connected: set[bytes] | None = None) -> None:
+        self.connected = connected or set()
+        self.learned: list[bytes] = []
+        self.forgotten: list[bytes] = []
+
+    def is_connected(self, peer: bytes) -> bool:
+        return peer in self.connected
+
+    def learn(self, peers: Sequence[PeerRecord]) -> None:
+        self.learned.extend(p.id for p in peers)
+
+    def forget(self, peer: bytes) -> None:
+        self.forgotten.append(peer)
+
+
+class FakeNetwork:
+    """N peers, each knowing the others through its own k-bucket routing table.
+
+    ``ask(target)`` builds the AskFn of a walk towards ``target``: the asked
+    peer answers with the k peers nearest to the target that it knows.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[bytes],
+        rng: random.Random,
+        *,
+        k: int = K,
+        failing: frozenset[bytes] = frozenset(),
+        hung: frozenset[bytes] = frozenset(),
+        extra_known: Sequence[bytes] = (),
+    ) -> None:
+        self.ids = list(ids)
+        self.k = k
+        self.failing = failing
+        self.hung = hung
+        self.tables: dict[bytes, RoutingTable] = {}
+        for peer in self.ids:
+            table = RoutingTable(peer, bucket_size=k)
+            others = [p for p in [*self.ids, *extra_known] if p != peer]
+            rng.shuffle(others)
+            for other in others:
+                table.add(other)
+            self.tables[peer] = table
+        self.asked: Counter[bytes] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.cancelled: list[bytes] = []
+        self.rng = rng
+
+    def ask(self, target: bytes) -> Callable[[bytes], Awaitable[Sequence[PeerRecord]]]:
+        tkey = kad_key(target)
+
+        async def ask(peer: bytes) -> Sequence[PeerRecord]:
+            self.asked[peer] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                # A few scheduling points, a different number per request, so
+                # answers come back out of order.
+                for _ in range(self.rng.randrange(1, 6)):
+                    await trio.lowlevel.checkpoint()
+                if peer in self.hung:
+                    await trio.sleep_forever()
+                if peer in self.failing:
+                    raise PeerRequestError(f"dial {peer[-4:].hex()}: connection refused")
+                return [PeerRecord(p, addr_of(p)) for p in self.tables[peer].closest(tkey, self.k)]
+            except trio.Cancelled:
+                self.cancelled.append(peer)
+                raise
+            finally:
+                self.in_flight -= 1
+
+        return ask
+
+
+def network(seed: int, n: int = 150, **kwargs: object) -> tuple[FakeNetwork, random.Random]:
+    rng = random.Random(seed)
+    ids = [sha_id(rng) if i % 2 else identity_id(rng) for i in range(n)]
+    return FakeNetwork(ids, rng, **kwargs), rng  # type: ignore[arg-type]
+
+
+def seeds_from(rng: random.Random, ids: Sequence[bytes], count: int) -> list[PeerRecord]:
+    return [PeerRecord(p, addr_of(p)) for p in rng.sample(list(ids), count)]
+
+
+def walk(
+    net: FakeNetwork,
+    target: bytes,
+    seeds: Sequence[PeerRecord],
+    transport: FakeTransport | None = None,
+    events: list[QueryEvent] | None = None,
+    **kwargs: object,
+) -> LookupResult:
+    transport = transport or FakeTransport()
+    sink = events if events is not None else []
+    self_id = kwargs.pop("self_id", b"\x12\x20" + b"\xff" * 32)
+
+    async def main() -> LookupResult:
+        with trio.fail_after(WALK_BOUND):
+            return await lookup(
+                target, seeds, transport, net.ask(target), sink.append,
+                self_id=self_id, **kwargs,  # type: ignore[arg-type]
+            )
+
+    result = run(main)
+    assert isinstance(result, LookupResult)
+    return result
+
+
+# --- convergence --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_converges_to_the_true_k_closest_of_the_network(seed: int) -> None:
+    net, rng = network(seed)
+    target = rng.randbytes(34) if seed % 2 else b"/app/" + rng.randbytes(8)
+    seeds = seeds_from(rng, net.ids, 3)
+
+    result = walk(net, target, seeds)
+
+    assert [p.id for p in result.closest] == true_closest(target, net.ids, K)
+    assert all(p.addrs == addr_of(p.id) for p in result.closest)
+    assert not result.stopped
+    assert result.failed == 0
+    assert result.queried == sum(net.asked.values())
+    # It converged: it stopped once the k nearest had answered, long before
+    # running out of peers to ask.
+    assert len(net.asked) < len(net.ids) // 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_converges_with_a_small_k_and_alpha(seed: int) -> None:
+    net, rng = network(100 + seed, n=80, k=4)
+    target = rng.randbytes(34)
+    result = walk(net, target, seeds_from(rng, net.ids, 1), k=4, alpha=2)
+    assert [p.id for p in result.closest] == true_closest(target, net.ids, 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_peer_is_asked_at_most_once(seed: int) -> None:
+    net, rng = network(200 + seed)
+    target = rng.randbytes(34)
+    # Seeds given twice, and every answer names many already-known peers.
+    seeds = seeds_from(rng, net.ids, 10)
+    walk(net, target, seeds + seeds)
+    assert net.asked
+    assert max(net.asked.values()) == 1
+
+
+@pytest.mark.parametrize("alpha", [1, 3, 10])
+def test_never_more_than_alpha_requests_in_flight(alpha: int) -> None:
+    net, rng = network(300 + alpha)
+    target = rng.randbytes(34)
+    walk(net, target, seeds_from(rng, net.ids, 30), alpha=alpha)
+    # Reaching alpha shows that the counter can see concurrency at all.
+    assert net.max_in_flight == alpha
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def test_events_dialing_only_when_not_connected_and_in_order() -> None:
+    net, rng = network(400, failing=frozenset())
+    failing = frozenset(rng.sample(net.ids, 40))
+    net.failing = failing
+    connected = set(rng.sample(net.ids, 60))
+    transport = FakeTransport(connected)
+    events: list[QueryEvent] = []
+    target = rng.randbytes(34)
+
+    result = walk(net, target, seeds_from(rng, net.ids, 10), transport, events)
+
+    asked = set(net.asked)
+    assert asked
+    assert {e.peer for e in events} == asked
+    dialed = [e.peer for e in events if e.type is EventType.DIALING_PEER]
+    assert sorted(dialed) == sorted(asked - connected)
+
+    for peer in asked:
+        kinds = [e.type for e in events if e.peer == peer]
+        expected_end = EventType.QUERY_ERROR if peer in failing else EventType.PEER_RESPONSE
+        prefix = [] if peer in connected else [EventType.DIALING_PEER]
+        assert kinds == [*prefix, EventType.SENDING_QUERY, expected_end], kinds
+        if peer not in connected:
+            # DIALING_PEER comes right before this peer's SENDING_QUERY.
+            i = next(i for i, e in enumerate(events)
+                     if e.peer == peer and e.type is EventType.DIALING_PEER)
+            assert events[i + 1].type is EventType.SENDING_QUERY
+            assert events[i + 1].peer == peer
+
+    for event in events:
+        if event.type is EventType.QUERY_ERROR:
+            assert event.extra == f"dial {event.peer[-4:].hex()}: connection refused"
+            assert event.responses == ()
+        elif event.type is EventType.PEER_RESPONSE:
+            assert event.responses
+            assert all(r.addrs for r in event.responses)
+        else:
+            assert event.responses == ()
+            assert event.extra == ""
+    assert result.failed == len(asked & failing)
+    assert result.queried == len(asked - failing)
+
+
+def test_query_error_text_is_the_first_line_of_the_error() -> None:
+    peer = b"\x12\x20" + b"\x01" * 32
+    events: list[QueryEvent] = []
+
+    async def ask(p: bytes) -> Sequence[PeerRecord]:
+        raise ExceptionGroup("group", [OSError("stream reset\nsecond line")])
+
+    async def main() -> LookupResult:
+        return await lookup(b"k", [PeerRecord(peer)], FakeTransport(), ask, events.append,
+                            self_id=b"self")
+
+    result = run(main)
+    assert isinstance(result, LookupResult)
+    assert [(e.type, e.extra) for e in events][-1] == (EventType.QUERY_ERROR, "stream reset")
+    assert result.closest == []
+    assert result.failed == 1
+
+
+def test_describe() -> None:
+    assert describe(ValueError("  bad thing\nmore")) == "bad thing"
+    assert describe(ValueError()) == "ValueError"
+    assert describe(BaseExceptionGroup("g", [KeyError("x")])) == "'x'"
+    assert describe(ExceptionGroup("g", [ExceptionGroup("h", [RuntimeError("deep")])])) == "deep"
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_failing_peers_are_forgotten_and_excluded(seed: int) -> None:
+    net, rng = network(500 + seed)
+    target = rng.randbytes(34)
+    # Fail most of the true k closest, so the walk has to look past them.
+    nearest = true_closest(target, net.ids, K)
+    failing = frozenset(nearest[: K // 2] + rng.sample(net.ids, 15))
+    net.failing = failing
+    transport = FakeTransport()
+
+    result = walk(net, target, seeds_from(rng, net.ids, 5), transport)
+
+    forgotten = Counter(transport.forgotten)
+    assert set(forgotten) == set(net.asked) & failing
+    assert set(nearest[: K // 2]) <= set(forgotten)
+    assert max(forgotten.values()) == 1
+    assert not {p.id for p in result.closest} & failing
+    # The result is the k nearest of the peers that answered ...
+    answered = [p for p in net.asked if p not in failing]
+    assert [p.id for p in result.closest] == true_closest(target, answered, K)
+    # ... and it holds the nearest live peers of the whole network. (Not all k of
+    # them: live peers answer with dead ones too, as real peers do, which can
+    # crowd the farthest live ones out of every answer.)
+    live = [p for p in net.ids if p not in failing]
+    assert [p.id for p in result.closest][: K // 2] == true_closest(target, live, K // 2)
+    assert result.failed == len(forgotten)
+
+
+def test_all_seeds_failing_gives_an_empty_result() -> None:
+    net, rng = network(600, n=30)
+    seeds = seeds_from(rng, net.ids, 5)
+    net.failing = frozenset(p.id for p in seeds)
+    transport = FakeTransport()
+    result = walk(net, rng.randbytes(34), seeds, transport)
+    assert result.closest == []
+    assert result.queried == 0
+    assert result.failed == 5
+    assert sorted(transport.forgotten) == sorted(p.id for p in seeds)
+
+
+def test_request_timeout_turns_a_hung_peer_into_a_query_error() -> None:
+    net, rng = network(700, n=40)
+    target = rng.randbytes(34)
+    # The peer nearest to the target is sure to be asked.
+    hung = true_closest(target, net.ids, 1)[0]
+    net.hung = frozenset([hung])
+    seeds = [PeerRecord(hung, addr_of(hung)), *seeds_from(rng, net.ids, 3)]
+    events: list[QueryEvent] = []
+    transport = FakeTransport()
+
+    async def main() -> tuple[LookupResult, float]:
+        start = trio.current_time()
+        with trio.fail_after(WALK_BOUND):
+            result = await lookup(target, seeds, transport, net.ask(target), events.append,
+                                  self_id=b"self", request_timeout=2.5)
+        return result, trio.current_time() - start
+
+    outcome = run(main)
+    assert isinstance(outcome, tuple)
+    result, elapsed = outcome
+    errors = [e for e in events if e.type is EventType.QUERY_ERROR]
+    assert [(e.peer, e.extra) for e in errors] == [(hung, "no answer within 2.5s")]
+    assert transport.forgotten == [hung]
+    assert hung in net.cancelled
+    assert hung not in {p.id for p in result.closest}
+    assert [p.id for p in result.closest] == true_closest(
+        target, [p for p in net.ids if p != hung], K)
+    assert elapsed == pytest.approx(2.5)
+
+
+# --- stop and cancellation ------------------------------------------------------------------
+
+
+def test_stop_ends_the_walk_early_and_cancels_requests_in_flight() -> None:
+    peers = [b"\x12\x20" + bytes([i]) * 32 for i in range(6)]
+    answered: list[bytes] = []
+    cancelled: list[bytes] = []
+    events: list[QueryEvent] = []
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        try:
+            if peer == peers[0]:
+                await trio.sleep(1)
+                answered.append(peer)
+                return [PeerRecord(b"\x12\x20" + b"\xee" * 32, (b"a",))]
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            cancelled.append(peer)
+            raise
+        raise AssertionError("unreachable")
+
+    async def main() -> tuple[LookupResult, float]:
+        with trio.fail_after(WALK_BOUND):
+            result = await lookup(
+                b"target", [PeerRecord(p) for p in peers], FakeTransport(), ask, events.append,
+                self_id=b"self", stop=lambda: bool(answered), request_timeout=math.inf,
+            )
+        return result, trio.current_time()
+
+    outcome = run(main)
+    assert isinstance(outcome, tuple)
+    result, now = outcome
+    assert result.stopped
+    assert now == pytest.approx(1.0)
+    assert result.queried == 1
+    assert [p.id for p in result.closest] == [peers[0]]
+    assert sorted(cancelled) == sorted(peers[1:])
+    # The walk does not ask the newly heard peer once stop() is true.
+    asked = {e.peer for e in events if e.type is EventType.SENDING_QUERY}
+    assert asked == set(peers)
+
+
+def test_stop_true_from_the_start_asks_nobody() -> None:
+    net, rng = network(800, n=20)
+    result = walk(net, rng.randbytes(34), seeds_from(rng, net.ids, 5), stop=lambda: True)
+    assert result.stopped
+    assert result.closest == []
+    assert not net.asked
+
+
+def _all_tasks() -> list[trio.lowlevel.Task]:
+    tasks = []
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        assert task is not None
+        tasks.append(task)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return tasks
+
+
+def test_cancelling_the_surrounding_scope_ends_the_lookup_with_no_leftover_tasks() -> None:
+    peers = [b"\x12\x20" + bytes([i]) * 32 for i in range(1, 8)]
+    started: list[bytes] = []
+    ended: list[bytes] = []
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        started.append(peer)
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.append(peer)
+        raise AssertionError("unreachable")
+
+    async def main() -> None:
+        before = len(_all_tasks())
+        with trio.move_on_after(3) as scope:
+            await lookup(b"t", [PeerRecord(p) for p in peers], FakeTransport(), ask,
+                         lambda e: None, self_id=b"self", request_timeout=math.inf)
+        assert scope.cancelled_caught
+        assert trio.current_time() == pytest.approx(3.0)
+        assert sorted(started) == sorted(peers)
+        assert sorted(ended) == sorted(peers)
+        assert len(_all_tasks()) == before
+
+    run(main)
+
+
+def test_cancellation_is_prompt_in_real_time() -> None:
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def main() -> None:
+        start = trio.current_time()
+        with trio.move_on_after(0.05):
+            await lookup(b"t", [PeerRecord(b"\x12\x20" + b"\x07" * 32)], FakeTransport(), ask,
+                         lambda e: None, self_id=b"self")
+        assert trio.current_time() - start < 1.0
+
+    trio.run(main)
+
+
+# --- edges ----------------------------------------------------------------------------------
+
+
+def test_empty_seeds_give_an_empty_result() -> None:
+    events: list[QueryEvent] = []
+    asked: list[bytes] = []
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        asked.append(peer)
+        return []
+
+    async def main() -> LookupResult:
+        return await lookup(b"t", [], FakeTransport(), ask, events.append, self_id=b"self")
+
+    result = run(main)
+    assert result == LookupResult(closest=[], stopped=False, queried=0, failed=0)
+    assert events == []
+    assert asked == []
+
+
+def test_self_is_never_queried_even_when_peers_name_it() -> None:
+    rng = random.Random(900)
+    self_id = sha_id(rng)
+    ids = [sha_id(rng) for _ in range(60)]
+    # Every peer knows self; self is among the seeds too.
+    net = FakeNetwork(ids, rng, extra_known=[self_id])
+    target = self_id  # self is the nearest possible peer to this target
+    seeds = [PeerRecord(self_id, (b"me",)), *seeds_from(rng, ids, 3)]
+    events: list[QueryEvent] = []
+    transport = FakeTransport()
+
+    result = walk(net, target, seeds, transport, events, self_id=self_id)
+
+    assert self_id not in net.asked
+    assert all(e.peer != self_id for e in events)
+    assert all(r.id != self_id for e in events for r in e.responses)
+    assert self_id not in transport.learned
+    assert [p.id for p in result.closest] == true_closest(target, ids, K)

@@ -1,0 +1,82 @@
+"""Unit tests for dhtd.api.status: domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import grpc
+import pytest
+
+from dhtd import errors
+from dhtd.api.status import STATUS_OF, status_of
+
+EXPECTED = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidRecord: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def domain_errors() -> list[type[errors.DhtdError]]:
+    return [
+        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.DhtdError) and cls is not errors.DhtdError
+    ]
+
+
+def make(cls: type[errors.DhtdError]) -> errors.DhtdError:
+    if cls is errors.InvalidArgument:
+        return errors.InvalidArgument("peer_id", "is empty")
+    return cls("what went wrong")
+
+
+def test_every_domain_error_has_a_code() -> None:
+    assert set(domain_errors()) == set(EXPECTED)
+    assert dict(STATUS_OF) == EXPECTED
+
+
+@pytest.mark.parametrize("cls", sorted(EXPECTED, key=lambda c: c.__name__))
+def test_domain_error_maps_to_its_code_with_its_message(cls: type[errors.DhtdError]) -> None:
+    exc = make(cls)
+    code, message = status_of(exc)
+    assert code == EXPECTED[cls]
+    assert message == str(exc)
+
+
+def test_invalid_argument_message_names_the_field() -> None:
+    assert status_of(errors.InvalidArgument("cid", "not a CID: bad")) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "cid: not a CID: bad")
+
+
+def test_subclasses_map_like_their_base() -> None:
+    class NoProviders(errors.NotFound):
+        pass
+
+    assert status_of(NoProviders("none")) == (grpc.StatusCode.NOT_FOUND, "none")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("secret /home/user/.dhtd/key leaked"),
+        KeyError("secret"),
+        errors.DhtdError("secret base-class error"),
+        ExceptionGroup("secret", [ValueError("secret")]),
+    ],
+)
+def test_anything_else_is_internal_without_its_text(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="dhtd.api"):
+        code, message = status_of(exc)
+    assert code == grpc.StatusCode.INTERNAL
+    assert "secret" not in message
+    assert message == f"internal error: {type(exc).__name__}"
+    # The details go to the log, with the traceback, for the operator.
+    [record] = caplog.records
+    assert record.exc_info is not None
+    assert record.exc_info[1] is exc
