@@ -124,6 +124,7 @@ def start_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Node:
         "--data-dir", str(data_dir),
         "--log-format", "json",
         "--shutdown-grace", "2",
+        "--metrics-addr", "127.0.0.1:0",
         *args,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DHTD_")}
@@ -151,6 +152,27 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def settle(nodes: Sequence[Node]) -> None:
+    """Once all nodes run, each walks to its own ID (a refresh), so that every node
+    has met the nodes that joined after it; then each must find every other
+    (interface-ipfs-core's ensureReachable does the same before its DHT tests)."""
+    for node in nodes:
+        list(node.dht.Query(pb.QueryRequest(peer_id=node.peer_id), timeout=20))
+    for node in nodes:
+        for other in nodes:
+            if other is not node:
+                wait_until(lambda a=node, b=other: _finds(a, b), 10,
+                           f"{node.name} to find {other.name}")
+
+
+def _finds(a: Node, b: Node) -> bool:
+    try:
+        a.dht.FindPeer(pb.FindPeerRequest(peer_id=b.peer_id), timeout=5)
+    except grpc.RpcError:
+        return False
+    return True
+
+
 @contextmanager
 def swarm(tmp: Path, count: int, *, extra: Sequence[str] = (), star: bool = False
           ) -> Iterator[list[Node]]:
@@ -166,6 +188,7 @@ def swarm(tmp: Path, count: int, *, extra: Sequence[str] = (), star: bool = Fals
         for node in nodes:
             wait_until(lambda n=node: n.node_info().routing_table_size >= 1, 20,
                        f"{node.name} to have a DHT peer")
+        settle(nodes)
         yield nodes
     finally:
         for node in nodes:

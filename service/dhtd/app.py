@@ -22,10 +22,13 @@ from grpc_reflection.v1alpha import reflection
 
 from dht.v1 import dht_pb2, dht_pb2_grpc
 from dhtd.addrs import format_addr, loopback_dial_addr
+from dhtd.api.interceptor import MetricsInterceptor
 from dhtd.api.servicer import MAX_VALUE_BYTES, DhtServicer, NodeServicer
 from dhtd.bridge import Bridge, start_guest
 from dhtd.config import Config
+from dhtd.httpd import OpsServer
 from dhtd.ids import peer_id_to_str
+from dhtd.metrics import Metrics
 from dhtd.node import Bootstrap, DhtNode
 from dhtd.p2p import Host, load_or_create_identity, new_identity, verify_signature
 from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
@@ -43,6 +46,12 @@ TRIO_STOP_WAIT = 10.0
 LOOPBACK_ANY_PORT = "/ip4/127.0.0.1/tcp/0"
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def build_validators(namespaces: tuple[str, ...]) -> Validators:
     """/pk/ and /ipns/ with their own rules, plus each operator namespace (last write wins)."""
     table: dict[str, object] = {
@@ -52,6 +61,10 @@ def build_validators(namespaces: tuple[str, ...]) -> Validators:
     for name in namespaces:
         table[name] = LastWriteWinsValidator(MAX_VALUE_BYTES)
     return Validators(table)  # type: ignore[arg-type]
+
+
+class StartupError(Exception):
+    """dhtd cannot start; the message is one line for the operator."""
 
 
 @dataclass
@@ -64,6 +77,7 @@ class _Trio:
 
 async def _run_dht(
     config: Config,
+    metrics: Metrics,
     bridge: Bridge,
     on_ready: Callable[[_Trio], None],
     on_table_change: Callable[[int], None],
@@ -77,6 +91,7 @@ async def _run_dht(
         build_validators(config.namespaces),
         server=config.server_mode,
         bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
+        observer=metrics.observer(),
         on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
     )
     with trio.CancelScope() as scope:
@@ -116,6 +131,7 @@ async def serve(config: Config) -> None:
     bridge = Bridge(loop)
     ready: asyncio.Future[_Trio] = loop.create_future()
     health_servicer = health.aio.HealthServicer()
+    metrics = Metrics()
     table_sizes: asyncio.Queue[int] = asyncio.Queue()
 
     def on_ready(t: _Trio) -> None:
@@ -123,17 +139,24 @@ async def serve(config: Config) -> None:
             ready.set_result(t)
 
     trio_done = start_guest(
-        loop, lambda: _run_dht(config, bridge, on_ready, table_sizes.put_nowait)
+        loop, lambda: _run_dht(config, metrics, bridge, on_ready, table_sizes.put_nowait)
     )
     first: set[asyncio.Future[Any]] = {ready, trio_done}
     started = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if trio_done in started[0]:
-        trio_done.result()  # raises why the DHT could not start
-        raise RuntimeError("the DHT stopped before it was ready")
+        try:
+            trio_done.result()
+        except BaseException as exc:
+            cause = _first_leaf(exc)
+            if isinstance(cause, OSError):
+                raise StartupError(f"--listen: {cause}") from None
+            raise StartupError(f"the DHT could not start: {cause}") from None
+        raise StartupError("the DHT stopped before it was ready")
     dht = ready.result()
     node = dht.node
 
-    server = grpc.aio.server()
+    metrics.watch(node)
+    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
     dht_pb2_grpc.add_DhtServiceServicer_to_server(  # type: ignore[no-untyped-call]
         DhtServicer(node, bridge, config.query_timeout), server)
     dht_pb2_grpc.add_NodeServiceServicer_to_server(  # type: ignore[no-untyped-call]
@@ -142,19 +165,40 @@ async def serve(config: Config) -> None:
     reflection.enable_server_reflection(
         (DHT_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(config.grpc_addr)
+    try:
+        port = server.add_insecure_port(config.grpc_addr)
+    except RuntimeError as exc:
+        dht.stop()
+        await asyncio.wait_for(trio_done, TRIO_STOP_WAIT)
+        raise StartupError(f"--grpc-addr {config.grpc_addr}: cannot listen ({exc})") from None
     for service in DHT_HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(NODE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
 
     stopping = asyncio.Event()
+    readiness = {"dht": False}
+    ops = OpsServer(metrics.render,
+                    ready=lambda: readiness["dht"] and not stopping.is_set())
+    metrics_port = None
+    if config.metrics_addr is not None:
+        try:
+            metrics_port = await ops.start(*config.metrics_addr)
+        except OSError as exc:
+            await server.stop(None)
+            dht.stop()
+            await asyncio.wait_for(trio_done, TRIO_STOP_WAIT)
+            host, mport = config.metrics_addr
+            raise StartupError(
+                f"--metrics-addr {host}:{mport}: cannot listen ({exc.strerror or exc})") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
     info = node.info()
     log.info("dhtd ready", extra={
         "grpc_addr": f"{config.grpc_host}:{port}",
+        "metrics_addr": (f"{config.metrics_addr[0]}:{metrics_port}"
+                         if config.metrics_addr else "off"),
         "peer_id": peer_id_to_str(info.peer_id),
         "addrs": ",".join(f"{format_addr(a)}/p2p/{peer_id_to_str(info.peer_id)}"
                           for a in info.addrs),
@@ -169,6 +213,7 @@ async def serve(config: Config) -> None:
             size = await table_sizes.get()
             if (size > 0) != serving:
                 serving = size > 0
+                readiness["dht"] = serving
                 status = (health_pb2.HealthCheckResponse.SERVING if serving
                           else health_pb2.HealthCheckResponse.NOT_SERVING)
                 for service in DHT_HEALTH_SERVICES:
@@ -186,8 +231,10 @@ async def serve(config: Config) -> None:
             waiter.cancel()
     finally:
         log.info("dhtd stopping", extra={"grace_s": config.shutdown_grace})
+        stopping.set()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.shutdown_grace)
+        await ops.close()
         dht.stop()
         try:
             await asyncio.wait_for(trio_done, TRIO_STOP_WAIT)

@@ -22,6 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(app.serve(config))
+    except app.StartupError as exc:
+        print(f"dhtd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -27,6 +27,8 @@ DEFAULT_PROTOCOL_PREFIX = "/ipfs"
 DEFAULT_QUERY_TIMEOUT = 60.0
 # In-flight RPCs get this long to finish on SIGTERM before they are cancelled.
 DEFAULT_SHUTDOWN_GRACE = 10.0
+# /metrics, /healthz and /readyz (the OpenTelemetry Prometheus exporter's usual port).
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -58,6 +60,7 @@ class Config:
     log_format: str
     dev_peers: int
     shutdown_grace: float
+    metrics_addr: tuple[str, int] | None = None
 
     @property
     def protocol_id(self) -> str:
@@ -117,6 +120,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="also start N local DHT peers on 127.0.0.1, bootstrapped to this node")
     p.add_argument("--shutdown-grace", default=env("shutdown-grace", str(DEFAULT_SHUTDOWN_GRACE)),
                    help="seconds in-flight RPCs get on SIGTERM (default %(default)s)")
+    p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
+                   help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
+                   "(default %(default)s)")
     p.set_defaults(
         _env_listen=env_list("listen", [DEFAULT_LISTEN]),
         _env_bootstrap=env_list("bootstrap", []),
@@ -166,6 +172,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except InvalidArgument as exc:
             problems.append(f"--bootstrap: {text!r}: {exc.reason}")
 
+    metrics: tuple[str, int] | None = None
+    if args.metrics_addr.strip().lower() != "off":
+        metrics = _host_port(args.metrics_addr, "metrics-addr", problems)
+
     mode = args.mode.strip().lower()
     if mode not in ("server", "client"):
         problems.append(f"--mode: {args.mode!r} is not server or client")
@@ -214,4 +224,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log_format=log_format,
         dev_peers=int(dev_peers),
         shutdown_grace=grace,
+        metrics_addr=metrics,
     )

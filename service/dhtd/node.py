@@ -327,6 +327,8 @@ class DhtNode:
             if target == self.self_id:
                 return PeerRecord(target, tuple(self.host.listen_addrs()))
             if self.host.is_connected(target):
+                # Connected but maybe not identified yet: its listen addrs come from identify.
+                await self.host.wait_identified(target)
                 addrs = self.host.addrs_of(target)
                 if addrs:
                     op.got_result(self.observer)

@@ -74,9 +74,9 @@ class RejectedRequest(Exception):
     """Raised by a kad handler to reset the stream without answering (spec: on error, reset)."""
 
 
-def load_or_create_identity(data_dir: Path) -> KeyPair:
+def load_or_create_identity(data_dir: Path, name: str = IDENTITY_FILE) -> KeyPair:
     """Loads the node key from ``data_dir``, creating it (mode 0600) on first start."""
-    path = data_dir / IDENTITY_FILE
+    path = data_dir / name
     if path.exists():
         private = deserialize_private_key(path.read_bytes())
         return KeyPair(private, private.get_public_key())
@@ -185,6 +185,13 @@ class Host:
         send, receive = trio.open_memory_channel[bytes](1024)
         addrs = [multiaddr.Multiaddr(a) for a in listen]
         async with self._host.run(addrs), trio.open_nursery() as nursery:
+            bound = self._host.get_transport_addrs()
+            if len(bound) < len(addrs):
+                # py-libp2p logs a failed listener and carries on; dhtd fails fast.
+                raise OSError(
+                    f"could not listen on every --listen address (asked {len(addrs)}, "
+                    f"bound {len(bound)}: {', '.join(str(a) for a in bound) or 'none'})"
+                )
             if handler is not None:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
             self._host.get_network().register_notifee(_Notifee(send))

@@ -35,3 +35,25 @@ def test_help_lists_every_flag_with_its_variable() -> None:
                  "--dev-peers"):
         assert flag in done.stdout
     assert "DHTD_" in done.stdout
+
+
+def test_ports_in_use_fail_fast_with_one_line(tmp_path: object) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        common = ["--data-dir", str(tmp_path), "--log-level", "error"]
+        listen = run(*common, "--listen", f"/ip4/127.0.0.1/tcp/{port}",
+                     "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "off")
+        assert listen.returncode == 1
+        assert "dhtd: --listen: could not listen" in listen.stderr
+        metrics = run(*common, "--listen", "/ip4/127.0.0.1/tcp/0", "--grpc-addr", "127.0.0.1:0",
+                      "--metrics-addr", f"127.0.0.1:{port}")
+        assert metrics.returncode == 1
+        assert f"dhtd: --metrics-addr 127.0.0.1:{port}: cannot listen" in metrics.stderr
+        grpc_busy = run(*common, "--listen", "/ip4/127.0.0.1/tcp/0", "--metrics-addr", "off",
+                        "--grpc-addr", f"127.0.0.1:{port}")
+        assert grpc_busy.returncode == 1
+        assert f"dhtd: --grpc-addr 127.0.0.1:{port}: cannot listen" in grpc_busy.stderr

@@ -49,6 +49,7 @@ def test_defaults() -> None:
         log_format="json",
         dev_peers=0,
         shutdown_grace=DEFAULT_SHUTDOWN_GRACE,
+        metrics_addr=("127.0.0.1", 9464),
     )
     assert config.grpc_addr == DEFAULT_GRPC_ADDR
     assert config.protocol_id == "/ipfs/kad/1.0.0"
@@ -81,6 +82,7 @@ FULL_ENV = {
     "DHTD_LOG_FORMAT": "text",
     "DHTD_DEV_PEERS": "3",
     "DHTD_SHUTDOWN_GRACE": "0",
+    "DHTD_METRICS_ADDR": "off",
 }
 
 
@@ -101,6 +103,7 @@ def test_every_flag_reads_its_environment_variable() -> None:
         log_format="text",
         dev_peers=3,
         shutdown_grace=0.0,
+        metrics_addr=None,
     )
     assert config.grpc_addr == "[::1]:6000"
     assert config.protocol_id == "/private/kad/1.0.0"
@@ -126,6 +129,7 @@ def test_flags_beat_environment_variables() -> None:
         "--log-format", "json",
         "--dev-peers", "1",
         "--shutdown-grace", "2",
+        "--metrics-addr", "0.0.0.0:9000",
     ]
     config = load(argv, FULL_ENV)
     assert config == Config(
@@ -142,6 +146,7 @@ def test_flags_beat_environment_variables() -> None:
         log_format="json",
         dev_peers=1,
         shutdown_grace=2.0,
+        metrics_addr=("0.0.0.0", 9000),
     )
 
 
@@ -187,12 +192,14 @@ def test_every_bad_setting_gets_its_own_line() -> None:
         "--log-format", "xml",
         "--dev-peers", "1.5",
         "--shutdown-grace", "soon",
+        "--metrics-addr", "everywhere",
     ])
     expected_starts = [
         "--grpc-addr: 'localhost'",
         "--listen: '/ip4/0.0.0.0/udp/4001'",
         "--listen: 'not-a-multiaddr'",
         "--bootstrap: '/ip4/10.0.0.1/tcp/4001': must end in /p2p/<peer id>",
+        "--metrics-addr: 'everywhere' is not host:port",
         "--mode: 'peer'",
         "--protocol-prefix: 'ipfs'",
         "--namespace: 'bad ns'",

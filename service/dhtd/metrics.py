@@ -1,0 +1,194 @@
+"""Prometheus metrics: the gRPC server (go-grpc-prometheus names) and the DHT.
+
+Every series is labelled by method, code, operation, outcome, message type or
+event type — never by a key, CID or peer ID, so cardinality stays fixed.
+docs/metrics.md lists every series and what a rising value means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from dhtd.lookup import EventType
+from dhtd.node import DhtNode, Observer
+from dhtd.wire.kad_pb2 import Message
+
+# The operations of DhtNode, so that every in-flight series exists from the start.
+OPERATIONS = ("find_peer", "find_providers", "get_value", "put_value", "provide", "query",
+              "connect")
+
+# The operations whose first result is timed (dht_time_to_first_result_seconds).
+FIRST_RESULT_OPERATIONS = ("find_peer", "find_providers", "get_value")
+
+# go-grpc-prometheus's default histogram buckets (prometheus.DefBuckets), so
+# existing dashboards' quantiles mean the same.
+GRPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# DHT operations run from milliseconds (a local answer) to the 60 s query cap.
+DHT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+def message_type_name(kind: int) -> str:
+    try:
+        return Message.MessageType.Name(kind)
+    except ValueError:
+        return "UNKNOWN"
+
+
+def event_type_name(kind: int) -> str:
+    try:
+        return EventType(kind).name
+    except ValueError:
+        return "UNKNOWN"
+
+
+class Metrics:
+    """Every dhtd metric, in one registry served at /metrics."""
+
+    def __init__(self) -> None:
+        # go-grpc-prometheus exports no *_created series; neither do we.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        r = self.registry
+
+        # -- gRPC server: the names and labels of go-grpc-prometheus --------
+        self.grpc_started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server. Rising faster than handled: calls are piling up.",
+            GRPC_LABELS, registry=r)
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code. A rising non-OK share means "
+            "callers are getting errors.",
+            (*GRPC_LABELS, "grpc_code"), registry=r)
+        self.grpc_received = Counter(
+            "grpc_server_msg_received_total",
+            "Request messages received from callers.",
+            GRPC_LABELS, registry=r)
+        self.grpc_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Response messages sent; for streams, one per streamed result or event.",
+            GRPC_LABELS, registry=r)
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, streams included. Rising: the DHT "
+            "or the node is slower.",
+            GRPC_LABELS, buckets=GRPC_BUCKETS, registry=r)
+
+        # -- the DHT ----------------------------------------------------------
+        self.query_seconds = Histogram(
+            "dht_query_duration_seconds",
+            "Duration of DHT operations by outcome. Rising: walks take more hops or peers "
+            "answer slowly; more 'deadline' outcomes mean callers' budgets are too short.",
+            ("operation", "outcome"), buckets=DHT_BUCKETS, registry=r)
+        self.first_result_seconds = Histogram(
+            "dht_time_to_first_result_seconds",
+            "Time from the start of an operation to its first result (a provider, a value, "
+            "the peer). Rising: results are found later in the walk.",
+            ("operation",), buckets=DHT_BUCKETS, registry=r)
+        self.outbound = Counter(
+            "dht_outbound_requests_total",
+            "Kad requests sent to other peers, by message type.",
+            ("message_type",), registry=r)
+        self.outbound_errors = Counter(
+            "dht_outbound_request_errors_total",
+            "Kad requests to other peers that failed (dial, stream, timeout, bad answer). "
+            "A rising share of outbound requests: peers are unreachable or overloaded.",
+            ("message_type",), registry=r)
+        self.inbound = Counter(
+            "dht_inbound_requests_total",
+            "Kad requests answered for other peers, by message type. Rising: this node "
+            "serves more of the DHT.",
+            ("message_type",), registry=r)
+        self.events = Counter(
+            "dht_query_events_total",
+            "Query events emitted to callers, by type. Rising QUERY_ERROR share: more "
+            "peers fail during walks.",
+            ("type",), registry=r)
+        for op in OPERATIONS:
+            self.query_seconds.labels(op, "ok")
+        for op in FIRST_RESULT_OPERATIONS:
+            self.first_result_seconds.labels(op)
+        for kind in Message.MessageType.values():
+            name = message_type_name(kind)
+            self.outbound.labels(name)
+            self.outbound_errors.labels(name)
+            self.inbound.labels(name)
+        for event in EventType:
+            self.events.labels(event.name)
+
+    def observer(self) -> Observer:
+        """Hooks that feed the DHT series from a node's operations."""
+
+        def outbound(kind: int, ok: bool) -> None:
+            name = message_type_name(kind)
+            self.outbound.labels(name).inc()
+            if not ok:
+                self.outbound_errors.labels(name).inc()
+
+        return Observer(
+            op_finished=lambda op, outcome, s: self.query_seconds.labels(op, outcome).observe(s),
+            first_result=lambda op, s: self.first_result_seconds.labels(op).observe(s),
+            event=lambda kind: self.events.labels(event_type_name(kind)).inc(),
+            outbound=outbound,
+            inbound=lambda kind: self.inbound.labels(message_type_name(kind)).inc(),
+        )
+
+    def watch(self, node: DhtNode) -> None:
+        """Adds the gauges read from ``node`` at scrape time."""
+        self.registry.register(_NodeCollector(lambda: node))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _NodeCollector(Collector):
+    """Gauges read from the node when Prometheus scrapes, never stale."""
+
+    def __init__(self, node: Callable[[], DhtNode]) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        node = self._node()
+        info = node.info()
+        yield GaugeMetricFamily(
+            "dht_routing_table_peers",
+            "Peers in the routing table. Falling to 0: the node is cut off from the DHT "
+            "(readiness fails).", value=info.routing_table_size)
+        yield GaugeMetricFamily(
+            "dht_connected_peers",
+            "Open libp2p connections to other peers. Rising without bound: connections leak.",
+            value=info.connected_peers)
+        in_flight = GaugeMetricFamily(
+            "dht_queries_in_flight",
+            "DHT operations running now. Rising and not falling: operations are stuck or "
+            "callers outpace the node.", labels=["operation"])
+        for op in sorted(set(OPERATIONS) | set(node.in_flight)):
+            in_flight.add_metric([op], node.in_flight.get(op, 0))
+        yield in_flight
+        yield GaugeMetricFamily(
+            "dht_provider_records",
+            "Provider records this node stores for others. Rising steadily: more content "
+            "is announced to this node.", value=len(node.providers))
+        yield GaugeMetricFamily(
+            "dht_value_records",
+            "Value records (/pk/, /ipns/, operator namespaces) this node stores.",
+            value=len(node.values))
