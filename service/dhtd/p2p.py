@@ -107,6 +107,39 @@ def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
         return False
 
 
+# Address families each DNS multiaddr protocol resolves to (multiaddr spec).
+_DNS_FAMILIES = {
+    "dns4": (socket.AF_INET,),
+    "dns6": (socket.AF_INET6,),
+    "dns": (socket.AF_INET, socket.AF_INET6),
+}
+
+
+async def resolve(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """``/dns4|dns6|dns/<name>/…`` as one ``/ip4|ip6/<address>/…`` per address of
+    ``name``; any other address as itself. Raises PeerRequestError if the name
+    does not resolve. py-libp2p's TCP transport dials IP addresses only."""
+    parts = str(addr).split("/")
+    if len(parts) < 3 or parts[1] not in _DNS_FAMILIES:
+        return [addr]
+    name, rest = parts[2], "/".join(parts[3:])
+    found: list[multiaddr.Multiaddr] = []
+    for family in _DNS_FAMILIES[parts[1]]:
+        try:
+            infos = await trio.socket.getaddrinfo(name, None, family=family,
+                                                  type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        proto = "ip4" if family == socket.AF_INET else "ip6"
+        for info in infos:
+            text = f"/{proto}/{info[4][0]}/{rest}"
+            if all(str(f) != text for f in found):
+                found.append(multiaddr.Multiaddr(text))
+    if not found:
+        raise PeerRequestError(f"cannot resolve {name!r} ({parts[1]})")
+    return found
+
+
 def strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
     """``addr`` without a trailing /p2p/<id>."""
     try:
@@ -261,9 +294,12 @@ class Host:
         return self.protocol_id in protocols
 
     async def connect(self, peer: bytes, addr: bytes) -> None:
-        """Dials ``peer`` at ``addr``. Raises PeerRequestError if that fails."""
+        """Dials ``peer`` at ``addr`` (a /dns* name is resolved now, at every dial).
+
+        Raises PeerRequestError if resolution or the dial fails."""
+        addrs = await resolve(multiaddr.Multiaddr(addr))
         try:
-            await self._host.connect(PeerInfo(ID(peer), [multiaddr.Multiaddr(addr)]))
+            await self._host.connect(PeerInfo(ID(peer), addrs))
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
 

@@ -330,3 +330,23 @@ def test_find_provs_streams_the_first_provider_before_the_walk_ends(five: list[N
     # peer) until the deadline.
     assert first_at < 1.0
     assert ended_at > 2.5
+
+
+def test_bootstrap_by_dns_name(tmp_path: object) -> None:
+    from pathlib import Path
+
+    base = Path(str(tmp_path))
+    first = start_node("dns-a", base / "a")
+    nodes = [first]
+    try:
+        by_name = first.p2p_addr.replace("/ip4/127.0.0.1/", "/dns4/localhost/")
+        second = start_node("dns-b", base / "b", ["--bootstrap", by_name])
+        nodes.append(second)
+        wait_until(lambda: second.node_info().routing_table_size == 1, 10,
+                   "the node bootstrapped by /dns4/localhost to join")
+        res = first.node.Connect(pb.ConnectRequest(
+            addr=second.p2p_addr.replace("/ip4/127.0.0.1/", "/dns/localhost/")), timeout=10)
+        assert res.added_to_routing_table is True
+    finally:
+        for node in nodes:
+            node.stop()
