@@ -116,7 +116,9 @@ def test_http_probes_agree_with_grpc_health(three: list[Node], tmp_path: Path) -
         assert health(node, "dht.v1.DhtService") == SERVING
         assert http_get(metrics_url(node, "/readyz"))[0] == 200
         assert http_get(metrics_url(node, "/healthz"))[0] == 200
-    lonely = start_node("lonely-ops", tmp_path / "lonely", METRICS)
+    # A private prefix keeps stray dials from other tests' nodes out of its table.
+    lonely = start_node("lonely-ops", tmp_path / "lonely",
+                        [*METRICS, "--protocol-prefix", "/lonely-test"])
     try:
         assert health(lonely, "") == NOT_SERVING
         assert health(lonely, "dht.v1.DhtService") == NOT_SERVING

@@ -247,7 +247,9 @@ def test_restart_with_the_same_data_dir_keeps_the_peer_id(tmp_path: object) -> N
 def test_a_node_without_peers_is_unavailable(tmp_path: object) -> None:
     from pathlib import Path
 
-    lonely = start_node("lonely", Path(str(tmp_path)) / "lonely")
+    # A private prefix keeps stray dials from other tests' nodes out of its table.
+    lonely = start_node("lonely", Path(str(tmp_path)) / "lonely",
+                        ["--protocol-prefix", "/lonely-test"])
     try:
         with pytest.raises(grpc.RpcError) as err:
             lonely.dht.FindPeer(pb.FindPeerRequest(
