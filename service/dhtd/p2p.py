@@ -27,6 +27,7 @@ from libp2p.crypto.serialization import deserialize_private_key, deserialize_pub
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
 from dhtd.wire.kad_pb2 import Message
 
@@ -52,6 +53,9 @@ _IDENTIFY_POLL = 0.02
 # skips the multistream-select negotiation of a new stream on every request.
 MAX_IDLE_STREAMS_PER_PEER = 2
 MAX_IDLE_STREAMS = 512
+
+# Entries of the stripped-address cache before it is emptied and refilled.
+ADDR_CACHE_SIZE = 8192
 
 # Resetting a broken stream must not hang a cancelled request.
 DISCARD_TIMEOUT = 1.0
@@ -205,7 +209,10 @@ class Host:
         self.protocol_id = protocol_id
         self.self_id = peer_id_of(key_pair)
         self._host: Any = new_host(key_pair=key_pair)
-        self._idle: dict[bytes, list[Any]] = {}
+        self._idle: dict[bytes, list[_Framed]] = {}
+        # Binary peerstore addrs -> the same without /p2p/ (answers name the same
+        # peers' addrs over and over; converting them showed up in profiles).
+        self._stripped: dict[bytes, bytes] = {}
         self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
@@ -270,7 +277,16 @@ class Host:
             known = self._host.get_peerstore().addrs(ID(peer))
         except Exception:
             return ()
-        return tuple(dict.fromkeys(bytes(strip_p2p(a).to_bytes()) for a in known))
+        out: dict[bytes, None] = {}
+        for addr in known:
+            raw = bytes(addr.to_bytes())
+            stripped = self._stripped.get(raw)
+            if stripped is None:
+                if len(self._stripped) >= ADDR_CACHE_SIZE:
+                    self._stripped.clear()
+                stripped = self._stripped[raw] = bytes(strip_p2p(addr).to_bytes())
+            out[stripped] = None
+        return tuple(out)
 
     def learn(self, peers: Sequence[PeerRecord]) -> None:
         store = self._host.get_peerstore()
@@ -351,16 +367,17 @@ class Host:
         except _StaleStream as exc:
             raise PeerRequestError(str(exc)) from None
 
-    async def _open(self, peer: bytes) -> Any:
+    async def _open(self, peer: bytes) -> _Framed:
         try:
-            return await self._host.new_stream(ID(peer), [self.protocol_id])
+            return _Framed(await self._host.new_stream(ID(peer), [self.protocol_id]))
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
 
-    async def _exchange(self, peer: bytes, stream: Any, frame: bytes) -> Message:
+    async def _exchange(self, peer: bytes, framed: _Framed, frame: bytes) -> Message:
+        stream = framed.stream
         try:
             await stream.write(frame)
-            data = await _read_frame(stream)
+            data = await framed.read_frame()
         except PeerRequestError:
             await _discard(stream)
             raise
@@ -376,10 +393,10 @@ class Host:
         except Exception:
             await _discard(stream)
             raise PeerRequestError("answer is not a kad message") from None
-        self._keep_idle(peer, stream)
+        self._keep_idle(peer, framed)
         return answer
 
-    def _take_idle(self, peer: bytes) -> Any | None:
+    def _take_idle(self, peer: bytes) -> _Framed | None:
         streams = self._idle.get(peer)
         if not streams:
             return None
@@ -388,7 +405,7 @@ class Host:
             del self._idle[peer]
         return stream
 
-    def _keep_idle(self, peer: bytes, stream: Any) -> None:
+    def _keep_idle(self, peer: bytes, stream: _Framed) -> None:
         streams = self._idle.pop(peer, [])
         streams.append(stream)
         self._idle[peer] = streams  # most recently used last
@@ -399,9 +416,9 @@ class Host:
             for extra in self._idle.pop(oldest):
                 self._spawn_close(extra)
 
-    def _spawn_close(self, stream: Any) -> None:
+    def _spawn_close(self, framed: _Framed) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(_close, stream)
+            self._nursery.start_soon(_close, framed.stream)
 
     async def send(self, peer: bytes, message: Message) -> None:
         """Sends one kad message that has no answer (ADD_PROVIDER). Raises PeerRequestError.
@@ -423,23 +440,24 @@ class Host:
                 raise PeerRequestError(str(exc)) from None
         self._keep_idle(peer, stream)
 
-    async def _write(self, stream: Any, frame: bytes) -> None:
+    async def _write(self, framed: _Framed, frame: bytes) -> None:
         try:
-            await stream.write(frame)
+            await framed.stream.write(frame)
         except Exception as exc:
-            await _discard(stream)
+            await _discard(framed.stream)
             raise _StaleStream(describe(exc)) from None
         except BaseException:
-            await _discard(stream)
+            await _discard(framed.stream)
             raise
 
     def _stream_handler(self, handler: KadHandler) -> Callable[[Any], Awaitable[None]]:
         async def serve(stream: Any) -> None:
             sender = stream.muxed_conn.peer_id.to_bytes()
+            framed = _Framed(stream)
             try:
                 while True:
                     try:
-                        data = await _read_frame(stream)
+                        data = await framed.read_frame()
                     except EOFError:
                         break
                     request = Message()
@@ -458,53 +476,52 @@ class Host:
 
 def _frame(message: Message) -> bytes:
     body = message.SerializeToString()
-    return _uvarint(len(body)) + body
+    return encode_uvarint(len(body)) + body
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# Bytes asked of the muxer per read. Reading whole chunks instead of a byte at a
+# time matters: every yamux read may answer with a window update, written
+# through noise.
+READ_CHUNK = 64 * 1024
 
 
-async def _read_exact(stream: Any, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(n - len(buf))
+class _Framed:
+    """A stream read as varint-length-prefixed messages, with its own read buffer."""
+
+    __slots__ = ("buf", "stream")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def _fill(self) -> bool:
+        chunk = await self.stream.read(READ_CHUNK)
         if not chunk:
-            raise EOFError("stream closed")
-        buf += chunk
-    return bytes(buf)
+            return False
+        self.buf += chunk
+        return True
 
-
-async def _read_frame(stream: Any) -> bytes:
-    """Reads one varint-prefixed message. EOFError on a clean end before it."""
-    length = shift = 0
-    for _ in range(10):
-        chunk = await stream.read(1)
-        if not chunk:
-            if shift:
-                raise PeerRequestError("stream ended inside a length prefix")
-            raise EOFError("stream closed")
-        byte = chunk[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
-        raise PeerRequestError("length prefix too long")
-    if length > MAX_MESSAGE_BYTES:
-        raise PeerRequestError(f"message of {length} bytes is over {MAX_MESSAGE_BYTES}")
-    try:
-        return await _read_exact(stream, length)
-    except EOFError:
-        raise PeerRequestError("stream ended inside a message") from None
+    async def read_frame(self) -> bytes:
+        """One message. EOFError on a clean end before it; PeerRequestError if malformed."""
+        while True:
+            try:
+                length, start = decode_uvarint(bytes(self.buf[:10]))
+                break
+            except ValueError:
+                if len(self.buf) >= 10:
+                    raise PeerRequestError("bad length prefix") from None
+            if not await self._fill():
+                if self.buf:
+                    raise PeerRequestError("stream ended inside a length prefix")
+                raise EOFError("stream closed")
+        if length > MAX_MESSAGE_BYTES:
+            raise PeerRequestError(f"message of {length} bytes is over {MAX_MESSAGE_BYTES}")
+        while len(self.buf) < start + length:
+            if not await self._fill():
+                raise PeerRequestError("stream ended inside a message")
+        body = bytes(self.buf[start:start + length])
+        del self.buf[:start + length]
+        return body
 
 
 async def _discard(stream: Any) -> None:

@@ -74,14 +74,21 @@ def streaming(
     return wrapper
 
 
+# The same peers and addrs recur in every event of every walk; encoding them
+# (base58, multiaddr text) is cached. Bounded: the keys are peers of the DHT.
+_ENCODE_CACHE = 8192
+_peer_text = functools.lru_cache(maxsize=_ENCODE_CACHE)(peer_id_to_str)
+_addr_text = functools.lru_cache(maxsize=_ENCODE_CACHE)(format_addr)
+
+
 def peer_info(record: PeerRecord) -> pb.PeerInfo:
-    return pb.PeerInfo(id=peer_id_to_str(record.id), addrs=[format_addr(a) for a in record.addrs])
+    return pb.PeerInfo(id=_peer_text(record.id), addrs=[_addr_text(a) for a in record.addrs])
 
 
 def query_event(event: QueryEvent) -> pb.QueryEvent:
     return pb.QueryEvent(
         type=cast(Any, int(event.type)),
-        id=peer_id_to_str(event.peer),
+        id=_peer_text(event.peer),
         responses=[peer_info(r) for r in event.responses],
         extra=event.extra,
     )
