@@ -1,0 +1,217 @@
+// Package dhtclient is a small convenience layer over the generated dhtd stubs
+// (package dhtv1): one connection for both services, streams drained into
+// callbacks, and gRPC statuses explained in words.
+//
+// The generated clients stay available as Client.DHT and Client.Node for
+// anything this package does not cover.
+package dhtclient
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	dhtv1 "dhtd/clients/go/dht/v1"
+)
+
+// DefaultAddr is where dhtd serves gRPC unless told otherwise.
+const DefaultAddr = "127.0.0.1:50051"
+
+// Client is one plaintext gRPC connection to dhtd.
+type Client struct {
+	conn *grpc.ClientConn
+	// DHT and Node are the generated clients, for direct use.
+	DHT  dhtv1.DhtServiceClient
+	Node dhtv1.NodeServiceClient
+}
+
+// Dial connects to dhtd at addr (host:port) without TLS: dhtd listens on
+// localhost or beside its app. The connection is made lazily, so an
+// unreachable dhtd shows up as UNAVAILABLE on the first call. Extra options
+// are passed to grpc.DialContext after the defaults.
+func Dial(ctx context.Context, addr string, opts ...grpc.DialOption) (*Client, error) {
+	// grpc-go 1.33 (Debian bookworm) has no credentials/insecure package.
+	all := append([]grpc.DialOption{grpc.WithInsecure()}, opts...)
+	conn, err := grpc.DialContext(ctx, addr, all...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return &Client{conn: conn, DHT: dhtv1.NewDhtServiceClient(conn), Node: dhtv1.NewNodeServiceClient(conn)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Info describes the node.
+func (c *Client) Info(ctx context.Context) (*dhtv1.InfoResponse, error) {
+	return c.Node.Info(ctx, &dhtv1.InfoRequest{})
+}
+
+// FindPeer returns the addresses of a peer; NOT_FOUND if no peer knows one.
+func (c *Client) FindPeer(ctx context.Context, peerID string) (*dhtv1.PeerInfo, error) {
+	resp, err := c.DHT.FindPeer(ctx, &dhtv1.FindPeerRequest{PeerId: peerID})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetPeer(), nil
+}
+
+// Get returns the best value stored under key; NOT_FOUND if none.
+func (c *Client) Get(ctx context.Context, key []byte) ([]byte, error) {
+	resp, err := c.DHT.Get(ctx, &dhtv1.GetRequest{Key: key})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetValue(), nil
+}
+
+// FindProvs returns up to n providers of cid (n = 0 means dhtd's default, 20).
+// Each provider is also passed to onProvider, if not nil, as it arrives.
+func (c *Client) FindProvs(ctx context.Context, cid string, n uint32, onProvider func(*dhtv1.PeerInfo)) ([]*dhtv1.PeerInfo, error) {
+	stream, err := c.DHT.FindProvs(ctx, &dhtv1.FindProvsRequest{Cid: cid, NumProviders: n})
+	if err != nil {
+		return nil, err
+	}
+	var found []*dhtv1.PeerInfo
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return found, nil
+		}
+		if err != nil {
+			return found, err
+		}
+		found = append(found, resp.GetProvider())
+		if onProvider != nil {
+			onProvider(resp.GetProvider())
+		}
+	}
+}
+
+// Provide announces this node as a provider of each CID. Every event is passed
+// to onEvent, if not nil, with the CID it belongs to. It returns the number of
+// FINAL_PEER events: announcements delivered.
+func (c *Client) Provide(ctx context.Context, cids []string, onEvent func(cid string, ev *dhtv1.QueryEvent)) (int, error) {
+	stream, err := c.DHT.Provide(ctx, &dhtv1.ProvideRequest{Cids: cids})
+	if err != nil {
+		return 0, err
+	}
+	return drain(func() (*dhtv1.QueryEvent, string, error) {
+		resp, err := stream.Recv()
+		return resp.GetEvent(), resp.GetCid(), err
+	}, onEvent)
+}
+
+// Put stores value under key here and on the closest peers. Every event is
+// passed to onEvent, if not nil. It returns the number of peers that stored it.
+func (c *Client) Put(ctx context.Context, key, value []byte, onEvent func(*dhtv1.QueryEvent)) (int, error) {
+	stream, err := c.DHT.Put(ctx, &dhtv1.PutRequest{Key: key, Value: value})
+	if err != nil {
+		return 0, err
+	}
+	return drain(func() (*dhtv1.QueryEvent, string, error) {
+		resp, err := stream.Recv()
+		return resp.GetEvent(), "", err
+	}, dropLabel(onEvent))
+}
+
+// Query walks towards peerID, passing every event to onEvent, if not nil. It
+// returns the closest peers found (the FINAL_PEER events), nearest first.
+func (c *Client) Query(ctx context.Context, peerID string, onEvent func(*dhtv1.QueryEvent)) ([]string, error) {
+	stream, err := c.DHT.Query(ctx, &dhtv1.QueryRequest{PeerId: peerID})
+	if err != nil {
+		return nil, err
+	}
+	var closest []string
+	_, err = drain(func() (*dhtv1.QueryEvent, string, error) {
+		resp, err := stream.Recv()
+		return resp.GetEvent(), "", err
+	}, func(_ string, ev *dhtv1.QueryEvent) {
+		if ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
+			closest = append(closest, ev.GetId())
+		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
+	})
+	return closest, err
+}
+
+func dropLabel(f func(*dhtv1.QueryEvent)) func(string, *dhtv1.QueryEvent) {
+	if f == nil {
+		return nil
+	}
+	return func(_ string, ev *dhtv1.QueryEvent) { f(ev) }
+}
+
+// drain reads a stream of events to its end, counting FINAL_PEER events.
+func drain(recv func() (*dhtv1.QueryEvent, string, error), onEvent func(string, *dhtv1.QueryEvent)) (int, error) {
+	finals := 0
+	for {
+		ev, label, err := recv()
+		if errors.Is(err, io.EOF) {
+			return finals, nil
+		}
+		if err != nil {
+			return finals, err
+		}
+		if ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
+			finals++
+		}
+		if onEvent != nil {
+			onEvent(label, ev)
+		}
+	}
+}
+
+// EventName is the short name of an event type: "FINAL_PEER", "QUERY_ERROR", ...
+func EventName(t dhtv1.QueryEventType) string {
+	return strings.TrimPrefix(t.String(), "QUERY_EVENT_TYPE_")
+}
+
+// RawCID is the CIDv1 (codec raw, sha2-256, base32) of data: the CID IPFS
+// gives a single-block file.
+func RawCID(data []byte) string {
+	sum := sha256.Sum256(data)
+	// version 1, codec raw (0x55), multihash sha2-256 (0x12) of 32 bytes.
+	bin := append([]byte{0x01, 0x55, 0x12, 0x20}, sum[:]...)
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(bin)
+	return "b" + strings.ToLower(enc)
+}
+
+// Explain turns an error from dhtd into one line saying what its gRPC status
+// means for this API (see "Errors" in dhtd's README). Errors that carry no
+// status are returned as they are.
+func Explain(err error) string {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() == codes.OK {
+		return err.Error()
+	}
+	msg := st.Message()
+	switch st.Code() {
+	case codes.InvalidArgument:
+		return "invalid argument: " + msg
+	case codes.NotFound:
+		return "not found: " + msg + " (the DHT walk ended without a result)"
+	case codes.DeadlineExceeded:
+		return "deadline exceeded: " + msg + " (raise the deadline or dhtd's --query-timeout)"
+	case codes.Unavailable:
+		return "unavailable: " + msg + " (is dhtd running there, and does it have DHT peers?)"
+	case codes.FailedPrecondition:
+		return "failed precondition: " + msg
+	case codes.Canceled:
+		return "cancelled: " + msg
+	case codes.Internal:
+		return "internal error in dhtd: " + msg + " (a bug; its log has the traceback)"
+	default:
+		return fmt.Sprintf("%s: %s", st.Code(), msg)
+	}
+}
