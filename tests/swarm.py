@@ -193,3 +193,15 @@ def swarm(tmp: Path, count: int, *, extra: Sequence[str] = (), star: bool = Fals
     finally:
         for node in nodes:
             node.stop()
+
+
+@contextmanager
+def dev_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Iterator[Node]:
+    """One dhtd with 4 in-process dev peers and the /demo/ namespace, as `./dev run`
+    starts it; yields once the dev peers are in its routing table."""
+    node = start_node(name, data_dir, ["--dev-peers", "4", "--namespace", "demo", *args])
+    try:
+        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, f"{name}'s 4 dev peers")
+        yield node
+    finally:
+        node.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node, dev_node
 
 GO = shutil.which("go")
 BUILD_TIMEOUT = 300  # one go vet/build/test; a cold build of grpc-go takes ~15 s here
@@ -90,13 +90,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> GoTree:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = start_node("go-client", tmp_path_factory.mktemp("goc"),
-                      ["--dev-peers", "4", "--namespace", "demo"])
-    try:
-        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, "4 dev peers")
+    with dev_node("go-client", tmp_path_factory.mktemp("goc")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def _output(proc: subprocess.CompletedProcess[str]) -> str:

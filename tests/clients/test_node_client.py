@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node, dev_node
 
 NODE = shutil.which("node")
 RUN_TIMEOUT = 60  # the whole node --test run takes about a second here
@@ -36,13 +36,8 @@ CLIENT = REPO / "clients" / "node"
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     built = CLIENT / "dist" / "index.js"
     assert built.is_file(), f"{built} is missing: run scripts/test-tools (npm ci, npm run build)"
-    node = start_node("node-client", tmp_path_factory.mktemp("nodec"),
-                      ["--dev-peers", "4", "--namespace", "demo"])
-    try:
-        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, "4 dev peers")
+    with dev_node("node-client", tmp_path_factory.mktemp("nodec")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def run_node(live: Node, *args: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,7 @@ from dht.v1 import dht_pb2 as pb
 from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd_client import QueryEventType
 from tests.integration.test_swarm import cid_for
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node, dev_node
 
 DHTCTL = Path(sys.executable).parent / "dhtctl"
 README = Path(__file__).resolve().parents[2] / "clients" / "python" / "README.md"
@@ -44,13 +44,8 @@ EXIT_CODES = {
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = start_node("dhtctl", tmp_path_factory.mktemp("dhtctl"),
-                      ["--dev-peers", "4", "--namespace", "demo"])
-    try:
-        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, "4 dev peers")
+    with dev_node("dhtctl", tmp_path_factory.mktemp("dhtctl")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def dhtctl(*args: str, addr: str | None = None, stdin: bytes = b"",

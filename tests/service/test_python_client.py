@@ -17,18 +17,13 @@ from dhtd_client import (
     QueryEventType,
 )
 from tests.integration.test_swarm import cid_for
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node, dev_node
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = start_node("py-client", tmp_path_factory.mktemp("pyc"),
-                      ["--dev-peers", "4", "--namespace", "demo"])
-    try:
-        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, "4 dev peers")
+    with dev_node("py-client", tmp_path_factory.mktemp("pyc")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def test_sync_client_all_methods(live: Node) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node
+from tests.swarm import dev_node as start_dev_node
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -25,13 +26,8 @@ README_ADDR = "127.0.0.1:50051"
 
 @pytest.fixture(scope="module")
 def dev_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = start_node("dev", tmp_path_factory.mktemp("dev"),
-                      ["--dev-peers", "4", "--namespace", "demo"])
-    try:
-        wait_until(lambda: node.node_info().routing_table_size >= 4, 20, "4 dev peers")
+    with start_dev_node("dev", tmp_path_factory.mktemp("dev")) as node:
         yield node
-    finally:
-        node.stop()
 
 
 def readme_commands() -> list[str]:
