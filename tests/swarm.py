@@ -8,7 +8,6 @@ what it started, so nothing outlives a test run.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -28,12 +27,16 @@ from dht.v1 import dht_pb2_grpc as pb_grpc
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(cmd: Sequence[str]) -> list[str]:
+    """``cmd`` run so that it gets SIGTERM when the test process dies.
+
+    util-linux's setpriv sets PR_SET_PDEATHSIG and execs ``cmd``. A Popen
+    preexec_fn could do the same, but it runs Python in the forked child, and
+    once this process has gRPC channels open gRPC's fork handlers can abort
+    that child before it execs."""
+    return ["setpriv", "--pdeathsig", "TERM", "--", *cmd]
 
 
 @dataclass
@@ -129,8 +132,8 @@ def start_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Node:
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DHTD_")}
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True, env=env, preexec_fn=_die_with_parent,
+        die_with_parent(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env=env,
     )
     node = Node(name, proc, data_dir)
     node.pump = threading.Thread(target=node._pump, name=f"pump-{name}", daemon=True)
