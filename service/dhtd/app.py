@@ -92,6 +92,7 @@ async def _run_dht(
         server=config.server_mode,
         bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
         observer=metrics.observer(),
+        reprovide_interval=config.reprovide_interval,
         on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
     )
     with trio.CancelScope() as scope:

@@ -29,6 +29,8 @@ DEFAULT_QUERY_TIMEOUT = 60.0
 DEFAULT_SHUTDOWN_GRACE = 10.0
 # /metrics, /healthz and /readyz (the OpenTelemetry Prometheus exporter's usual port).
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+# How often provided CIDs are announced again (go-libp2p-kad-dht / Kubo: 22 h).
+DEFAULT_REPROVIDE_INTERVAL = 22 * 3600.0
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -61,6 +63,7 @@ class Config:
     dev_peers: int
     shutdown_grace: float
     metrics_addr: tuple[str, int] | None = None
+    reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL
 
     @property
     def protocol_id(self) -> str:
@@ -120,6 +123,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="also start N local DHT peers on 127.0.0.1, bootstrapped to this node")
     p.add_argument("--shutdown-grace", default=env("shutdown-grace", str(DEFAULT_SHUTDOWN_GRACE)),
                    help="seconds in-flight RPCs get on SIGTERM (default %(default)s)")
+    p.add_argument("--reprovide-interval",
+                   default=env("reprovide-interval", str(DEFAULT_REPROVIDE_INTERVAL)),
+                   help="seconds between announcements of each provided CID "
+                   "(default %(default)s, 22 h as go-libp2p)")
     p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
                    help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
                    "(default %(default)s)")
@@ -196,6 +203,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     query_timeout = _number(args.query_timeout, "query-timeout", problems, low=0.001, high=3600)
     grace = _number(args.shutdown_grace, "shutdown-grace", problems, low=0, high=600)
+    reprovide = _number(args.reprovide_interval, "reprovide-interval", problems,
+                        low=1, high=7 * 24 * 3600)
     dev_peers = _number(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
     # nan and inf are already reported as out of range (and int() would raise on them).
     if math.isfinite(dev_peers) and dev_peers != int(dev_peers):
@@ -225,4 +234,5 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         dev_peers=int(dev_peers),
         shutdown_grace=grace,
         metrics_addr=metrics,
+        reprovide_interval=reprovide,
     )

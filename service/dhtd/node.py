@@ -64,6 +64,15 @@ CORRECTION_TIMEOUT = 10.0
 # CIDs announced at once by one Provide call.
 PROVIDE_CONCURRENCY = 8
 
+# Every CID this node announced is announced again this often, so its provider
+# records never expire on other peers (go-libp2p-kad-dht / Kubo reprovide every
+# 22 h; records live 48 h).
+REPROVIDE_INTERVAL = 22 * 3600.0
+
+# One reprovide round (all CIDs due) may take this long before it is abandoned
+# until the next round.
+REPROVIDE_TIMEOUT = 600.0
+
 NO_PEERS = (
     "this node has no DHT peers yet: start dhtd with --bootstrap "
     "/ip4/<ip>/tcp/<port>/p2p/<peer id> (env DHTD_BOOTSTRAP), or call "
@@ -123,6 +132,7 @@ class DhtNode:
     observer: Observer = field(default_factory=Observer)
     on_table_change: Callable[[int], None] = lambda size: None
     clock: Callable[[], float] = time.time
+    reprovide_interval: float = REPROVIDE_INTERVAL
 
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
@@ -142,6 +152,8 @@ class DhtNode:
         )
         self._table_nonempty = trio.Event()
         self._table_emptied = trio.Event()
+        # Keys this node announced as a provider, and when it last did.
+        self.provided: dict[bytes, float] = {}
         self._background: trio.Nursery | None = None
 
     # -- lifetime -----------------------------------------------------------
@@ -153,6 +165,7 @@ class DhtNode:
         async with self.host.open(listen, handler, self.add_peer), trio.open_nursery() as nursery:
             self._background = nursery
             nursery.start_soon(self._maintain)
+            nursery.start_soon(self._reprovide)
             try:
                 yield self
             finally:
@@ -201,6 +214,24 @@ class DhtNode:
             await self._refresh()
             with trio.move_on_after(REFRESH_INTERVAL):
                 await self._table_emptied.wait()
+
+    async def _reprovide(self) -> None:
+        """Announces again every key whose last announcement is older than the interval.
+
+        A round that finds no peers, or fails, is retried at the next check."""
+        check = max(1.0, self.reprovide_interval / 10)
+        while True:
+            await trio.sleep(check)
+            due_before = self.clock() - self.reprovide_interval
+            due = [k for k, at in self.provided.items() if at <= due_before]
+            if not due or not self.table:
+                continue
+            try:
+                counts = await self.provide(due, lambda i, e: None, REPROVIDE_TIMEOUT)
+            except (Unavailable, DeadlineExceeded) as exc:
+                log.info("reprovide incomplete", extra={"keys": len(due), "error": str(exc)})
+                continue
+            log.debug("reprovided", extra={"keys": len(due), "peers": sum(counts)})
 
     async def _wait_table(self, seconds: float) -> None:
         with trio.move_on_after(seconds):
@@ -519,6 +550,8 @@ class DhtNode:
                     counts[index] = await self._store_on(
                         result.closest, tagged, lambda peer, e: self._send(peer, message)
                     )
+                if counts[index]:
+                    self.provided[key] = self.clock()
 
             async with trio.open_nursery() as nursery:
                 for i in range(len(keys)):

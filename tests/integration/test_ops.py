@@ -223,3 +223,26 @@ def test_a_real_prometheus_scrapes_the_swarm(three: list[Node], tmp_path: Path) 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def outbound_add_provider(node: Node) -> float:
+    _, page = http_get(metrics_url(node))
+    match = re.search(r'^dht_outbound_requests_total\{message_type="ADD_PROVIDER"\} (\S+)$',
+                      page, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_provided_cids_are_announced_again(tmp_path: Path) -> None:
+    a = start_node("reprov-a", tmp_path / "a", [*METRICS, "--reprovide-interval", "2"])
+    b = start_node("reprov-b", tmp_path / "b", ["--bootstrap", a.p2p_addr])
+    try:
+        wait_until(lambda: a.node_info().routing_table_size == 1, 10, "a and b to meet")
+        list(a.dht.Provide(pb.ProvideRequest(cids=[cid_for("reprovide-me")]), timeout=10))
+        after_provide = outbound_add_provider(a)
+        assert after_provide >= 1
+        # No further calls: the count rises because a announces the CID again.
+        wait_until(lambda: outbound_add_provider(a) > after_provide, 15,
+                   "a to announce its CID again")
+    finally:
+        a.stop()
+        b.stop()

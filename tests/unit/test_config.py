@@ -83,6 +83,7 @@ FULL_ENV = {
     "DHTD_DEV_PEERS": "3",
     "DHTD_SHUTDOWN_GRACE": "0",
     "DHTD_METRICS_ADDR": "off",
+    "DHTD_REPROVIDE_INTERVAL": "3600",
 }
 
 
@@ -104,6 +105,7 @@ def test_every_flag_reads_its_environment_variable() -> None:
         dev_peers=3,
         shutdown_grace=0.0,
         metrics_addr=None,
+        reprovide_interval=3600.0,
     )
     assert config.grpc_addr == "[::1]:6000"
     assert config.protocol_id == "/private/kad/1.0.0"
@@ -130,6 +132,7 @@ def test_flags_beat_environment_variables() -> None:
         "--dev-peers", "1",
         "--shutdown-grace", "2",
         "--metrics-addr", "0.0.0.0:9000",
+        "--reprovide-interval", "60",
     ]
     config = load(argv, FULL_ENV)
     assert config == Config(
@@ -147,6 +150,7 @@ def test_flags_beat_environment_variables() -> None:
         dev_peers=1,
         shutdown_grace=2.0,
         metrics_addr=("0.0.0.0", 9000),
+        reprovide_interval=60.0,
     )
 
 
