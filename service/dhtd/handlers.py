@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from dhtd.errors import InvalidRecord
 from dhtd.ids import kad_key
-from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
+from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, peer_addrs
 from dhtd.lookup import PeerRecord
 from dhtd.records import Candidate, ProviderStore, Validators, ValueStore
 from dhtd.routing import BUCKET_SIZE, RoutingTable
@@ -150,7 +150,7 @@ def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
         # A peer may only announce itself (go-libp2p-kad-dht handlers.go does the same).
         if provider.id != sender:
             continue
-        addrs = tuple(provider.addrs) or h.peers.addrs_of(sender)
+        addrs = peer_addrs(sender, provider.addrs) or h.peers.addrs_of(sender)
         try:
             h.providers.add(request.key, sender, addrs, now)
         except InvalidRecord as exc:  # the store is full

@@ -38,9 +38,39 @@ def add_peers(field: object, peers: Iterable[PeerRecord], connected: frozenset[b
         entry.connection = Message.CONNECTED if peer.id in connected else Message.CAN_CONNECT
 
 
+# The multicodec of the /p2p/ multiaddr component (0x01a5), as a varint.
+_P2P_CODE = b"\xa5\x03"
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def strip_own_p2p(peer: bytes, addr: bytes) -> bytes:
+    """A binary multiaddr without a trailing ``/p2p/<peer>`` naming ``peer`` itself.
+
+    js-libp2p announces its addresses with that suffix (in ADD_PROVIDER and
+    FIND_NODE answers); go-libp2p and dhtd send them without it. Peer addresses
+    are kept and served in the second form."""
+    suffix = _P2P_CODE + _uvarint(len(peer)) + peer
+    if peer and addr.endswith(suffix) and len(addr) > len(suffix):
+        return addr[: -len(suffix)]
+    return addr
+
+
+def peer_addrs(peer: bytes, addrs: Iterable[bytes]) -> tuple[bytes, ...]:
+    """``addrs`` of ``peer`` as received, each without a redundant /p2p/<peer>, deduplicated."""
+    return tuple(dict.fromkeys(strip_own_p2p(peer, a) for a in addrs))
+
+
 def read_peers(field: Iterable[Message.Peer]) -> list[PeerRecord]:
     """Decodes a repeated ``Message.Peer`` field; entries with no ID are dropped."""
-    return [PeerRecord(p.id, tuple(p.addrs)) for p in field if p.id]
+    return [PeerRecord(p.id, peer_addrs(p.id, p.addrs)) for p in field if p.id]
 
 
 def new_record(key: bytes, value: bytes, received_at: float | None = None) -> Record:

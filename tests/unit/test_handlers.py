@@ -430,6 +430,17 @@ def test_add_provider_without_addrs_uses_the_known_ones() -> None:
     assert record.addrs == addrs(w.sender)
 
 
+def test_add_provider_stores_addrs_without_the_senders_own_p2p_suffix() -> None:
+    # js-libp2p sends /ip4/.../tcp/.../p2p/<itself>; the record keeps /ip4/.../tcp/...
+    w = World()
+    key = b"\x12\x20" + bytes(32)
+    tcp = bytes([0x04, 127, 0, 0, 1, 0x06, 0x0F, 0xA1])
+    suffix = b"\xa5\x03" + bytes([len(w.sender)]) + w.sender
+    w.handle(add_provider_request(key, (w.sender, (tcp + suffix,))))
+    [record] = w.h.providers.get(key, NOW)
+    assert record.addrs == (tcp,)
+
+
 def test_add_provider_into_a_full_store_is_rejected() -> None:
     w = World(providers=ProviderStore(max_keys=1))
     w.handle(add_provider_request(b"\x12\x20" + bytes(32), (w.sender, (b"a",))))

@@ -15,7 +15,9 @@ from dhtd.kadmsg import (
     new_message,
     new_record,
     parse_time,
+    peer_addrs,
     read_peers,
+    strip_own_p2p,
 )
 from dhtd.lookup import PeerRecord
 from dhtd.wire.kad_pb2 import Message
@@ -130,3 +132,45 @@ def test_read_peers_drops_entries_without_an_id() -> None:
     message.closerPeers.add().addrs.append(b"orphan")
     message.closerPeers.add().id = b"p"
     assert read_peers(message.closerPeers) == [PeerRecord(b"p")]
+
+
+# --- /p2p/ suffixes (js-libp2p announces its addresses with one) ------------------------------
+
+# /ip4/127.0.0.1/tcp/4001 and the identity-multihash peer IDs below, in binary.
+TCP_ADDR = bytes([0x04, 127, 0, 0, 1, 0x06, 0x0F, 0xA1])
+PEER = b"\x00\x24" + bytes(range(36))
+OTHER = b"\x00\x24" + bytes(range(1, 37))
+
+
+def p2p(peer: bytes) -> bytes:
+    return b"\xa5\x03" + bytes([len(peer)]) + peer
+
+
+def test_a_trailing_p2p_of_the_peer_itself_is_stripped() -> None:
+    assert strip_own_p2p(PEER, TCP_ADDR + p2p(PEER)) == TCP_ADDR
+    assert strip_own_p2p(PEER, TCP_ADDR) == TCP_ADDR
+
+
+def test_a_p2p_of_another_peer_is_kept() -> None:
+    # A relay address names the relay, not the peer: it is not redundant.
+    assert strip_own_p2p(PEER, TCP_ADDR + p2p(OTHER)) == TCP_ADDR + p2p(OTHER)
+
+
+def test_an_address_that_is_only_p2p_is_kept() -> None:
+    assert strip_own_p2p(PEER, p2p(PEER)) == p2p(PEER)
+
+
+def test_peer_addrs_strips_and_deduplicates_in_order() -> None:
+    other = bytes([0x04, 10, 0, 0, 1, 0x06, 0x0F, 0xA1])
+    got = peer_addrs(PEER, [TCP_ADDR + p2p(PEER), other, TCP_ADDR])
+    assert got == (TCP_ADDR, other)
+
+
+def test_read_peers_strips_each_peers_own_suffix() -> None:
+    message = Message()
+    entry = message.closerPeers.add()
+    entry.id = PEER
+    entry.addrs.extend([TCP_ADDR + p2p(PEER), TCP_ADDR + p2p(OTHER)])
+    assert read_peers(message.closerPeers) == [
+        PeerRecord(PEER, (TCP_ADDR, TCP_ADDR + p2p(OTHER)))
+    ]
