@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from dhtd.ids import encode_uvarint
 from dhtd.lookup import PeerRecord
 from dhtd.wire.kad_pb2 import Message, Record
 
@@ -42,22 +43,13 @@ def add_peers(field: object, peers: Iterable[PeerRecord], connected: frozenset[b
 _P2P_CODE = b"\xa5\x03"
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def strip_own_p2p(peer: bytes, addr: bytes) -> bytes:
     """A binary multiaddr without a trailing ``/p2p/<peer>`` naming ``peer`` itself.
 
     js-libp2p announces its addresses with that suffix (in ADD_PROVIDER and
     FIND_NODE answers); go-libp2p and dhtd send them without it. Peer addresses
     are kept and served in the second form."""
-    suffix = _P2P_CODE + _uvarint(len(peer)) + peer
+    suffix = _P2P_CODE + encode_uvarint(len(peer)) + peer
     if peer and addr.endswith(suffix) and len(addr) > len(suffix):
         return addr[: -len(suffix)]
     return addr
