@@ -8,6 +8,9 @@ Then, for the same targets (peer IDs of the swarm):
 - dhtd: Query over gRPC from n0, timed end to end (gRPC call to last event);
 - py-libp2p: a KadDHT node in its own process joins via n0 and runs
   ``find_closest_peers_network`` (bench/pylibp2p_lookups.py);
+- js-libp2p: a @libp2p/kad-dht node (the interop harness, tests/interop/js)
+  joins via n0 and runs ``getClosestPeers`` (timed from here: includes a local
+  JSON-line round trip of well under a millisecond).
 Prints median and min per implementation, in ms, and the peers found.
 """
 
@@ -47,6 +50,29 @@ def pylibp2p_lookups(bootstrap: str, targets: list[str], rounds: int) -> dict[st
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def js_lookups(bootstrap: str, targets: list[str], rounds: int) -> dict[str, float] | None:
+    from tests.interop.jsnode import JsNode, missing_requirement
+
+    if missing_requirement() is not None:
+        return None
+    js = JsNode("bench-js")
+    try:
+        js.start(namespaces=[])
+        js.connect(bootstrap)
+        js.closest_peers(js.peer_id)  # join: a self-lookup, as dhtd does on start
+        samples, found = [], []
+        for _ in range(rounds):
+            for target in targets:
+                start = time.perf_counter()
+                peers = js.closest_peers(target)
+                samples.append((time.perf_counter() - start) * 1000)
+                found.append(len(peers))
+        return {"median_ms": statistics.median(samples), "min_ms": min(samples),
+                "found": statistics.median(found)}
+    finally:
+        js.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -58,11 +84,14 @@ def main() -> None:
     ) as nodes:
         everyone = [p for n in nodes for p in n.dev_peer_ids()] + [n.peer_id for n in nodes[1:]]
         targets = random.Random(7).sample(everyone, min(args.targets, len(everyone)))
-        results = {
+        results: dict[str, dict[str, float]] = {
             "dhtd Query (gRPC, end to end)": dhtd_lookups(nodes[0], targets, args.rounds),
             "py-libp2p find_closest_peers_network": pylibp2p_lookups(
                 nodes[0].p2p_addr, targets, args.rounds),
         }
+        js = js_lookups(nodes[0].p2p_addr, targets, args.rounds)
+        if js is not None:
+            results["js-libp2p kad-dht getClosestPeers"] = js
         total = 5 * (1 + args.dev_peers)
         print(f"closest-peer lookups on {total} nodes, {len(targets)} targets x "
               f"{args.rounds} rounds")
