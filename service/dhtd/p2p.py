@@ -210,6 +210,7 @@ class Host:
         self.self_id = peer_id_of(key_pair)
         self._host: Any = new_host(key_pair=key_pair)
         self._idle: dict[bytes, list[_Framed]] = {}
+        self._listen: list[bytes] | None = None
         # Binary peerstore addrs -> the same without /p2p/ (answers name the same
         # peers' addrs over and over; converting them showed up in profiles).
         self._stripped: dict[bytes, bytes] = {}
@@ -241,6 +242,7 @@ class Host:
                 yield self
             finally:
                 self._nursery = None
+                self._listen = None
                 self._idle.clear()
                 nursery.cancel_scope.cancel()
                 send.close()
@@ -256,13 +258,18 @@ class Host:
         An unspecified listen address (0.0.0.0, ::) is expanded to loopback and
         this host's own addresses, as go-libp2p does, so provider records and
         Info never carry an address nobody can dial."""
-        out: list[bytes] = []
-        for addr in self._host.get_transport_addrs():
-            for expanded in expand_unspecified(addr):
-                raw = bytes(expanded.to_bytes())
-                if raw not in out:
-                    out.append(raw)
-        return out
+        if self._listen is None:
+            out: list[bytes] = []
+            for addr in self._host.get_transport_addrs():
+                for expanded in expand_unspecified(addr):
+                    raw = bytes(expanded.to_bytes())
+                    if raw not in out:
+                        out.append(raw)
+            # Fixed once the listeners are bound (computing them showed in profiles).
+            if out:
+                self._listen = out
+            return out
+        return list(self._listen)
 
     def is_connected(self, peer: bytes) -> bool:
         return bool(self._host.get_network().get_connections(ID(peer)))

@@ -220,8 +220,8 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
                    ) -> pb.InfoResponse:
         info = self.node.info()
         return pb.InfoResponse(
-            peer_id=peer_id_to_str(info.peer_id),
-            addrs=[format_addr(a) for a in info.addrs],
+            peer_id=_peer_text(info.peer_id),
+            addrs=[_addr_text(a) for a in info.addrs],
             mode=pb.MODE_SERVER if info.server else pb.MODE_CLIENT,
             protocol=info.protocol,
             routing_table_size=info.routing_table_size,
