@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dht.v1 import dht_pb2, dht_pb2_grpc
-from dhtd.addrs import format_addr, loopback_dial_addr
+from dhtd.addrs import format_addr, loopback_dial_addr, parse_listen_addr
 from dhtd.api.interceptor import MetricsInterceptor
 from dhtd.api.servicer import MAX_VALUE_BYTES, DhtServicer, NodeServicer
 from dhtd.bridge import Bridge, start_guest
@@ -83,8 +83,6 @@ async def _run_dht(
     on_table_change: Callable[[int], None],
 ) -> None:
     """The trio side: the node, its dev peers, and the nursery RPC work runs in."""
-    from dhtd.addrs import parse_listen_addr
-
     host = Host(load_or_create_identity(config.data_dir), config.protocol_id)
     node = DhtNode(
         host,

@@ -415,10 +415,7 @@ class DhtNode:
 
         Peers that answered with an outdated value are sent the best one
         afterwards, in the background, so a newer Put spreads to them."""
-        try:
-            self.validators.namespace_of(key)
-        except InvalidRecord as exc:
-            raise InvalidRecord(str(exc)) from None
+        self.validators.namespace_of(key)  # InvalidRecord for a malformed key
         async with self._operation("get_value", timeout) as op:
             answers: list[tuple[bytes | None, Candidate]] = []
             local = self.values.get(key, self.clock())

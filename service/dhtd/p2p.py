@@ -74,10 +74,6 @@ class _StaleStream(Exception):
     """A stream failed before an answer came (closed by the peer, or broken)."""
 
 
-class RejectedRequest(Exception):
-    """Raised by a kad handler to reset the stream without answering (spec: on error, reset)."""
-
-
 def load_or_create_identity(data_dir: Path, name: str = IDENTITY_FILE) -> KeyPair:
     """Loads the node key from ``data_dir``, creating it (mode 0600) on first start."""
     path = data_dir / name
@@ -246,9 +242,6 @@ class Host:
                 self._idle.clear()
                 nursery.cancel_scope.cancel()
                 send.close()
-
-    async def close(self) -> None:
-        await self._host.close()
 
     # -- peers and addresses ------------------------------------------------
 

@@ -95,18 +95,14 @@ def query_event(event: QueryEvent) -> pb.QueryEvent:
 
 
 def record_key(key: bytes, node: DhtNode) -> bytes:
-    parse_record_key(key, "key")
-    try:
-        node.validators.namespace_of(key)
-        if not node.validators.knows(key):
-            raise InvalidRecord("")
-    except InvalidRecord:
-        namespace = parse_record_key(key, "key")[0]
+    """``key`` if it is a well-formed key in a namespace this node has opened."""
+    namespace, _ = parse_record_key(key, "key")
+    if not node.validators.knows(key):
         known = ", ".join(f"/{n}/" for n in node.validators.namespaces)
         raise InvalidArgument(
             "key", f"namespace /{namespace}/ is not open on this node (open: {known}; "
             "an operator opens more with --namespace)"
-        ) from None
+        )
     return key
 
 
