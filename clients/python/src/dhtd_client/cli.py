@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any, TextIO
 
@@ -354,17 +354,23 @@ async def cmd_get(client: AsyncClient, args: argparse.Namespace, screen: Screen)
         screen.raw(value)
 
 
-async def cmd_put(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
-    status = Status("putting", kind="walk", final_word="stored")
-    async with screen.progress(status), aclosing(
-        client.put(args.key_bytes, args.value_bytes)
-    ) as events:
+async def _print_walk(
+    events: AsyncGenerator[QueryEvent, None], args: argparse.Namespace, screen: Screen,
+    status: Status, final_label: str,
+) -> None:
+    """Shows a walk's progress; prints each event (--json) or each FINAL_PEER's ID."""
+    async with screen.progress(status), aclosing(events):
         async for event in events:
-            screen.event(event, "stored on")
+            screen.event(event, final_label)
             if args.json:
                 _emit(screen, event_json(event))
             elif event.type is QueryEventType.FINAL_PEER:
                 screen.result(event.id)
+
+
+async def cmd_put(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
+    await _print_walk(client.put(args.key_bytes, args.value_bytes), args, screen,
+                      Status("putting", kind="walk", final_word="stored"), "stored on")
 
 
 async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
@@ -397,14 +403,8 @@ async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Scr
 
 
 async def cmd_query(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
-    status = Status("querying", kind="walk", final_word="closest")
-    async with screen.progress(status), aclosing(client.query(args.peer)) as events:
-        async for event in events:
-            screen.event(event, "closest peer")
-            if args.json:
-                _emit(screen, event_json(event))
-            elif event.type is QueryEventType.FINAL_PEER:
-                screen.result(event.id)
+    await _print_walk(client.query(args.peer), args, screen,
+                      Status("querying", kind="walk", final_word="closest"), "closest peer")
 
 
 async def cmd_info(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
