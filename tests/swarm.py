@@ -120,10 +120,25 @@ class Node:
 
 def start_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Node:
     """Starts one dhtd and waits until it logs "dhtd ready"."""
+    node = spawn_node(name, data_dir, args)
+    wait_ready(node, READY_TIMEOUT)
+    return node
+
+
+def wait_ready(node: Node, timeout: float) -> None:
+    """Waits for a spawned node's "dhtd ready" line; stops it and fails if none comes."""
+    if not node.ready.wait(timeout):
+        node.stop()
+        raise RuntimeError(f"{node.name} did not become ready:\n{node.log_text()}")
+
+
+def spawn_node(name: str, data_dir: Path, args: Sequence[str] = (),
+               listen: str = "/ip4/127.0.0.1/tcp/0") -> Node:
+    """Starts one dhtd without waiting for it (see wait_ready)."""
     cmd = [
         sys.executable, "-m", "dhtd",
         "--grpc-addr", "127.0.0.1:0",
-        "--listen", "/ip4/127.0.0.1/tcp/0",
+        "--listen", listen,
         "--data-dir", str(data_dir),
         "--log-format", "json",
         "--shutdown-grace", "2",
@@ -138,9 +153,6 @@ def start_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Node:
     node = Node(name, proc, data_dir)
     node.pump = threading.Thread(target=node._pump, name=f"pump-{name}", daemon=True)
     node.pump.start()
-    if not node.ready.wait(READY_TIMEOUT):
-        node.stop()
-        raise RuntimeError(f"{name} did not become ready:\n{node.log_text()}")
     return node
 
 

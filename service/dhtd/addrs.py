@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import multiaddr
 
-from dhtd.errors import InvalidArgument
-from dhtd.ids import parse_peer_id
+from dhtd.errors import InvalidArgument, excerpt
+from dhtd.ids import parse_peer_id, strip_and_bound
+
+# Longest multiaddr text we try to parse. A real dial address is far shorter: a
+# DNS name is at most 253 characters, a peer ID about 60, and even a
+# /webtransport address with two /certhash parts stays well under 400. The cap
+# bounds parsing work and keeps a huge `addr` out of memory-hungry parsing.
+MAX_ADDR_CHARS = 1024
 
 
 def format_addr(addr: bytes) -> str:
@@ -17,11 +23,23 @@ def format_addr(addr: bytes) -> str:
 
 
 def _parse(text: str, field: str) -> multiaddr.Multiaddr:
+    """The multiaddr in ``text``; InvalidArgument if it is empty, longer than
+    MAX_ADDR_CHARS, or not a multiaddr. The reason quotes at most ECHO_CHARS of it."""
+    text = strip_and_bound(text, field, MAX_ADDR_CHARS)
     try:
-        return multiaddr.Multiaddr(text.strip())
+        return multiaddr.Multiaddr(text)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidArgument(field, f"not a multiaddr: {reason}") from None
+        raise InvalidArgument(field, f"not a multiaddr: {_reason(exc, text)}") from None
+
+
+def _reason(exc: Exception, text: str) -> str:
+    """The multiaddr package's reason without the copies of ``text`` it wraps around it
+    ("Invalid MultiAddr '<text>': <reason> (string: <text>)"), cut to ECHO_CHARS."""
+    lines = str(exc).splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    reason = reason.removeprefix(f"Invalid MultiAddr '{text}': ")
+    reason = reason.removesuffix(f" (string: {text})")
+    return excerpt(reason)
 
 
 def parse_dial_addr(text: str, field: str = "addr") -> tuple[bytes, bytes]:

@@ -22,15 +22,21 @@ from grpc_reflection.v1alpha import reflection
 
 from dht.v1 import dht_pb2, dht_pb2_grpc
 from dhtd.addrs import format_addr, loopback_dial_addr, parse_listen_addr
-from dhtd.api.interceptor import MetricsInterceptor
-from dhtd.api.servicer import MAX_VALUE_BYTES, DhtServicer, NodeServicer
+from dhtd.api.interceptor import EdgeInterceptor
+from dhtd.api.servicer import MAX_VALUE_BYTES, SERVER_OPTIONS, DhtServicer, NodeServicer
 from dhtd.bridge import Bridge, start_guest
 from dhtd.config import Config
 from dhtd.httpd import OpsServer
 from dhtd.ids import peer_id_to_str
 from dhtd.metrics import Metrics
 from dhtd.node import Bootstrap, DhtNode
-from dhtd.p2p import Host, load_or_create_identity, new_identity, verify_signature
+from dhtd.p2p import (
+    ConnectionBudget,
+    Host,
+    load_or_create_identity,
+    new_identity,
+    verify_signature,
+)
 from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
 
 log = logging.getLogger("dhtd")
@@ -83,7 +89,8 @@ async def _run_dht(
     on_table_change: Callable[[int], None],
 ) -> None:
     """The trio side: the node, its dev peers, and the nursery RPC work runs in."""
-    host = Host(load_or_create_identity(config.data_dir), config.protocol_id)
+    budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
+    host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
     node = DhtNode(
         host,
         build_validators(config.namespaces),
@@ -91,6 +98,7 @@ async def _run_dht(
         bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
         observer=metrics.observer(),
         reprovide_interval=config.reprovide_interval,
+        refresh_interval=config.refresh_interval,
         on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
     )
     with trio.CancelScope() as scope:
@@ -116,7 +124,8 @@ async def _run_dev_peer(
 ) -> None:
     """One in-process DHT peer on 127.0.0.1, bootstrapped to the main node (--dev-peers)."""
     host = Host(new_identity(), config.protocol_id)
-    node = DhtNode(host, build_validators(config.namespaces), bootstrap=[main])
+    node = DhtNode(host, build_validators(config.namespaces), bootstrap=[main],
+                   refresh_interval=config.refresh_interval)
     async with node.running([listen]):
         log.info("dev peer started", extra={"index": index, "peer_id": peer_id_to_str(node.self_id),
                                             "addr": format_addr(host.listen_addrs()[0])})
@@ -155,7 +164,10 @@ async def serve(config: Config) -> None:
     node = dht.node
 
     metrics.watch(node)
-    server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
+    # dht.v1 calls count against --max-concurrent-rpcs; health and reflection never do.
+    edge = EdgeInterceptor(metrics, max_in_flight=config.max_concurrent_rpcs,
+                           limited=(DHT_SERVICE, NODE_SERVICE))
+    server = grpc.aio.server(interceptors=[edge], options=SERVER_OPTIONS)
     dht_pb2_grpc.add_DhtServiceServicer_to_server(  # type: ignore[no-untyped-call]
         DhtServicer(node, bridge, config.query_timeout), server)
     dht_pb2_grpc.add_NodeServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(app.serve(config))
     except app.StartupError as exc:
-        print(f"dhtd: {exc}", file=sys.stderr)
+        # A log record like every other line (one JSON object in json format).
+        logging.getLogger("dhtd").critical("dhtd: %s", exc)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,6 @@ variable. :func:`load` checks everything at once and raises
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -31,8 +30,25 @@ DEFAULT_SHUTDOWN_GRACE = 10.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 # How often provided CIDs are announced again (go-libp2p-kad-dht / Kubo: 22 h).
 DEFAULT_REPROVIDE_INTERVAL = 22 * 3600.0
+# How often the routing table is refreshed (dhtd.refresh; go-libp2p-kad-dht: 10 min).
+DEFAULT_REFRESH_INTERVAL = 600.0
+# The connection budget (dhtd.p2p.ConnectionBudget), after go-libp2p's connmgr:
+# Kubo's defaults are 32/96 with a 20 s grace, go-libp2p's own 160/192 with 1 min.
+# A DHT server talks to many peers (a lookup alone dials dozens), so the marks sit
+# near go-libp2p's; the grace is Kubo's.
+DEFAULT_CONN_LOW_WATER = 128
+DEFAULT_CONN_HIGH_WATER = 192
+DEFAULT_CONN_GRACE = 20.0
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
+# dht.v1 calls in flight at once (server streams until they end); one more gets
+# RESOURCE_EXHAUSTED at once. Each call runs at most one walk with alpha = 10 kad
+# requests in flight, so 256 calls mean at most 2,560 kad streams and 256 walks'
+# worth of memory: far above what an app behind a sidecar needs, well inside what
+# one process serves. A bootstrap or gateway node may raise it.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+# Upper bound for --max-concurrent-rpcs: past this the cap would not bound memory.
+MAX_MAX_CONCURRENT_RPCS = 100_000
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Namespaces with their own validators, always open (go-libp2p and js-libp2p do the same).
 BUILTIN_NAMESPACES = ("pk", "ipns")
@@ -64,6 +80,11 @@ class Config:
     shutdown_grace: float
     metrics_addr: tuple[str, int] | None = None
     reprovide_interval: float = DEFAULT_REPROVIDE_INTERVAL
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL
+    conn_low_water: int = DEFAULT_CONN_LOW_WATER
+    conn_high_water: int = DEFAULT_CONN_HIGH_WATER
+    conn_grace: float = DEFAULT_CONN_GRACE
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
 
     @property
     def protocol_id(self) -> str:
@@ -127,6 +148,23 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=env("reprovide-interval", str(DEFAULT_REPROVIDE_INTERVAL)),
                    help="seconds between announcements of each provided CID "
                    "(default %(default)s, 22 h as go-libp2p)")
+    p.add_argument("--max-concurrent-rpcs",
+                   default=env("max-concurrent-rpcs", str(DEFAULT_MAX_CONCURRENT_RPCS)),
+                   help="dht.v1 calls in flight at once (streams included); one more gets "
+                   "RESOURCE_EXHAUSTED at once; health and reflection are not counted "
+                   "(default %(default)s)")
+    p.add_argument("--refresh-interval",
+                   default=env("refresh-interval", str(DEFAULT_REFRESH_INTERVAL)),
+                   help="seconds between routing-table refreshes and liveness checks "
+                   "(default %(default)s, as go-libp2p)")
+    p.add_argument("--conn-low-water", default=env("conn-low-water", str(DEFAULT_CONN_LOW_WATER)),
+                   help="connections kept when trimming (default %(default)s)")
+    p.add_argument("--conn-high-water",
+                   default=env("conn-high-water", str(DEFAULT_CONN_HIGH_WATER)),
+                   help="connections above which the oldest unprotected ones are closed "
+                   "down to --conn-low-water (default %(default)s)")
+    p.add_argument("--conn-grace", default=env("conn-grace", str(DEFAULT_CONN_GRACE)),
+                   help="seconds a new connection is never trimmed (default %(default)s)")
     p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
                    help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
                    "(default %(default)s)")
@@ -156,6 +194,18 @@ def _number(text: str, flag: str, problems: list[str], *, low: float, high: floa
     if not low <= value <= high:
         problems.append(f"--{flag}: {value:g} is outside {low:g}..{high:g}")
     return value
+
+
+def _whole(text: str, flag: str, problems: list[str], *, low: int, high: int) -> int:
+    """A whole number in low..high; otherwise one line in ``problems``, and ``low``."""
+    reported = len(problems)
+    value = _number(text, flag, problems, low=low, high=high)
+    if len(problems) > reported:  # not a number, or out of range (nan and inf included)
+        return low
+    if value != int(value):
+        problems.append(f"--{flag}: {text!r} is not a whole number")
+        return low
+    return int(value)
 
 
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -205,10 +255,16 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     grace = _number(args.shutdown_grace, "shutdown-grace", problems, low=0, high=600)
     reprovide = _number(args.reprovide_interval, "reprovide-interval", problems,
                         low=1, high=7 * 24 * 3600)
-    dev_peers = _number(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
-    # nan and inf are already reported as out of range (and int() would raise on them).
-    if math.isfinite(dev_peers) and dev_peers != int(dev_peers):
-        problems.append(f"--dev-peers: {args.dev_peers!r} is not a whole number")
+    refresh = _number(args.refresh_interval, "refresh-interval", problems, low=1, high=24 * 3600)
+    low_water = _whole(args.conn_low_water, "conn-low-water", problems, low=1, high=100_000)
+    high_water = _whole(args.conn_high_water, "conn-high-water", problems, low=1, high=100_000)
+    conn_grace = _number(args.conn_grace, "conn-grace", problems, low=0, high=3600)
+    if low_water > high_water:
+        problems.append(f"--conn-low-water ({low_water}) is above --conn-high-water "
+                        f"({high_water})")
+    dev_peers = _whole(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
+    max_rpcs = _whole(args.max_concurrent_rpcs, "max-concurrent-rpcs", problems,
+                      low=1, high=MAX_MAX_CONCURRENT_RPCS)
 
     level = args.log_level.strip().lower()
     if level not in LOG_LEVELS:
@@ -231,8 +287,13 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         query_timeout=query_timeout,
         log_level=level,
         log_format=log_format,
-        dev_peers=int(dev_peers),
+        dev_peers=dev_peers,
         shutdown_grace=grace,
         metrics_addr=metrics,
         reprovide_interval=reprovide,
+        refresh_interval=refresh,
+        conn_low_water=low_water,
+        conn_high_water=high_water,
+        conn_grace=conn_grace,
+        max_concurrent_rpcs=max_rpcs,
     )

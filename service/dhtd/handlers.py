@@ -13,17 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dhtd.errors import InvalidRecord
-from dhtd.ids import kad_key
+from dhtd.ids import is_valid_multihash, kad_key
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, peer_addrs
 from dhtd.lookup import PeerRecord
-from dhtd.records import Candidate, ProviderStore, Validators, ValueStore
+from dhtd.records import Candidate, Validators
 from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.stores import ProviderStore, StoreFull, ValueStore
 from dhtd.wire.kad_pb2 import Message
 
 # The longest key accepted in GET_VALUE / GET_PROVIDERS / ADD_PROVIDER.
 # Record keys are at most dhtd.ids.MAX_KEY_BYTES (512); provider keys are
 # multihashes, far shorter. Anything longer is a malformed request.
 MAX_REQUEST_KEY_BYTES = 512
+
+# The longest ADD_PROVIDER / GET_PROVIDERS key, which must be a multihash
+# (go-libp2p-kad-dht handlers.go refuses provider keys over 80 bytes).
+MAX_PROVIDER_KEY_BYTES = 80
+
+# Provider entries read from one ADD_PROVIDER: a peer announces itself, once.
+MAX_PROVIDER_ENTRIES = 1
 
 # Providers returned per GET_PROVIDERS answer (go-libp2p-kad-dht returns every
 # live provider record; we cap the answer at k to keep messages small).
@@ -57,6 +65,8 @@ class KadHandlers:
     peers: Peers
     clock: Callable[[], float] = time.time
     on_request: Callable[[int], None] = field(default=lambda _kind: None)
+    # Told of every record a store refused (kind "provider" or "value").
+    on_refused: Callable[[str], None] = field(default=lambda _kind: None)
 
     def handle(self, sender: bytes, request: Message) -> Message | None:
         """Answers ``request`` from ``sender``; raises Rejected on invalid input."""
@@ -133,8 +143,9 @@ def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
         if h.validators.select(record.key, candidates) == 0:
             raise Rejected("a better record is already stored")
     try:
-        h.values.put(record.key, record.value, now)
-    except InvalidRecord as exc:
+        h.values.put(record.key, record.value, now, owner=sender)
+    except (InvalidRecord, StoreFull) as exc:
+        h.on_refused("value")
         raise Rejected(str(exc)) from None
     # The spec: the answer echoes the request.
     answer = Message()
@@ -142,25 +153,31 @@ def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
     return answer
 
 
+def _provider_key(request: Message) -> bytes:
+    key = request.key
+    if not key:
+        raise Rejected("provider request without a key")
+    if len(key) > MAX_PROVIDER_KEY_BYTES or not is_valid_multihash(key):
+        raise Rejected("provider key is not a multihash")
+    return key
+
+
 def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
-    if not request.key:
-        raise Rejected("ADD_PROVIDER without a key")
-    now = h.clock()
-    for provider in request.providerPeers:
-        # A peer may only announce itself (go-libp2p-kad-dht handlers.go does the same).
-        if provider.id != sender:
-            continue
+    key = _provider_key(request)
+    # A peer may only announce itself (go-libp2p-kad-dht handlers.go does the same).
+    mine = [p for p in request.providerPeers if p.id == sender][:MAX_PROVIDER_ENTRIES]
+    for provider in mine:
         addrs = peer_addrs(sender, provider.addrs) or h.peers.addrs_of(sender)
         try:
-            h.providers.add(request.key, sender, addrs, now)
-        except InvalidRecord as exc:  # the store is full
-            raise Rejected(str(exc)) from None
+            h.providers.add(key, sender, addrs, h.clock())
+        except StoreFull:
+            # No answer exists to carry a refusal; the stream stays usable.
+            h.on_refused("provider")
     return None
 
 
 def get_providers(h: KadHandlers, sender: bytes, request: Message) -> Message:
-    if not request.key:
-        raise Rejected("GET_PROVIDERS without a key")
+    _provider_key(request)
     answer = h._answer(request, sender)
     records = h.providers.get(request.key, h.clock())[:MAX_PROVIDERS_PER_ANSWER]
     peers = [PeerRecord(r.peer, r.addrs or h.peers.addrs_of(r.peer)) for r in records]

@@ -12,6 +12,7 @@ Promises:
 * The request-facing parsers (:func:`parse_cid`, :func:`parse_peer_id`,
   :func:`parse_record_key`) raise only :class:`dhtd.errors.InvalidArgument`, whose
   message is ``"<field>: <reason>"``, so the gRPC edge can pass it to the caller.
+  A reason quotes at most :data:`dhtd.errors.ECHO_CHARS` characters of the input.
 * Encoders produce the canonical text: decoding what they produce gives back the
   same bytes, and the decoders accept every text the encoders produce.
 """
@@ -24,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from dhtd.errors import InvalidArgument
+from dhtd.errors import InvalidArgument, excerpt
 
 __all__ = [
     "DAG_PB",
@@ -325,6 +326,15 @@ def is_valid_multihash(mh: bytes) -> bool:
     return True
 
 
+def is_peer_id(mh: bytes) -> bool:
+    """True if ``mh`` is a binary peer ID: sha2-256, or identity of at most 42 bytes."""
+    try:
+        _check_peer_multihash(mh)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_peer_multihash(mh: bytes) -> None:
     """ValueError unless ``mh`` is sha2-256 or a non-empty identity multihash of ≤ 42 bytes."""
     code, digest = decode_multihash(mh)
@@ -405,15 +415,13 @@ def _cid_from_text(text: str) -> Cid:
     return Cid(1, codec, data[pos:])
 
 
-def _strip_and_bound(text: str, field: str) -> str:
-    """Strip whitespace; InvalidArgument if empty or longer than MAX_ID_TEXT_CHARS."""
+def strip_and_bound(text: str, field: str, limit: int = MAX_ID_TEXT_CHARS) -> str:
+    """Strip whitespace; InvalidArgument if empty or longer than ``limit`` characters."""
     text = text.strip()
     if not text:
         raise InvalidArgument(field, "is empty")
-    if len(text) > MAX_ID_TEXT_CHARS:
-        raise InvalidArgument(
-            field, f"is {len(text)} characters long; at most {MAX_ID_TEXT_CHARS} allowed"
-        )
+    if len(text) > limit:
+        raise InvalidArgument(field, f"is {len(text)} characters long; at most {limit} allowed")
     return text
 
 
@@ -426,7 +434,7 @@ def parse_cid(text: str, field: str = "cid") -> Cid:
     ``InvalidArgument(field, reason)``; reasons start with ``"not a CID: "`` unless
     the text is empty or too long.
     """
-    text = _strip_and_bound(text, field)
+    text = strip_and_bound(text, field)
     try:
         return _cid_from_text(text)
     except ValueError as exc:
@@ -445,7 +453,7 @@ def parse_peer_id(text: str, field: str = "peer_id") -> bytes:
     must be sha2-256 or identity with a 1..42-byte digest. Surrounding whitespace is
     ignored. Every failure raises ``InvalidArgument(field, reason)``.
     """
-    text = _strip_and_bound(text, field)
+    text = strip_and_bound(text, field)
     if text[0] in "Q1":
         try:
             mh = b58decode(text)
@@ -508,13 +516,12 @@ def parse_record_key(key: bytes, field: str = "key") -> tuple[str, bytes]:
     if not namespace:
         raise InvalidArgument(field, f"namespace is empty; {_KEY_SHAPE}")
     if not _NAMESPACE_RE.fullmatch(namespace):
-        shown = namespace.decode("ascii", "backslashreplace")
-        raise InvalidArgument(field, f"namespace '{shown}' must match [A-Za-z0-9._-]+")
+        raise InvalidArgument(
+            field, f"namespace '{excerpt(namespace)}' must match [A-Za-z0-9._-]+"
+        )
     rest = key[end + 1 :]
     if not rest:
-        raise InvalidArgument(
-            field, f"has nothing after '/{namespace.decode('ascii')}/'; {_KEY_SHAPE}"
-        )
+        raise InvalidArgument(field, f"has nothing after '/{excerpt(namespace)}/'; {_KEY_SHAPE}")
     return namespace.decode("ascii"), rest
 
 

@@ -7,10 +7,10 @@ operations, so both sides encode peers and record times one way.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from dhtd.ids import encode_uvarint
+from dhtd.ids import encode_uvarint, is_peer_id
 from dhtd.lookup import PeerRecord
 from dhtd.wire.kad_pb2 import Message, Record
 
@@ -39,6 +39,14 @@ def add_peers(field: object, peers: Iterable[PeerRecord], connected: frozenset[b
         entry.connection = Message.CONNECTED if peer.id in connected else Message.CAN_CONNECT
 
 
+# Ours (go-libp2p bounds addresses only by the 4 MiB message): addresses kept per
+# peer read from the network. Kubo announces about 10; the rest are dropped.
+MAX_ADDRS_PER_PEER = 32
+
+# Ours: the longest binary multiaddr kept. A /dns4 name is at most 255 bytes and a
+# webtransport address with two certhashes about 150: longer ones are junk.
+MAX_ADDR_BYTES = 512
+
 # The multicodec of the /p2p/ multiaddr component (0x01a5), as a varint.
 _P2P_CODE = b"\xa5\x03"
 
@@ -56,13 +64,23 @@ def strip_own_p2p(peer: bytes, addr: bytes) -> bytes:
 
 
 def peer_addrs(peer: bytes, addrs: Iterable[bytes]) -> tuple[bytes, ...]:
-    """``addrs`` of ``peer`` as received, each without a redundant /p2p/<peer>, deduplicated."""
-    return tuple(dict.fromkeys(strip_own_p2p(peer, a) for a in addrs))
+    """``addrs`` of ``peer`` as received, each without a redundant /p2p/<peer>,
+    deduplicated; at most MAX_ADDRS_PER_PEER, none longer than MAX_ADDR_BYTES."""
+    out: dict[bytes, None] = {}
+    for addr in addrs:
+        if 0 < len(addr) <= MAX_ADDR_BYTES:
+            out[strip_own_p2p(peer, addr)] = None
+            if len(out) == MAX_ADDRS_PER_PEER:
+                break
+    return tuple(out)
 
 
-def read_peers(field: Iterable[Message.Peer]) -> list[PeerRecord]:
-    """Decodes a repeated ``Message.Peer`` field; entries with no ID are dropped."""
-    return [PeerRecord(p.id, peer_addrs(p.id, p.addrs)) for p in field if p.id]
+def read_peers(field: Sequence[Message.Peer], limit: int) -> list[PeerRecord]:
+    """Decodes the first ``limit`` entries of a repeated ``Message.Peer`` field
+    (the rest of an oversized answer is ignored); entries with no ID or an ID that
+    is not a peer multihash are dropped."""
+    return [PeerRecord(p.id, peer_addrs(p.id, p.addrs)) for p in field[:limit]
+            if is_peer_id(p.id)]
 
 
 def new_record(key: bytes, value: bytes, received_at: float | None = None) -> Record:

@@ -34,6 +34,12 @@ ALPHA = 10
 # hold a lookup for its whole budget.
 PEER_REQUEST_TIMEOUT = 10.0
 
+# Ours: the most peers one walk keeps track of. Answers name at most
+# dhtd.node.MAX_CLOSER_PEERS each, and a walk in a 10,000-node network asks a few
+# dozen peers; past the cap the farthest never-asked peers are dropped, so a peer
+# that answers with thousands of fake peers costs bounded memory and CPU.
+MAX_PEERS_PER_LOOKUP = 1000
+
 
 class EventType(enum.IntEnum):
     """Query event types; the numbers are go-libp2p's routing.QueryEventType."""
@@ -74,6 +80,10 @@ class PeerRequestError(Exception):
     """One request to one peer failed (dial, stream, timeout, bad answer)."""
 
 
+class RequestTimeout(PeerRequestError):
+    """A peer did not answer within the lookup's per-request timeout."""
+
+
 class Transport(Protocol):
     """What the lookup needs from the network."""
 
@@ -87,6 +97,14 @@ class Transport(Protocol):
 
     def forget(self, peer: bytes) -> None:
         """``peer`` failed a request: it should not be offered to lookups again."""
+        ...
+
+    def responded(self, peer: bytes) -> None:
+        """``peer`` answered a request: it is a live DHT server."""
+        ...
+
+    def suspect(self, peer: bytes) -> None:
+        """``peer`` timed out: it should be checked before it is dropped."""
         ...
 
 
@@ -140,6 +158,16 @@ class _Walk:
         entries = ((p, self.keys[p]) for p, s in self.states.items() if s in states)
         return closest_to(self.target_key, entries, count)
 
+    def trim(self, cap: int) -> None:
+        """Forgets the farthest never-asked peers beyond ``cap`` known ones."""
+        if len(self.states) <= cap:
+            return
+        keep = set(self.nearest(cap, *_State))
+        for peer in [p for p, s in self.states.items() if s is _State.HEARD and p not in keep]:
+            del self.states[peer]
+            del self.keys[peer]
+            self.addrs.pop(peer, None)
+
 
 async def lookup(
     target: bytes,
@@ -185,7 +213,7 @@ async def lookup(
             with trio.fail_after(request_timeout):
                 outcome = await ask(peer)
         except trio.TooSlowError:
-            outcome = PeerRequestError(f"no answer within {request_timeout:g}s")
+            outcome = RequestTimeout(f"no answer within {request_timeout:g}s")
         except Exception as exc:
             outcome = exc
         send.send_nowait((peer, outcome))
@@ -213,15 +241,20 @@ async def lookup(
             if isinstance(outcome, Exception):
                 failed += 1
                 walk.states[peer] = _State.UNREACHABLE
-                transport.forget(peer)
+                if isinstance(outcome, RequestTimeout):
+                    transport.suspect(peer)  # slow, maybe overloaded: check it first
+                else:
+                    transport.forget(peer)
                 emit(QueryEvent(EventType.QUERY_ERROR, peer, extra=describe(outcome)))
                 continue
             queried += 1
             walk.states[peer] = _State.QUERIED
+            transport.responded(peer)
             closer = tuple(p for p in outcome if p.id != self_id)
             transport.learn(closer)
             for record in closer:
                 walk.hear(record)
+            walk.trim(MAX_PEERS_PER_LOOKUP)
             emit(QueryEvent(EventType.PEER_RESPONSE, peer, responses=closer))
         nursery.cancel_scope.cancel()
 

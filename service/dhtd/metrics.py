@@ -16,12 +16,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from dhtd import logs
 from dhtd.lookup import EventType
 from dhtd.node import DhtNode, Observer
 from dhtd.wire.kad_pb2 import Message
@@ -118,6 +119,12 @@ class Metrics:
             "Kad requests answered for other peers, by message type. Rising: this node "
             "serves more of the DHT.",
             ("message_type",), registry=r)
+        self.refusals = Counter(
+            "dht_store_refusals_total",
+            "Records from other peers a store refused (the peer's share used up, or the "
+            "store full), by store. Rising: a peer, or a group of them, floods this node; "
+            "honest records still get in (docs/limits.md).",
+            ("store",), registry=r)
         self.events = Counter(
             "dht_query_events_total",
             "Query events emitted to callers, by type. Rising QUERY_ERROR share: more "
@@ -134,6 +141,7 @@ class Metrics:
             self.inbound.labels(name)
         for event in EventType:
             self.events.labels(event.name)
+        r.register(_LibraryLogCollector())
 
     def observer(self) -> Observer:
         """Hooks that feed the DHT series from a node's operations."""
@@ -150,6 +158,7 @@ class Metrics:
             event=lambda kind: self.events.labels(event_type_name(kind)).inc(),
             outbound=outbound,
             inbound=lambda kind: self.inbound.labels(message_type_name(kind)).inc(),
+            refused=lambda store: self.refusals.labels(store).inc(),
         )
 
     def watch(self, node: DhtNode) -> None:
@@ -158,6 +167,25 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LibraryLogCollector(Collector):
+    """dhtd_library_log_messages_total, read from dhtd.logs' noise filter at scrape
+    time. Labels come from fixed sets (logs.SOURCES, KINDS, LEVELS), never from
+    the message, so no peer ID or address ever becomes a label value."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "dhtd_library_log_messages",
+            "Log records and stray output lines from libraries (py-libp2p, gRPC, asyncio, "
+            "trio, warnings, prints), by source, kind and level, whether printed or held "
+            "back by the rate limit. Rising: the libraries report more network trouble "
+            "(dials, streams, negotiation, identify), so peers are unreachable or churning; "
+            "a rising 'traceback' or 'other' kind at error level is worth reading the log for.",
+            labels=["source", "kind", "level"])
+        for (source, kind, level), count in sorted(logs.library_message_counts().items()):
+            family.add_metric([source, kind, level], count)
+        yield family
 
 
 class _NodeCollector(Collector):

@@ -10,7 +10,6 @@ timeout, counts it as in flight, and turns a passed deadline into
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,24 +33,38 @@ from dhtd.lookup import (
     lookup,
 )
 from dhtd.p2p import Host
-from dhtd.records import Candidate, ProviderStore, Validators, ValueStore
+from dhtd.records import Candidate, Validators
+from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.stores import MAX_PROVIDERS_PER_KEY, ProviderStore, ValueStore
 from dhtd.wire.kad_pb2 import Message
 
 log = logging.getLogger("dhtd.node")
 
-# How often the routing table is refreshed with a self-lookup
-# (go-libp2p-kad-dht amino/defaults.go: DefaultRoutingTableRefreshPeriod = 10 min).
-REFRESH_INTERVAL = 600.0
+# Closer peers read from one answer. go-libp2p and js-libp2p send k (20), plus the
+# target itself for FIND_NODE; twice k tolerates any honest peer, and the rest of
+# an oversized answer is ignored.
+MAX_CLOSER_PEERS = 2 * BUCKET_SIZE
 
-# Retry schedule for bootstrap peers while the routing table is empty: first
-# retry after 1 s, doubling up to 30 s, so that nodes started in any order
-# find each other within seconds and a missing bootstrap peer costs little.
-BOOTSTRAP_RETRY_FIRST = 1.0
-BOOTSTRAP_RETRY_MAX = 30.0
+# Providers read from one GET_PROVIDERS answer: as many as a key keeps here.
+MAX_PROVIDERS_READ = MAX_PROVIDERS_PER_KEY
+
+# Expired records are collected every GC_INTERVAL, GC_BATCH at a time with a
+# checkpoint between batches, so collection never stalls the node
+# (go-libp2p-kad-dht collects provider records hourly).
+GC_INTERVAL = 60.0
+GC_BATCH = 1000
+
+# The protection tag of the routing table's k peers closest to this node: their
+# connections are never trimmed (go-libp2p-kad-dht protects its closest buckets).
+CLOSEST_TAG = "dhtd-closest"
 
 # How long a bootstrap dial may take before it counts as failed.
 BOOTSTRAP_DIAL_TIMEOUT = 10.0
+
+# One refresh lookup (self or bucket) is abandoned after this (ours; a walk on a
+# healthy network takes well under a second, and PEER_REQUEST_TIMEOUT bounds each hop).
+REFRESH_WALK_TIMEOUT = 30.0
 
 # Get stops once this many peers returned a valid record
 # (the Amino DHT's IPNS quorum: 16 of the 20 closest).
@@ -96,6 +109,7 @@ class Observer:
     event: Callable[[int], None] = lambda kind: None
     outbound: Callable[[int, bool], None] = lambda kind, ok: None
     inbound: Callable[[int], None] = lambda kind: None
+    refused: Callable[[str], None] = lambda kind: None
 
 
 @dataclass
@@ -133,6 +147,7 @@ class DhtNode:
     on_table_change: Callable[[int], None] = lambda size: None
     clock: Callable[[], float] = time.time
     reprovide_interval: float = REPROVIDE_INTERVAL
+    refresh_interval: float = REFRESH_INTERVAL
 
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
@@ -149,12 +164,24 @@ class DhtNode:
             peers=Peers(addrs_of=self.host.addrs_of, connected=self._connected_set),
             clock=self.clock,
             on_request=self.observer.inbound,
+            on_refused=self.observer.refused,
         )
         self._table_nonempty = trio.Event()
-        self._table_emptied = trio.Event()
-        # Keys this node announced as a provider, and when it last did.
+        # Keys this node announced as a provider, and when it last did. This node
+        # answers for them itself; they never compete for the provider store.
         self.provided: dict[bytes, float] = {}
+        self._closest: set[bytes] = set()
         self._background: trio.Nursery | None = None
+        self.maintainer = Maintainer(
+            table=self.table,
+            self_id=self.self_id,
+            bootstrap=self._dial_bootstrap,
+            has_bootstrap=bool(self.bootstrap),
+            lookup=self._refresh_walk,
+            ping=self._ping,
+            forget=self._forget,
+            refresh_interval=self.refresh_interval,
+        )
 
     # -- lifetime -----------------------------------------------------------
 
@@ -162,10 +189,14 @@ class DhtNode:
     async def running(self, listen: Sequence[bytes]) -> AsyncIterator[DhtNode]:
         """Opens the host, bootstraps in the background, and keeps the table fresh."""
         handler = self._serve if self.server else None
-        async with self.host.open(listen, handler, self.add_peer), trio.open_nursery() as nursery:
+        async with (
+            self.host.open(listen, handler, self.add_peer, self.maintainer.disconnected),
+            trio.open_nursery() as nursery,
+        ):
             self._background = nursery
-            nursery.start_soon(self._maintain)
+            nursery.start_soon(self.maintainer.run, self._wait_table)
             nursery.start_soon(self._reprovide)
+            nursery.start_soon(self._collect)
             try:
                 yield self
             finally:
@@ -173,6 +204,8 @@ class DhtNode:
                 self._background = None
 
     async def _serve(self, sender: bytes, request: Message) -> Message | None:
+        if sender in self.table:
+            self.maintainer.heard_from(sender)
         try:
             return self.handlers.handle(sender, request)
         except Rejected as exc:
@@ -180,40 +213,41 @@ class DhtNode:
             raise
 
     def add_peer(self, peer: bytes) -> None:
-        """A connected peer speaks kad: it joins the routing table."""
+        """A peer speaks kad (identify said so, or it answered): it joins the
+        routing table if its bucket has room."""
+        if peer in self.table:
+            return
         before = len(self.table)
-        if self.table.add(peer) and before == 0:
+        if not self.table.add(peer):
+            return
+        self.host.pin(peer)
+        self.maintainer.heard_from(peer)
+        self._protect_closest()
+        if before == 0:
             self._table_nonempty.set()
-            self._table_emptied = trio.Event()
             self.on_table_change(len(self.table))
 
     def _forget(self, peer: bytes) -> None:
-        if self.table.remove(peer) and len(self.table) == 0:
+        if not self.table.remove(peer):
+            return
+        self.host.unpin(peer)
+        self.maintainer.removed(peer)
+        self._protect_closest()
+        if len(self.table) == 0:
             self._table_nonempty = trio.Event()
-            self._table_emptied.set()
             self.on_table_change(0)
+
+    def _protect_closest(self) -> None:
+        """Protects connections to the k table peers closest to this node."""
+        closest = set(self.table.closest(self.maintainer.self_key, BUCKET_SIZE))
+        for peer in closest - self._closest:
+            self.host.protect(peer, CLOSEST_TAG)
+        for peer in self._closest - closest:
+            self.host.unprotect(peer, CLOSEST_TAG)
+        self._closest = closest
 
     def _connected_set(self) -> frozenset[bytes]:
         return frozenset(self.host.connected_peers())
-
-    async def _maintain(self) -> None:
-        """Bootstrap, then refresh every REFRESH_INTERVAL.
-
-        While the table is empty, bootstrap peers are retried with backoff (or,
-        with none configured, the node waits for a Connect or an inbound peer)."""
-        delay = BOOTSTRAP_RETRY_FIRST
-        while True:
-            if not self.table:
-                if self.bootstrap:
-                    await self._dial_bootstrap()
-                if not self.table:
-                    await self._wait_table(delay if self.bootstrap else math.inf)
-                    delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
-                    continue
-            delay = BOOTSTRAP_RETRY_FIRST
-            await self._refresh()
-            with trio.move_on_after(REFRESH_INTERVAL):
-                await self._table_emptied.wait()
 
     async def _reprovide(self) -> None:
         """Announces again every key whose last announcement is older than the interval.
@@ -233,9 +267,18 @@ class DhtNode:
                 continue
             log.debug("reprovided", extra={"keys": len(due), "peers": sum(counts)})
 
-    async def _wait_table(self, seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await self._table_nonempty.wait()
+    async def _wait_table(self) -> None:
+        await self._table_nonempty.wait()
+
+    async def _collect(self) -> None:
+        """Collects expired records a batch at a time (see GC_INTERVAL)."""
+        while True:
+            await trio.sleep(GC_INTERVAL)
+            for store in (self.providers, self.values):
+                for _ in range(len(store) // GC_BATCH + 1):
+                    if store.collect(self.clock(), GC_BATCH) < GC_BATCH:
+                        break
+                    await trio.lowlevel.checkpoint()
 
     async def _dial_bootstrap(self) -> None:
         async def dial(b: Bootstrap) -> None:
@@ -252,13 +295,13 @@ class DhtNode:
             for b in self.bootstrap:
                 nursery.start_soon(dial, b)
 
-    async def _refresh(self) -> None:
-        """A self-lookup: fills the buckets nearest to this node (Kademlia join)."""
-        try:
-            await self._walk(self.self_id, MessageType.FIND_NODE, lambda e: None)
-        except Unavailable:
-            return
-        log.debug("routing table refreshed: %d peers", len(self.table))
+    async def _refresh_walk(self, key: bytes) -> None:
+        """One refresh lookup (dhtd.refresh), bounded like any peer request chain."""
+        with trio.move_on_after(REFRESH_WALK_TIMEOUT):
+            await self._walk(key, MessageType.FIND_NODE, lambda e: None)
+
+    async def _ping(self, peer: bytes) -> None:
+        await self._request(peer, new_message(MessageType.PING))
 
     # -- the transport the lookup sees -------------------------------------
 
@@ -270,6 +313,15 @@ class DhtNode:
 
     def forget(self, peer: bytes) -> None:
         self._forget(peer)
+
+    def suspect(self, peer: bytes) -> None:
+        self.maintainer.disconnected(peer)
+
+    def responded(self, peer: bytes) -> None:
+        # It answered a kad request, so it serves the DHT (go-libp2p-kad-dht adds
+        # peers that answer queries to the routing table too).
+        self.add_peer(peer)
+        self.maintainer.heard_from(peer)
 
     # -- shared plumbing ----------------------------------------------------
 
@@ -344,8 +396,9 @@ class DhtNode:
         async def ask(peer: bytes) -> list[PeerRecord]:
             answer = await self._request(peer, new_message(kind, key))
             on_answer(peer, answer)
-            return read_peers(answer.closerPeers)
+            return read_peers(answer.closerPeers, MAX_CLOSER_PEERS)
 
+        self.maintainer.walked_into(key)
         return await lookup(
             key, self._seeds(key), self, ask, self._emitter(emit), self_id=self.self_id, stop=stop
         )
@@ -367,7 +420,7 @@ class DhtNode:
             found: list[PeerRecord] = []
 
             def on_answer(peer: bytes, answer: Message) -> None:
-                for record in read_peers(answer.closerPeers):
+                for record in read_peers(answer.closerPeers, MAX_CLOSER_PEERS):
                     if record.id == target and record.addrs and not found:
                         found.append(record)
                         op.got_result(self.observer)
@@ -393,12 +446,14 @@ class DhtNode:
                 op.got_result(self.observer)
                 on_provider(record)
 
+            if key in self.provided:
+                found(PeerRecord(self.self_id, tuple(self.host.listen_addrs())))
             for local in self.providers.get(key, self.clock()):
                 found(PeerRecord(local.peer, local.addrs or self.host.addrs_of(local.peer)))
             if len(seen) < count:
 
                 def on_answer(peer: bytes, answer: Message) -> None:
-                    providers = read_peers(answer.providerPeers)
+                    providers = read_peers(answer.providerPeers, MAX_PROVIDERS_READ)
                     self.host.learn(providers)
                     for record in providers:
                         found(record if record.addrs else
@@ -538,7 +593,6 @@ class DhtNode:
             async def announce(index: int) -> None:
                 key = keys[index]
                 tagged = self._emitter(lambda e: emit(index, e))
-                self.providers.add(key, self.self_id, addrs, self.clock())
                 async with limiter:
                     result = await self._walk(key, MessageType.FIND_NODE, tagged)
                     message = new_message(MessageType.ADD_PROVIDER, key)

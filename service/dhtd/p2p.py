@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,12 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key, deserialize_public_key
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.peer.peerstore import PeerStore
 
+from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
 from dhtd.wire.kad_pb2 import Message
@@ -40,8 +45,38 @@ log = logging.getLogger("dhtd.p2p")
 DIAL_STAGGER = 0.0
 _swarm._HAPPY_EYEBALLS_DELAY = DIAL_STAGGER
 
-# The largest kad message read from a peer (go-libp2p network.MessageSizeMax, 4 MiB).
+# The largest kad answer read from a peer (go-libp2p network.MessageSizeMax, 4 MiB).
 MAX_MESSAGE_BYTES = 4 << 20
+
+# Ours: the largest kad *request* a peer may send us. The biggest legitimate one is a
+# PUT_VALUE of a record of at most dhtd.api.servicer.MAX_VALUE_BYTES (64 KiB, far
+# above IPNS's 10 KiB); 128 KiB leaves room for the envelope. Bounds what an
+# unfinished frame can pin in memory. Past it, the stream is reset.
+MAX_REQUEST_BYTES = 128 << 10
+
+# Inbound kad streams served at once, per peer and in all. go-libp2p-kad-dht leaves
+# this to the resource manager; py-libp2p has none, so dhtd bounds it here. A stream
+# past either cap is reset at once.
+MAX_INBOUND_STREAMS_PER_PEER = 16
+MAX_INBOUND_STREAMS = 512
+
+# An inbound stream with no request for this long is closed
+# (go-libp2p-kad-dht internal/net: dhtStreamIdleTimeout, 1 min).
+STREAM_IDLE_TIMEOUT = 60.0
+
+# Once the first byte of a request has arrived, the whole frame must arrive within
+# this; a peer trickling a frame is reset (ours; a 128 KiB request takes ms).
+FRAME_READ_TIMEOUT = 10.0
+
+# Peers learned from other peers (closer peers, providers) whose addresses are kept
+# in the peerstore, least recently learned evicted first. py-libp2p's peerstore
+# holds at most PEERSTORE_MAX_PEERS and evicts blindly past it; this keeps learned
+# peers well below, beside connected and routing-table peers.
+MAX_LEARNED_PEERS = 1024
+PEERSTORE_MAX_PEERS = 4096
+
+# py-libp2p's hard cap on connections, above the high-water mark.
+CONN_HARD_LIMIT_FACTOR = 2
 
 # How long identify may take before a new connection is judged without its
 # protocol list (py-libp2p's own identify read timeout is 10 s).
@@ -69,9 +104,52 @@ IDENTITY_FILE = "identity.key"
 
 KadHandler = Callable[[bytes, Message], Awaitable[Message | None]]
 
+# The protection tag of peers a request is in flight to.
+_BUSY_TAG = "dhtd-busy"
+
 
 class _StaleStream(Exception):
     """A stream failed before an answer came (closed by the peer, or broken)."""
+
+
+@dataclass(frozen=True)
+class ConnectionBudget:
+    """How many connections the host keeps: above ``high_water`` the oldest
+    unprotected connections are closed down to ``low_water``; a connection younger
+    than ``grace_period`` is never closed. The DHT's closest peers and peers a
+    request is in flight to are protected (defaults and reasons: dhtd.config)."""
+
+    low_water: int = DEFAULT_CONN_LOW_WATER
+    high_water: int = DEFAULT_CONN_HIGH_WATER
+    grace_period: float = DEFAULT_CONN_GRACE
+
+
+class _GuardedPeerStore(PeerStore):
+    """py-libp2p's peerstore, except that its cap never evicts this host's own entry
+    (its keys: identify needs them) nor a pinned peer (the routing table's, whose
+    addresses must outlive a closed connection)."""
+
+    def __init__(self, self_id: ID, pinned: set[bytes]) -> None:
+        super().__init__(max_peers=PEERSTORE_MAX_PEERS)
+        self._self_id = self_id
+        self._pinned = pinned
+
+    def _enforce_peer_limit(self) -> None:
+        excess = len(self.peer_data_map) - self.max_peers
+        if excess <= 0:
+            return
+        # Without addresses or expired first, as py-libp2p does; never self or pinned.
+        candidates = sorted(
+            (
+                (bool(data.get_addrs()), not data.is_expired(), pid)
+                for pid, data in self.peer_data_map.items()
+                if pid != self._self_id and pid.to_bytes() not in self._pinned
+            ),
+            key=lambda item: (item[0], item[1]),
+        )
+        for _, _, pid in candidates[:excess]:
+            self.peer_record_map.pop(pid, None)
+            del self.peer_data_map[pid]
 
 
 def load_or_create_identity(data_dir: Path, name: str = IDENTITY_FILE) -> KeyPair:
@@ -177,14 +255,22 @@ def _local_ipv4() -> list[str]:
 class _Notifee:
     """Forwards connection events to trio channels without blocking the swarm."""
 
-    def __init__(self, connected: trio.MemorySendChannel[bytes]) -> None:
+    def __init__(
+        self, connected: trio.MemorySendChannel[bytes], on_disconnect: Callable[[bytes], None]
+    ) -> None:
         self._connected = connected
+        self._on_disconnect = on_disconnect
 
     async def opened_stream(self, *_: Any) -> None: ...
     async def closed_stream(self, *_: Any) -> None: ...
     async def listen(self, *_: Any) -> None: ...
     async def listen_close(self, *_: Any) -> None: ...
-    async def disconnected(self, *_: Any) -> None: ...
+
+    async def disconnected(self, _network: Any, conn: Any) -> None:
+        try:
+            self._on_disconnect(conn.muxed_conn.peer_id.to_bytes())
+        except Exception as exc:
+            log.warning("disconnect hook failed: %s", describe(exc))
 
     async def connected(self, _network: Any, conn: Any) -> None:
         with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -197,14 +283,41 @@ class Host:
     Use :meth:`open` (an async context manager). While it is open, peers that
     connect in either direction and list ``protocol_id`` in identify are passed
     to ``on_kad_peer``; inbound kad streams are answered by ``handler`` when one
-    is given (server mode) and refused otherwise (client mode).
+    is given (server mode) and refused otherwise (client mode). ``on_disconnect``
+    hears of every closed connection.
     """
 
-    def __init__(self, key_pair: KeyPair, protocol_id: str) -> None:
+    def __init__(
+        self, key_pair: KeyPair, protocol_id: str, budget: ConnectionBudget | None = None
+    ) -> None:
         self._pair = key_pair
         self.protocol_id = protocol_id
         self.self_id = peer_id_of(key_pair)
-        self._host: Any = new_host(key_pair=key_pair)
+        budget = budget or ConnectionBudget()
+        self._pinned: set[bytes] = set()
+        self._host: Any = new_host(
+            key_pair=key_pair,
+            peerstore_opt=_GuardedPeerStore(ID(self.self_id), self._pinned),
+            connection_config=ConnectionConfig(
+                max_connections=budget.high_water * CONN_HARD_LIMIT_FACTOR,
+                min_connections=min(budget.low_water, ConnectionConfig.min_connections),
+                low_watermark=budget.low_water,
+                high_watermark=budget.high_water,
+                grace_period=budget.grace_period,
+            ),
+        )
+        # py-libp2p's auto-connector dials any peer in the peerstore until the
+        # connection count reaches the low-water mark. For a DHT node that means
+        # dialling every address a remote peer named, dead or fake (measured: 160
+        # dials at a time to a hostile peer's made-up peers). The routing table
+        # decides whom to connect to, as in go-libp2p, whose connmgr never dials.
+        network: Any = self._host.get_network()
+        network.auto_connector.maybe_connect = _no_auto_dial
+        self._learned: OrderedDict[bytes, None] = OrderedDict()
+        self._inbound: dict[bytes, int] = {}
+        self._inbound_total = 0
+        # Peers a request is in flight to: protected from connection trimming.
+        self._busy: dict[bytes, int] = {}
         self._idle: dict[bytes, list[_Framed]] = {}
         self._listen: list[bytes] | None = None
         # Binary peerstore addrs -> the same without /p2p/ (answers name the same
@@ -218,6 +331,7 @@ class Host:
         listen: Sequence[bytes],
         handler: KadHandler | None,
         on_kad_peer: Callable[[bytes], None],
+        on_disconnect: Callable[[bytes], None] = lambda peer: None,
     ) -> AsyncIterator[Host]:
         send, receive = trio.open_memory_channel[bytes](1024)
         addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -231,7 +345,7 @@ class Host:
                 )
             if handler is not None:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
-            self._host.get_network().register_notifee(_Notifee(send))
+            self._host.get_network().register_notifee(_Notifee(send, on_disconnect))
             nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
             self._nursery = nursery
             try:
@@ -289,6 +403,9 @@ class Host:
         return tuple(out)
 
     def learn(self, peers: Sequence[PeerRecord]) -> None:
+        """Keeps the addresses of ``peers`` for dialling; at most MAX_LEARNED_PEERS
+        learned peers are kept, least recently learned forgotten first (unless
+        pinned or connected)."""
         store = self._host.get_peerstore()
         for peer in peers:
             if peer.id == self.self_id or not peer.addrs:
@@ -299,8 +416,42 @@ class Host:
                     addrs.append(multiaddr.Multiaddr(raw))
                 except Exception:
                     continue
-            if addrs:
-                store.add_addrs(ID(peer.id), addrs, LEARNED_ADDR_TTL)
+            if not addrs:
+                continue
+            try:
+                pid = ID(peer.id)
+            except Exception:
+                continue
+            store.add_addrs(pid, addrs, LEARNED_ADDR_TTL)
+            self._learned.pop(peer.id, None)
+            self._learned[peer.id] = None
+        while len(self._learned) > MAX_LEARNED_PEERS:
+            old, _ = self._learned.popitem(last=False)
+            if old not in self._pinned and not self.is_connected(old):
+                with suppress(Exception):
+                    store.clear_peerdata(ID(old))
+
+    def pin(self, peer: bytes) -> None:
+        """Keeps ``peer``'s addresses whatever else is learned (routing-table peers)."""
+        self._pinned.add(peer)
+
+    def unpin(self, peer: bytes) -> None:
+        self._pinned.discard(peer)
+
+    def protect(self, peer: bytes, tag: str) -> None:
+        """Shields connections to ``peer`` from trimming while ``tag`` holds."""
+        with suppress(Exception):
+            self._host.get_network().protect(ID(peer), tag)
+
+    def unprotect(self, peer: bytes, tag: str) -> None:
+        with suppress(Exception):
+            self._host.get_network().unprotect(ID(peer), tag)
+
+    def peerstore_size(self) -> int:
+        return len(self._host.get_peerstore().peer_ids())
+
+    def inbound_streams(self) -> int:
+        return self._inbound_total
 
     def speaks_kad(self, peer: bytes) -> bool:
         try:
@@ -312,8 +463,12 @@ class Host:
     async def connect(self, peer: bytes, addr: bytes) -> None:
         """Dials ``peer`` at ``addr`` (a /dns* name is resolved now, at every dial).
 
-        Raises PeerRequestError if resolution or the dial fails."""
+        Raises PeerRequestError if resolution or the dial fails. An explicit dial
+        always dials: the peer is taken out of py-libp2p's negative dial cache first
+        (else a bootstrap peer that was down a moment ago is refused for a minute)."""
         addrs = await resolve(multiaddr.Multiaddr(addr))
+        with suppress(Exception):
+            self._host.get_network().unblock_peer(ID(peer))
         try:
             await self._host.connect(PeerInfo(ID(peer), addrs))
         except Exception as exc:
@@ -340,8 +495,11 @@ class Host:
         nursery: trio.Nursery,
     ) -> None:
         async def check(peer: bytes) -> None:
-            if await self.wait_identified(peer):
-                on_kad_peer(peer)
+            try:
+                if await self.wait_identified(peer):
+                    on_kad_peer(peer)
+            except Exception as exc:  # one peer's trouble must not end the host
+                log.warning("identify check of %s failed: %s", ID(peer), describe(exc))
 
         async for peer in connected:
             nursery.start_soon(check, peer)
@@ -355,17 +513,34 @@ class Host:
         negotiation); if the peer closed that stream meanwhile, retries once on
         a new stream. A stream that was mid-request when cancelled is reset."""
         frame = _frame(message)
-        stream = self._take_idle(peer)
-        if stream is not None:
+        self._busy_enter(peer)
+        try:
+            stream = self._take_idle(peer)
+            if stream is not None:
+                try:
+                    return await self._exchange(peer, stream, frame)
+                except _StaleStream:
+                    pass
+            stream = await self._open(peer)
             try:
                 return await self._exchange(peer, stream, frame)
-            except _StaleStream:
-                pass
-        stream = await self._open(peer)
-        try:
-            return await self._exchange(peer, stream, frame)
-        except _StaleStream as exc:
-            raise PeerRequestError(str(exc)) from None
+            except _StaleStream as exc:
+                raise PeerRequestError(str(exc)) from None
+        finally:
+            self._busy_leave(peer)
+
+    def _busy_enter(self, peer: bytes) -> None:
+        count = self._busy.get(peer, 0)
+        if count == 0:
+            self.protect(peer, _BUSY_TAG)
+        self._busy[peer] = count + 1
+
+    def _busy_leave(self, peer: bytes) -> None:
+        count = self._busy.pop(peer, 1) - 1
+        if count > 0:
+            self._busy[peer] = count
+        else:
+            self.unprotect(peer, _BUSY_TAG)
 
     async def _open(self, peer: bytes) -> _Framed:
         try:
@@ -452,26 +627,53 @@ class Host:
 
     def _stream_handler(self, handler: KadHandler) -> Callable[[Any], Awaitable[None]]:
         async def serve(stream: Any) -> None:
-            sender = stream.muxed_conn.peer_id.to_bytes()
-            framed = _Framed(stream)
             try:
-                while True:
-                    try:
-                        data = await framed.read_frame()
-                    except EOFError:
-                        break
-                    request = Message()
-                    request.ParseFromString(data)
-                    answer = await handler(sender, request)
-                    if answer is not None:
-                        await stream.write(_frame(answer))
-            except Exception as exc:
-                log.debug("kad stream from %s reset: %s", ID(sender), describe(exc))
+                sender = stream.muxed_conn.peer_id.to_bytes()
+            except Exception:
                 await _reset(stream)
                 return
-            await _close(stream)
+            if (self._inbound_total >= MAX_INBOUND_STREAMS
+                    or self._inbound.get(sender, 0) >= MAX_INBOUND_STREAMS_PER_PEER):
+                log.debug("kad stream from %s refused: too many open", ID(sender))
+                await _reset(stream)
+                return
+            self._inbound[sender] = self._inbound.get(sender, 0) + 1
+            self._inbound_total += 1
+            try:
+                await self._serve_stream(stream, sender, handler)
+            finally:
+                self._inbound_total -= 1
+                left = self._inbound.pop(sender, 1) - 1
+                if left:
+                    self._inbound[sender] = left
 
         return serve
+
+    async def _serve_stream(self, stream: Any, sender: bytes, handler: KadHandler) -> None:
+        """Answers requests on one inbound stream until the peer closes it, it idles
+        for STREAM_IDLE_TIMEOUT, or anything goes wrong (then the stream is reset:
+        the error stays with this stream)."""
+        framed = _Framed(stream)
+        try:
+            while True:
+                try:
+                    data = await framed.read_request()
+                except EOFError:
+                    break
+                request = Message()
+                request.ParseFromString(data)
+                answer = await handler(sender, request)
+                if answer is not None:
+                    await stream.write(_frame(answer))
+        except Exception as exc:
+            log.debug("kad stream from %s reset: %s", ID(sender), describe(exc))
+            await _reset(stream)
+            return
+        await _close(stream)
+
+
+async def _no_auto_dial() -> None:
+    return None
 
 
 def _frame(message: Message) -> bytes:
@@ -501,8 +703,23 @@ class _Framed:
         self.buf += chunk
         return True
 
-    async def read_frame(self) -> bytes:
-        """One message. EOFError on a clean end before it; PeerRequestError if malformed."""
+    async def read_request(self) -> bytes:
+        """One inbound request: EOFError when the peer closed the stream, or sent
+        nothing for STREAM_IDLE_TIMEOUT; PeerRequestError when the frame is malformed,
+        over MAX_REQUEST_BYTES, or not complete FRAME_READ_TIMEOUT after it began."""
+        if not self.buf:
+            with trio.move_on_after(STREAM_IDLE_TIMEOUT) as idle:
+                filled = await self._fill()
+            if idle.cancelled_caught or not filled:
+                raise EOFError("stream idle" if idle.cancelled_caught else "stream closed")
+        with trio.move_on_after(FRAME_READ_TIMEOUT) as slow:
+            return await self.read_frame(MAX_REQUEST_BYTES)
+        assert slow.cancelled_caught
+        raise PeerRequestError(f"request not complete within {FRAME_READ_TIMEOUT:g}s")
+
+    async def read_frame(self, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+        """One message. EOFError on a clean end before it; PeerRequestError if
+        malformed or longer than ``limit``."""
         while True:
             try:
                 length, start = decode_uvarint(bytes(self.buf[:10]))
@@ -514,8 +731,8 @@ class _Framed:
                 if self.buf:
                     raise PeerRequestError("stream ended inside a length prefix")
                 raise EOFError("stream closed")
-        if length > MAX_MESSAGE_BYTES:
-            raise PeerRequestError(f"message of {length} bytes is over {MAX_MESSAGE_BYTES}")
+        if length > limit:
+            raise PeerRequestError(f"message of {length} bytes is over {limit}")
         while len(self.buf) < start + length:
             if not await self._fill():
                 raise PeerRequestError("stream ended inside a message")

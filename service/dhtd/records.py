@@ -1,14 +1,11 @@
-"""Record validation and the in-memory record stores.
+"""Record validation: one validator per key namespace.
 
-What lives here:
+What lives here (the stores that hold records are in :mod:`dhtd.stores`):
 
 * :class:`Validator` and its implementations, one per key namespace: ``/pk/``
   (:class:`PublicKeyValidator`), ``/ipns/`` (:class:`IpnsValidator`) and
   operator-opened namespaces (:class:`LastWriteWinsValidator`).
   :class:`Validators` routes a key to its namespace's validator.
-* :class:`ValueStore` (PUT_VALUE / GET_VALUE records) and
-  :class:`ProviderStore` (ADD_PROVIDER / GET_PROVIDERS records), both bounded
-  and in memory, both driven by an explicit ``now`` so that expiry is testable.
 
 This module is pure: it does no I/O, owns no clock except where one is
 injected, and never imports libp2p. Signature checks are delegated to a
@@ -38,22 +35,13 @@ __all__ = [
     "IPNS_NAMESPACE",
     "IPNS_SIGNATURE_PREFIX",
     "MAX_IPNS_RECORD_BYTES",
-    "MAX_PROVIDERS_PER_KEY",
-    "MAX_PROVIDER_KEYS",
-    "MAX_RECORD_AGE",
-    "MAX_VALUE_RECORDS",
     "PK_NAMESPACE",
-    "PROVIDE_VALIDITY",
     "Candidate",
     "IpnsValidator",
     "LastWriteWinsValidator",
-    "ProviderRecord",
-    "ProviderStore",
     "PublicKeyValidator",
-    "StoredRecord",
     "Validator",
     "Validators",
-    "ValueStore",
     "peer_id_from_public_key",
 ]
 
@@ -62,25 +50,10 @@ __all__ = [
 HOUR = 3600.0
 """Seconds in an hour."""
 
-# go-libp2p-kad-dht amino.DefaultMaxRecordAge (48 h): how long a value record
-# (PutValue: /pk, /ipns, ...) is kept after it was received.
-MAX_RECORD_AGE = 48 * HOUR
 
-# go-libp2p-kad-dht amino.DefaultProvideValidity (48 h): how long a provider
-# record lasts before it must be re-provided.
-PROVIDE_VALIDITY = 48 * HOUR
 
-# Ours (no upstream equivalent; go-libp2p-kad-dht's datastore is unbounded):
-# the most value records held at once, so a flood of PUT_VALUEs cannot
-# exhaust memory. /ipns records are at most 10 KiB, so this is at most ~500 MB.
-MAX_VALUE_RECORDS = 50_000
 
-# Ours (upstream is unbounded): the most distinct keys with provider records.
-MAX_PROVIDER_KEYS = 50_000
 
-# Ours (upstream is unbounded): the most providers remembered per key; five
-# times amino.DefaultBucketSize (20), the number of peers a provider announces to.
-MAX_PROVIDERS_PER_KEY = 100
 
 # Namespace names, the text between the first two '/' of a record key
 # (libp2p specs, kad-dht/README.md, "Entry validation"; IPFS specs, ipns-record.md).
@@ -636,193 +609,3 @@ class Validators:
         if not 0 <= index < len(candidates):
             raise ValueError(f"validator selected index {index} of {len(candidates)}")
         return index
-
-
-# --- Value store ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredRecord:
-    """A value record as held here; ``received_at`` is epoch seconds."""
-
-    key: bytes
-    value: bytes
-    received_at: float
-
-
-class ValueStore:
-    """Bounded in-memory store of value records, expiring by age.
-
-    A record is live while ``now - received_at < max_age``. The store never
-    drops a live record to make room: when it holds ``max_entries`` live
-    records, a put of a new key is refused. It does not validate values;
-    callers validate (and select) before putting.
-    """
-
-    def __init__(
-        self, max_entries: int = MAX_VALUE_RECORDS, max_age: float = MAX_RECORD_AGE
-    ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        if not max_age > 0:
-            raise ValueError("max_age must be positive")
-        self._max_entries = max_entries
-        self._max_age = max_age
-        self._records: dict[bytes, StoredRecord] = {}
-
-    def _expired(self, record: StoredRecord, now: float) -> bool:
-        """Whether ``record`` is at least ``max_age`` old at ``now``."""
-        return now - record.received_at >= self._max_age
-
-    def put(self, key: bytes, value: bytes, now: float) -> StoredRecord:
-        """Store ``value`` under ``key`` received at ``now``, replacing any old one.
-
-        Raises InvalidRecord("value store full") if ``key`` is new and the store
-        holds ``max_entries`` live records (expired ones are swept first).
-        """
-        if key not in self._records and len(self._records) >= self._max_entries:
-            self.expire(now)
-            if len(self._records) >= self._max_entries:
-                raise InvalidRecord("value store full")
-        record = StoredRecord(key=key, value=value, received_at=now)
-        self._records[key] = record
-        return record
-
-    def get(self, key: bytes, now: float) -> StoredRecord | None:
-        """Return the live record for ``key``, or None; an expired one is removed."""
-        record = self._records.get(key)
-        if record is None:
-            return None
-        if self._expired(record, now):
-            del self._records[key]
-            return None
-        return record
-
-    def remove(self, key: bytes) -> None:
-        """Forget ``key``; no error if absent."""
-        self._records.pop(key, None)
-
-    def expire(self, now: float) -> int:
-        """Remove every record expired at ``now``; return how many were removed."""
-        stale = [k for k, r in self._records.items() if self._expired(r, now)]
-        for key in stale:
-            del self._records[key]
-        return len(stale)
-
-    def __len__(self) -> int:
-        """Records held, including expired ones not yet removed by get/expire."""
-        return len(self._records)
-
-
-# --- Provider store ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProviderRecord:
-    """One peer providing one key, until ``expires_at`` (epoch seconds).
-
-    ``addrs`` are binary multiaddrs.
-    """
-
-    peer: bytes
-    addrs: tuple[bytes, ...]
-    expires_at: float
-
-
-class ProviderStore:
-    """Bounded in-memory provider records: key multihash -> provider peer -> record.
-
-    A record is live while ``now < expires_at``; adding sets ``expires_at`` to
-    ``now + validity``. The store never drops a live record to make room: an
-    add that would exceed ``max_keys`` keys or ``max_per_key`` providers of one
-    key is refused with InvalidRecord (expired records are swept first).
-    """
-
-    def __init__(
-        self,
-        validity: float = PROVIDE_VALIDITY,
-        max_keys: int = MAX_PROVIDER_KEYS,
-        max_per_key: int = MAX_PROVIDERS_PER_KEY,
-    ) -> None:
-        if not validity > 0:
-            raise ValueError("validity must be positive")
-        if max_keys < 1 or max_per_key < 1:
-            raise ValueError("max_keys and max_per_key must be at least 1")
-        self._validity = validity
-        self._max_keys = max_keys
-        self._max_per_key = max_per_key
-        self._providers: dict[bytes, dict[bytes, ProviderRecord]] = {}
-        self._count = 0
-
-    def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes], now: float) -> ProviderRecord:
-        """Record that ``peer`` provides ``key`` from ``now`` for ``validity`` seconds.
-
-        Re-adding a known provider refreshes its expiry; its addrs are replaced
-        only if ``addrs`` is non-empty. Raises InvalidRecord if ``key`` or
-        ``peer`` is empty or the store is full as described on the class.
-        """
-        if not key:
-            raise InvalidRecord("provider key is empty")
-        if not peer:
-            raise InvalidRecord("provider peer ID is empty")
-        peers = self._providers.get(key)
-        if peers is None:
-            if len(self._providers) >= self._max_keys:
-                self.expire(now)
-                if len(self._providers) >= self._max_keys:
-                    raise InvalidRecord("provider store full")
-            peers = self._providers[key] = {}
-        old = peers.get(peer)
-        if old is None and len(peers) >= self._max_per_key:
-            self._expire_key(key, peers, now)
-            if len(peers) >= self._max_per_key:
-                raise InvalidRecord("too many providers for this key")
-            # _expire_key may have dropped the key's (now empty) map: reinstate it.
-            peers = self._providers.setdefault(key, peers)
-        kept_addrs = tuple(addrs) if addrs or old is None else old.addrs
-        record = ProviderRecord(peer=peer, addrs=kept_addrs, expires_at=now + self._validity)
-        if old is None:
-            self._count += 1
-        else:
-            del peers[peer]  # re-insert so dict order stays oldest-added first
-        peers[peer] = record
-        return record
-
-    def get(self, key: bytes, now: float) -> list[ProviderRecord]:
-        """Return the live providers of ``key``, newest (latest expiry) first.
-
-        Expired records of ``key`` are removed.
-        """
-        peers = self._providers.get(key)
-        if peers is None:
-            return []
-        self._expire_key(key, peers, now)
-        # Insertion order is oldest-added first; reversing before a stable sort
-        # breaks expiry ties in favour of the most recently added.
-        return sorted(reversed(peers.values()), key=lambda r: r.expires_at, reverse=True)
-
-    def _expire_key(self, key: bytes, peers: dict[bytes, ProviderRecord], now: float) -> int:
-        """Drop ``key``'s records expired at ``now`` (and the key if none remain);
-        return how many were dropped."""
-        stale = [p for p, r in peers.items() if r.expires_at <= now]
-        for peer in stale:
-            del peers[peer]
-        self._count -= len(stale)
-        if not peers:
-            self._providers.pop(key, None)
-        return len(stale)
-
-    def expire(self, now: float) -> int:
-        """Remove every record expired at ``now``; return how many were removed."""
-        return sum(
-            self._expire_key(key, peers, now) for key, peers in list(self._providers.items())
-        )
-
-    @property
-    def keys_count(self) -> int:
-        """Keys with at least one record held."""
-        return len(self._providers)
-
-    def __len__(self) -> int:
-        """Provider records held, including expired ones not yet removed."""
-        return self._count

@@ -69,6 +69,17 @@ class RoutingTable:
     def __len__(self) -> int:
         return self._size
 
+    def bucket_len(self, cpl: int) -> int:
+        """Peers in the bucket of common prefix length ``cpl``."""
+        return len(self._buckets[cpl]) if 0 <= cpl <= KEY_BITS else 0
+
+    def deepest_cpl(self) -> int:
+        """The longest common prefix with this node of any peer held (0 when empty)."""
+        for cpl in range(KEY_BITS, -1, -1):
+            if self._buckets[cpl]:
+                return cpl
+        return 0
+
     def peers(self) -> list[bytes]:
         """Every peer in the table, nearest buckets last."""
         return [p for bucket in self._buckets for p in bucket]

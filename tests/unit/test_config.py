@@ -10,9 +10,11 @@ from dhtd.addrs import parse_dial_addr, parse_listen_addr
 from dhtd.config import (
     DEFAULT_GRPC_ADDR,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_QUERY_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     MAX_DEV_PEERS,
+    MAX_MAX_CONCURRENT_RPCS,
     Config,
     ConfigError,
     load,
@@ -53,6 +55,7 @@ def test_defaults() -> None:
     )
     assert config.grpc_addr == DEFAULT_GRPC_ADDR
     assert config.protocol_id == "/ipfs/kad/1.0.0"
+    assert config.max_concurrent_rpcs == DEFAULT_MAX_CONCURRENT_RPCS == 256
 
 
 def test_default_data_dir_without_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -84,6 +87,7 @@ FULL_ENV = {
     "DHTD_SHUTDOWN_GRACE": "0",
     "DHTD_METRICS_ADDR": "off",
     "DHTD_REPROVIDE_INTERVAL": "3600",
+    "DHTD_MAX_CONCURRENT_RPCS": "32",
 }
 
 
@@ -106,6 +110,7 @@ def test_every_flag_reads_its_environment_variable() -> None:
         shutdown_grace=0.0,
         metrics_addr=None,
         reprovide_interval=3600.0,
+        max_concurrent_rpcs=32,
     )
     assert config.grpc_addr == "[::1]:6000"
     assert config.protocol_id == "/private/kad/1.0.0"
@@ -133,6 +138,7 @@ def test_flags_beat_environment_variables() -> None:
         "--shutdown-grace", "2",
         "--metrics-addr", "0.0.0.0:9000",
         "--reprovide-interval", "60",
+        "--max-concurrent-rpcs", "7",
     ]
     config = load(argv, FULL_ENV)
     assert config == Config(
@@ -151,6 +157,7 @@ def test_flags_beat_environment_variables() -> None:
         shutdown_grace=2.0,
         metrics_addr=("0.0.0.0", 9000),
         reprovide_interval=60.0,
+        max_concurrent_rpcs=7,
     )
 
 
@@ -256,6 +263,15 @@ def test_bad_grpc_addr(addr: str) -> None:
         ("--dev-peers", "inf"),
         ("--dev-peers", "many"),
         ("--dev-peers", "2.5"),
+        ("--max-concurrent-rpcs", "0"),
+        ("--max-concurrent-rpcs", "-1"),
+        ("--max-concurrent-rpcs", "-1.5"),
+        ("--max-concurrent-rpcs", "1.5"),
+        ("--max-concurrent-rpcs", str(MAX_MAX_CONCURRENT_RPCS + 1)),
+        ("--max-concurrent-rpcs", "nan"),
+        ("--max-concurrent-rpcs", "inf"),
+        ("--max-concurrent-rpcs", "lots"),
+        ("--max-concurrent-rpcs", ""),
     ],
 )
 def test_bad_numbers_give_exactly_one_line(flag: str, value: str) -> None:
@@ -272,9 +288,26 @@ def test_bad_numbers_give_exactly_one_line(flag: str, value: str) -> None:
         ("--dev-peers", str(MAX_DEV_PEERS), "dev_peers", MAX_DEV_PEERS),
         ("--dev-peers", "2.0", "dev_peers", 2),
         ("--shutdown-grace", "600", "shutdown_grace", 600.0),
+        ("--max-concurrent-rpcs", "1", "max_concurrent_rpcs", 1),
+        ("--max-concurrent-rpcs", "4.0", "max_concurrent_rpcs", 4),
+        ("--max-concurrent-rpcs", str(MAX_MAX_CONCURRENT_RPCS), "max_concurrent_rpcs",
+         MAX_MAX_CONCURRENT_RPCS),
         ("--grpc-addr", "example.org:0", "grpc_port", 0),
         ("--grpc-addr", "[2001:db8::1]:443", "grpc_host", "2001:db8::1"),
     ],
 )
 def test_edge_values_are_accepted(flag: str, value: str, attr: str, expected: object) -> None:
     assert getattr(load([flag, value], BASE_ENV), attr) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        ("0", "--max-concurrent-rpcs: 0 is outside 1..100000"),
+        ("2.5", "--max-concurrent-rpcs: '2.5' is not a whole number"),
+        ("many", "--max-concurrent-rpcs: 'many' is not a number"),
+    ],
+)
+def test_max_concurrent_rpcs_problems_read_as_one_line(value: str, line: str) -> None:
+    assert problems_of(["--max-concurrent-rpcs", value]) == [line]
+    assert problems_of([], {**BASE_ENV, "DHTD_MAX_CONCURRENT_RPCS": value}) == [line]

@@ -17,15 +17,13 @@ from dhtd.handlers import (
 from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType, format_time, new_message
 from dhtd.records import (
-    MAX_RECORD_AGE,
     LastWriteWinsValidator,
-    ProviderStore,
     PublicKeyValidator,
     Validators,
-    ValueStore,
     peer_id_from_public_key,
 )
 from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.stores import MAX_RECORD_AGE, ProviderStore, ValueStore
 from dhtd.wire.kad_pb2 import KeyType, Message, PublicKey
 
 NOW = 1_750_000_000.25
@@ -387,9 +385,9 @@ def test_put_value_invalid_pk_is_rejected(value: bytes) -> None:
 
 
 def test_put_value_into_a_full_store_is_rejected() -> None:
-    w = World(values=ValueStore(max_entries=1))
+    w = World(values=ValueStore(max_bytes=300, per_peer=300))
     w.answer(put_request(b"/app/a", b"1"))
-    with pytest.raises(Rejected, match="full"):
+    with pytest.raises(Rejected, match="share"):
         w.handle(put_request(b"/app/b", b"2"))
 
 
@@ -441,11 +439,31 @@ def test_add_provider_stores_addrs_without_the_senders_own_p2p_suffix() -> None:
     assert record.addrs == (tcp,)
 
 
-def test_add_provider_into_a_full_store_is_rejected() -> None:
-    w = World(providers=ProviderStore(max_keys=1))
-    w.handle(add_provider_request(b"\x12\x20" + bytes(32), (w.sender, (b"a",))))
-    with pytest.raises(Rejected, match="full"):
-        w.handle(add_provider_request(b"\x12\x20" + b"\x01" * 32, (w.sender, (b"a",))))
+def test_add_provider_past_the_senders_share_is_dropped_without_a_reset() -> None:
+    refused: list[str] = []
+    w = World(providers=ProviderStore(max_records=10, per_peer=1))
+    w.h.on_refused = refused.append
+    first, second = b"\x12\x20" + bytes(32), b"\x12\x20" + b"\x01" * 32
+    assert w.handle(add_provider_request(first, (w.sender, (b"a",)))) is None
+    # Over its share: no answer exists to refuse with, and the stream stays usable.
+    assert w.handle(add_provider_request(second, (w.sender, (b"a",)))) is None
+    assert w.h.providers.get(second, NOW) == []
+    assert refused == ["provider"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [b"\x00", b"not a multihash", b"\x12\x20" + bytes(31), b"\x12\x50" + bytes(80)],
+    ids=["identity-empty-digest-short", "text", "short-sha256", "over-80-bytes"],
+)
+@pytest.mark.parametrize("kind", [MessageType.ADD_PROVIDER, MessageType.GET_PROVIDERS])
+def test_provider_keys_must_be_multihashes(key: bytes, kind: int) -> None:
+    w = World()
+    request = add_provider_request(key, (w.sender, (b"a",)))
+    request.type = kind  # type: ignore[assignment]
+    with pytest.raises(Rejected, match="multihash"):
+        w.handle(request)
+    assert len(w.h.providers) == 0
 
 
 def test_get_providers() -> None:

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dhtd.kadmsg import (
+    MAX_ADDR_BYTES,
+    MAX_ADDRS_PER_PEER,
     MessageType,
     add_peers,
     format_time,
@@ -124,14 +126,33 @@ def test_add_peers_then_read_peers() -> None:
         Message.CAN_CONNECT, Message.CONNECTED, Message.CAN_CONNECT, Message.CAN_CONNECT
     ]
     wire = Message.FromString(message.SerializeToString())
-    assert read_peers(wire.closerPeers) == peers
+    assert read_peers(wire.closerPeers, 10) == peers
 
 
-def test_read_peers_drops_entries_without_an_id() -> None:
+def test_read_peers_drops_entries_without_a_peer_id() -> None:
+    good = b"\x12\x20" + bytes(32)
     message = Message()
     message.closerPeers.add().addrs.append(b"orphan")
-    message.closerPeers.add().id = b"p"
-    assert read_peers(message.closerPeers) == [PeerRecord(b"p")]
+    message.closerPeers.add().id = b"p"  # not a multihash
+    message.closerPeers.add().id = b"\x12\x20" + bytes(31)  # digest too short
+    message.closerPeers.add().id = good
+    assert read_peers(message.closerPeers, 10) == [PeerRecord(good)]
+
+
+def test_read_peers_reads_at_most_limit_entries() -> None:
+    message = Message()
+    ids = [b"\x12\x20" + i.to_bytes(32, "big") for i in range(1200)]
+    for peer in ids:
+        message.closerPeers.add().id = peer
+    assert [p.id for p in read_peers(message.closerPeers, 40)] == ids[:40]
+
+
+def test_peer_addrs_keeps_at_most_the_cap_and_drops_oversized_addrs() -> None:
+    many = [bytes([0x04, 10, 0, i // 256, i % 256, 0x06, 0x0F, 0xA1]) for i in range(10_000)]
+    got = peer_addrs(PEER, many)
+    assert got == tuple(many[:MAX_ADDRS_PER_PEER])
+    huge = TCP_ADDR + bytes(MAX_ADDR_BYTES)
+    assert peer_addrs(PEER, [huge, b"", TCP_ADDR]) == (TCP_ADDR,)
 
 
 # --- /p2p/ suffixes (js-libp2p announces its addresses with one) ------------------------------
@@ -171,6 +192,6 @@ def test_read_peers_strips_each_peers_own_suffix() -> None:
     entry = message.closerPeers.add()
     entry.id = PEER
     entry.addrs.extend([TCP_ADDR + p2p(PEER), TCP_ADDR + p2p(OTHER)])
-    assert read_peers(message.closerPeers) == [
+    assert read_peers(message.closerPeers, 10) == [
         PeerRecord(PEER, (TCP_ADDR, TCP_ADDR + p2p(OTHER)))
     ]

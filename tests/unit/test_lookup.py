@@ -63,6 +63,8 @@ class FakeTransport:
         self.connected = connected or set()
         self.learned: list[bytes] = []
         self.forgotten: list[bytes] = []
+        self.responded_peers: list[bytes] = []
+        self.suspects: list[bytes] = []
 
     def is_connected(self, peer: bytes) -> bool:
         return peer in self.connected
@@ -72,6 +74,12 @@ class FakeTransport:
 
     def forget(self, peer: bytes) -> None:
         self.forgotten.append(peer)
+
+    def responded(self, peer: bytes) -> None:
+        self.responded_peers.append(peer)
+
+    def suspect(self, peer: bytes) -> None:
+        self.suspects.append(peer)
 
 
 class FakeNetwork:
@@ -354,7 +362,8 @@ def test_request_timeout_turns_a_hung_peer_into_a_query_error() -> None:
     result, elapsed = outcome
     errors = [e for e in events if e.type is EventType.QUERY_ERROR]
     assert [(e.peer, e.extra) for e in errors] == [(hung, "no answer within 2.5s")]
-    assert transport.forgotten == [hung]
+    # A timeout may be overload: the peer is checked (suspect), not dropped at once.
+    assert transport.suspects == [hung] and transport.forgotten == []
     assert hung in net.cancelled
     assert hung not in {p.id for p in result.closest}
     assert [p.id for p in result.closest] == true_closest(

@@ -20,10 +20,8 @@ from dhtd.records import (
     Candidate,
     IpnsValidator,
     LastWriteWinsValidator,
-    ProviderStore,
     PublicKeyValidator,
     Validators,
-    ValueStore,
     peer_id_from_public_key,
 )
 from dhtd.wire import ipns_pb2, kad_pb2
@@ -396,123 +394,6 @@ def test_namespace_of_rejects_malformed(key: bytes) -> None:
 def test_namespace_of() -> None:
     assert Validators.namespace_of(b"/ipns/\x00\x24abc") == "ipns"
     assert Validators.namespace_of(b"/app/a/b") == "app"
-
-
-# --- ValueStore -------------------------------------------------------------
-
-
-def test_value_store_put_get_replace_remove() -> None:
-    store = ValueStore(max_entries=10, max_age=HOUR)
-    stored = store.put(b"/app/k", b"v1", NOW)
-    assert stored.received_at == NOW
-    assert store.get(b"/app/k", NOW) == stored
-    store.put(b"/app/k", b"v2", NOW + 1)
-    got = store.get(b"/app/k", NOW + 1)
-    assert got is not None and got.value == b"v2"
-    assert len(store) == 1
-    store.remove(b"/app/k")
-    store.remove(b"/app/k")
-    assert store.get(b"/app/k", NOW) is None
-    assert len(store) == 0
-
-
-def test_value_store_expiry() -> None:
-    store = ValueStore(max_entries=10, max_age=HOUR)
-    store.put(b"/a/old", b"x", NOW)
-    store.put(b"/a/new", b"y", NOW + 30 * 60)
-    assert store.get(b"/a/old", NOW + HOUR - 1) is not None
-    assert store.get(b"/a/old", NOW + HOUR) is None  # removed on read
-    assert len(store) == 1
-    assert store.expire(NOW + 30 * 60 + HOUR - 1) == 0
-    assert store.expire(NOW + 30 * 60 + HOUR) == 1
-    assert len(store) == 0
-
-
-def test_value_store_full_refuses_new_keys_only() -> None:
-    store = ValueStore(max_entries=2, max_age=HOUR)
-    store.put(b"/a/1", b"x", NOW)
-    store.put(b"/a/2", b"x", NOW + 10)
-    with pytest.raises(InvalidRecord, match="value store full"):
-        store.put(b"/a/3", b"x", NOW + 20)
-    assert store.get(b"/a/1", NOW + 20) is not None
-    assert store.get(b"/a/2", NOW + 20) is not None
-    store.put(b"/a/1", b"replaced", NOW + 20)  # existing keys can be updated
-    # Once a record has expired, its slot is reclaimed.
-    store.put(b"/a/3", b"x", NOW + 10 + HOUR)
-    assert store.get(b"/a/3", NOW + 10 + HOUR) is not None
-    assert len(store) == 2
-
-
-# --- ProviderStore ----------------------------------------------------------
-
-
-def test_provider_store_refresh_and_ordering() -> None:
-    store = ProviderStore(validity=HOUR)
-    key = b"\x12\x20" + bytes(32)
-    store.add(key, b"peer-a", [b"/addr/a"], NOW)
-    store.add(key, b"peer-b", [b"/addr/b"], NOW + 10)
-    assert [r.peer for r in store.get(key, NOW + 20)] == [b"peer-b", b"peer-a"]
-
-    # Refresh a with no addrs: expiry moves, addrs are kept, a is now newest.
-    refreshed = store.add(key, b"peer-a", [], NOW + 20)
-    assert refreshed.expires_at == NOW + 20 + HOUR
-    assert refreshed.addrs == (b"/addr/a",)
-    assert [r.peer for r in store.get(key, NOW + 30)] == [b"peer-a", b"peer-b"]
-    # Refresh with addrs replaces them.
-    assert store.add(key, b"peer-a", [b"/addr/a2"], NOW + 30).addrs == (b"/addr/a2",)
-    assert len(store) == 2
-    assert store.keys_count == 1
-
-    # b expires first; get drops it.
-    assert [r.peer for r in store.get(key, NOW + 10 + HOUR)] == [b"peer-a"]
-    assert len(store) == 1
-    assert store.get(b"unknown", NOW) == []
-
-
-def test_provider_store_ties_newest_added_first() -> None:
-    store = ProviderStore(validity=HOUR)
-    for peer in (b"p1", b"p2", b"p3"):
-        store.add(b"k", peer, [], NOW)
-    assert [r.peer for r in store.get(b"k", NOW)] == [b"p3", b"p2", b"p1"]
-
-
-def test_provider_store_expire() -> None:
-    store = ProviderStore(validity=HOUR)
-    store.add(b"k1", b"p", [], NOW)
-    store.add(b"k2", b"p", [], NOW + 100)
-    store.add(b"k2", b"q", [], NOW)
-    assert len(store) == 3
-    assert store.expire(NOW + HOUR - 1) == 0
-    assert store.expire(NOW + HOUR) == 2
-    assert len(store) == 1
-    assert store.keys_count == 1
-    assert store.get(b"k1", NOW + HOUR) == []
-
-
-def test_provider_store_limits() -> None:
-    store = ProviderStore(validity=HOUR, max_keys=1, max_per_key=2)
-    store.add(b"k", b"p1", [], NOW)
-    store.add(b"k", b"p2", [], NOW + 1)
-    with pytest.raises(InvalidRecord, match="too many providers"):
-        store.add(b"k", b"p3", [], NOW + 2)
-    store.add(b"k", b"p1", [], NOW + 2)  # refreshing a known provider is fine
-    with pytest.raises(InvalidRecord, match="provider store full"):
-        store.add(b"other", b"p1", [], NOW + 2)
-    # After p2 expires its slot is free.
-    store.add(b"k", b"p3", [], NOW + 1 + HOUR)
-    assert {r.peer for r in store.get(b"k", NOW + 1 + HOUR)} == {b"p1", b"p3"}
-    # After everything under k expires, a new key fits.
-    store.add(b"other", b"p1", [], NOW + 10 * HOUR)
-    assert store.keys_count == 1
-    assert len(store) == 1
-
-
-def test_provider_store_rejects_empty_ids() -> None:
-    store = ProviderStore()
-    with pytest.raises(InvalidRecord):
-        store.add(b"", b"p", [], NOW)
-    with pytest.raises(InvalidRecord):
-        store.add(b"k", b"", [], NOW)
 
 
 def test_rfc3339_offsets_are_applied(alice: Ed25519Identity) -> None:

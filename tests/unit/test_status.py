@@ -18,6 +18,7 @@ EXPECTED = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -80,3 +81,11 @@ def test_anything_else_is_internal_without_its_text(
     [record] = caplog.records
     assert record.exc_info is not None
     assert record.exc_info[1] is exc
+
+
+def test_the_docstring_table_lists_every_domain_error() -> None:
+    from dhtd.api import status
+
+    doc = status.__doc__ or ""
+    for cls, code in EXPECTED.items():
+        assert f"| {cls.__name__} " in doc and f"| {code.name} " in doc, cls

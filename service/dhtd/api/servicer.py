@@ -18,7 +18,7 @@ from dht.v1 import dht_pb2 as pb
 from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd.addrs import format_addr, parse_dial_addr
 from dhtd.bridge import Bridge
-from dhtd.errors import FailedPrecondition, InvalidArgument, InvalidRecord
+from dhtd.errors import ECHO_CHARS, FailedPrecondition, InvalidArgument, InvalidRecord, excerpt
 from dhtd.ids import parse_cid, parse_peer_id, parse_record_key, peer_id_to_str
 from dhtd.lookup import PeerRecord, QueryEvent
 from dhtd.node import DhtNode
@@ -37,6 +37,23 @@ DEADLINE_MARGIN = 0.02
 # (IPNS spec); go-libp2p peers take messages up to 4 MiB. 64 KiB leaves room
 # for any sane record and keeps one Put from flooding 20 peers.
 MAX_VALUE_BYTES = 64 * 1024
+
+# The most CIDs one Provide call takes. Each CID costs a full walk and up to 20
+# ADD_PROVIDER messages, so the cap bounds one call's work (and, with
+# MAX_ID_TEXT_CHARS, its request to about 1 MiB); more CIDs take more calls, as
+# Kubo's and go-libp2p-kad-dht's bulk provides batch them. 1000 is larger than
+# any batch an app needs to see progress on, small enough for one deadline.
+MAX_CIDS_PER_PROVIDE = 1000
+
+# The largest request message the server reads (grpc's own default is 4 MiB).
+# The largest valid request, a Provide of MAX_CIDS_PER_PROVIDE CIDs of
+# MAX_ID_TEXT_CHARS characters each, is about 1 MiB; a Put is at most
+# MAX_VALUE_BYTES + MAX_KEY_BYTES. Twice that room, and no more, bounds what one
+# call can make dhtd hold. Past it grpc answers RESOURCE_EXHAUSTED itself.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+# Options of the grpc.aio server that bound its memory.
+SERVER_OPTIONS = (("grpc.max_receive_message_length", MAX_REQUEST_BYTES),)
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -100,7 +117,7 @@ def record_key(key: bytes, node: DhtNode) -> bytes:
     if not node.validators.knows(key):
         known = ", ".join(f"/{n}/" for n in node.validators.namespaces)
         raise InvalidArgument(
-            "key", f"namespace /{namespace}/ is not open on this node (open: {known}; "
+            "key", f"namespace /{excerpt(namespace)}/ is not open on this node (open: {known}; "
             "an operator opens more with --namespace)"
         )
     return key
@@ -157,6 +174,11 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
                       ) -> AsyncIterator[pb.ProvideResponse]:
         if not request.cids:
             raise InvalidArgument("cids", "is empty: give at least one CID")
+        if len(request.cids) > MAX_CIDS_PER_PROVIDE:
+            raise InvalidArgument(
+                "cids", f"has {len(request.cids)} CIDs; at most {MAX_CIDS_PER_PROVIDE} per call "
+                "(provide the rest in further calls)"
+            )
         cids = [parse_cid(text, f"cids[{i}]") for i, text in enumerate(request.cids)]
         if request.recursive:
             raise FailedPrecondition(
@@ -186,7 +208,7 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             self.node.validators.validate(key, request.value)
         except InvalidRecord as exc:
             raise InvalidArgument("value", f"rejected by the /{parse_record_key(key)[0]}/ "
-                                  f"validator: {exc}") from None
+                                  f"validator: {excerpt(str(exc), 2 * ECHO_CHARS)}") from None
         t = self.timeout(context)
 
         async def work(put: Callable[[QueryEvent], None]) -> int:

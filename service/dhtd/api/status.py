@@ -8,7 +8,10 @@
 | DeadlineExceeded      | DEADLINE_EXCEEDED   | the deadline or --query-timeout passed        |
 | Unavailable           | UNAVAILABLE         | no DHT peers, no peer accepted, shutting down |
 | FailedPrecondition    | FAILED_PRECONDITION | well formed, but not possible in this state   |
+| ResourceExhausted     | RESOURCE_EXHAUSTED  | at a limit (--max-concurrent-rpcs); retry     |
 | anything else         | INTERNAL            | a bug: logged with its traceback              |
+
+A message is at most MAX_STATUS_MESSAGE_CHARS characters, whatever raised it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,24 @@ import logging
 import grpc
 
 from dhtd.errors import (
+    ELLIPSIS,
     DeadlineExceeded,
     DhtdError,
     FailedPrecondition,
     InvalidArgument,
     InvalidRecord,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 
 log = logging.getLogger("dhtd.api")
+
+# The longest status message sent. Messages quote client input only through
+# dhtd.errors.excerpt; this cap holds for any other text that reaches a status
+# (a library's reason, an operator's list of namespaces), so that no call can
+# make dhtd send a large grpc-message.
+MAX_STATUS_MESSAGE_CHARS = 400
 
 STATUS_OF: dict[type[DhtdError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -36,6 +47,7 @@ STATUS_OF: dict[type[DhtdError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -44,6 +56,13 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind in type(exc).__mro__:
         code = STATUS_OF.get(kind)
         if code is not None:
-            return code, str(exc)
+            return code, bounded(str(exc))
     log.error("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def bounded(message: str) -> str:
+    """``message``, cut to MAX_STATUS_MESSAGE_CHARS (ending in an ellipsis when cut)."""
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    return message[: MAX_STATUS_MESSAGE_CHARS - len(ELLIPSIS)] + ELLIPSIS
