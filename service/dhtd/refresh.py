@@ -59,9 +59,11 @@ THIN_REFRESH_GAP = 30.0
 CHECK_INTERVAL = 5.0
 
 # Retry schedule for bootstrap peers while the routing table is empty: first
-# retry after 1 s, doubling up to 30 s.
+# retry after 1 s, doubling up to 8 s. Kubernetes starts pods in any order, so a
+# sidecar must join within seconds of its bootstrap peer appearing; one dial every
+# 8 s to an absent peer costs nothing (ours).
 BOOTSTRAP_RETRY_FIRST = 1.0
-BOOTSTRAP_RETRY_MAX = 30.0
+BOOTSTRAP_RETRY_MAX = 8.0
 
 # A liveness ping that takes longer counts as a failure (go-libp2p ping: 5 s...
 # ours: one request on loopback or WAN takes well under this).
