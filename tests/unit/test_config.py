@@ -11,8 +11,6 @@ from dhtd.config import (
     DEFAULT_GRPC_ADDR,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONCURRENT_RPCS,
-    DEFAULT_QUERY_TIMEOUT,
-    DEFAULT_SHUTDOWN_GRACE,
     MAX_DEV_PEERS,
     MAX_MAX_CONCURRENT_RPCS,
     Config,
@@ -46,12 +44,17 @@ def test_defaults() -> None:
         server_mode=True,
         protocol_prefix="/ipfs",
         namespaces=(),
-        query_timeout=DEFAULT_QUERY_TIMEOUT,
+        query_timeout=60.0,  # the issue's --query-timeout default, written out
         log_level="info",
         log_format="json",
         dev_peers=0,
-        shutdown_grace=DEFAULT_SHUTDOWN_GRACE,
+        shutdown_grace=10.0,
         metrics_addr=("127.0.0.1", 9464),
+        reprovide_interval=22 * 3600.0,  # go-libp2p / Kubo
+        refresh_interval=600.0,  # go-libp2p-kad-dht
+        conn_low_water=128,
+        conn_high_water=192,
+        conn_grace=20.0,
     )
     assert config.grpc_addr == DEFAULT_GRPC_ADDR
     assert config.protocol_id == "/ipfs/kad/1.0.0"

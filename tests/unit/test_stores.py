@@ -197,3 +197,13 @@ def test_value_store_own_records_are_never_refused() -> None:
     for i in range(10):
         store.put(b"/app/mine-%d" % i, bytes(500), NOW)  # owner None: this node
     assert len(store) == 11
+
+
+def test_records_live_48_hours_written_out() -> None:
+    """The validity is go-libp2p-kad-dht's 48 h, checked against the number itself."""
+    providers, values = ProviderStore(), ValueStore()
+    providers.add(key(1), b"p", [], NOW)
+    values.put(b"/app/k", b"v", NOW, owner=b"p")
+    assert providers.get(key(1), NOW + 48 * HOUR - 1) and values.get(b"/app/k", NOW + 48 * HOUR - 1)
+    assert not providers.get(key(1), NOW + 48 * HOUR)
+    assert values.get(b"/app/k", NOW + 48 * HOUR) is None
