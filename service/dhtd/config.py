@@ -256,12 +256,14 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     reprovide = _number(args.reprovide_interval, "reprovide-interval", problems,
                         low=1, high=7 * 24 * 3600)
     refresh = _number(args.refresh_interval, "refresh-interval", problems, low=1, high=24 * 3600)
+    reported = len(problems)
     low_water = _whole(args.conn_low_water, "conn-low-water", problems, low=1, high=100_000)
     high_water = _whole(args.conn_high_water, "conn-high-water", problems, low=1, high=100_000)
-    conn_grace = _number(args.conn_grace, "conn-grace", problems, low=0, high=3600)
-    if low_water > high_water:
+    # Compared only when both are valid: a bad one is already reported.
+    if len(problems) == reported and low_water > high_water:
         problems.append(f"--conn-low-water ({low_water}) is above --conn-high-water "
                         f"({high_water})")
+    conn_grace = _number(args.conn_grace, "conn-grace", problems, low=0, high=3600)
     dev_peers = _whole(args.dev_peers, "dev-peers", problems, low=0, high=MAX_DEV_PEERS)
     max_rpcs = _whole(args.max_concurrent_rpcs, "max-concurrent-rpcs", problems,
                       low=1, high=MAX_MAX_CONCURRENT_RPCS)

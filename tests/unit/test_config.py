@@ -314,3 +314,31 @@ def test_edge_values_are_accepted(flag: str, value: str, attr: str, expected: ob
 def test_max_concurrent_rpcs_problems_read_as_one_line(value: str, line: str) -> None:
     assert problems_of(["--max-concurrent-rpcs", value]) == [line]
     assert problems_of([], {**BASE_ENV, "DHTD_MAX_CONCURRENT_RPCS": value}) == [line]
+
+
+@pytest.mark.parametrize(
+    ("argv", "lines"),
+    [
+        (["--conn-low-water", "300"],
+         ["--conn-low-water (300) is above --conn-high-water (192)"]),
+        (["--conn-high-water", "1.5"], ["--conn-high-water: '1.5' is not a whole number"]),
+        (["--conn-grace", "-1"], ["--conn-grace: -1 is outside 0..3600"]),
+        (["--refresh-interval", "0"], ["--refresh-interval: 0 is outside 1..86400"]),
+    ],
+)
+def test_maintenance_and_connection_problems_read_as_one_line(
+    argv: list[str], lines: list[str]
+) -> None:
+    assert problems_of(argv) == lines
+
+
+def test_maintenance_and_connection_flags_and_variables() -> None:
+    config = load(["--conn-low-water", "10", "--conn-high-water", "20", "--conn-grace", "0",
+                   "--refresh-interval", "30"], BASE_ENV)
+    assert (config.conn_low_water, config.conn_high_water) == (10, 20)
+    assert (config.conn_grace, config.refresh_interval) == (0.0, 30.0)
+    env = {**BASE_ENV, "DHTD_CONN_LOW_WATER": "5", "DHTD_CONN_HIGH_WATER": "6",
+           "DHTD_CONN_GRACE": "1", "DHTD_REFRESH_INTERVAL": "2"}
+    config = load([], env)
+    assert (config.conn_low_water, config.conn_high_water) == (5, 6)
+    assert (config.conn_grace, config.refresh_interval) == (1.0, 2.0)
