@@ -92,6 +92,16 @@ def test_num_providers_one_ends_after_the_first(five: list[Node]) -> None:
     assert len(one) == 1 and one[0].provider.id in {five[1].peer_id, five[2].peer_id}
 
 
+def test_num_providers_unset_means_up_to_20(five: list[Node]) -> None:
+    """The IPFS DHT API's default: numProviders 0 finds up to 20, not 1."""
+    cid = cid_for(f"three-providers-{time.time_ns()}")
+    providers = {five[1].peer_id, five[2].peer_id, five[3].peer_id}
+    for node in five[1:4]:
+        list(node.dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
+    found = list(five[4].dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=10))
+    assert {f.provider.id for f in found} == providers and len(found) == 3
+
+
 def test_query_returns_the_true_closest_peers(five: list[Node]) -> None:
     everyone = [n.peer_id for n in five] + [p for n in five for p in n.dev_peer_ids()]
     assert len(everyone) == 25
