@@ -447,11 +447,6 @@ class Host:
         with suppress(Exception):
             self._host.get_network().unprotect(ID(peer), tag)
 
-    def peerstore_size(self) -> int:
-        return len(self._host.get_peerstore().peer_ids())
-
-    def inbound_streams(self) -> int:
-        return self._inbound_total
 
     def speaks_kad(self, peer: bytes) -> bool:
         try:

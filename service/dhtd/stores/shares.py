@@ -63,17 +63,11 @@ class Shares(Generic[K]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, entry: object) -> bool:
-        return entry in self._entries
-
     def get(self, entry: K) -> Entry | None:
         return self._entries.get(entry)
 
     def usage(self, owner: bytes) -> int:
         return self._usage.get(owner, 0)
-
-    def owners(self) -> int:
-        return len(self._usage)
 
     def live(self, entry: K, now: float) -> bool:
         found = self._entries.get(entry)
