@@ -56,8 +56,11 @@ MAX_REQUEST_BYTES = 128 << 10
 
 # Inbound kad streams served at once, per peer and in all. go-libp2p-kad-dht leaves
 # this to the resource manager; py-libp2p has none, so dhtd bounds it here. A stream
-# past either cap is reset at once.
-MAX_INBOUND_STREAMS_PER_PEER = 16
+# past either cap is reset at once. Per peer: an honest peer keeps a few idle streams
+# per peer plus alpha in flight, but a stream it reset is not always seen as ended by
+# py-libp2p until STREAM_IDLE_TIMEOUT, so the cap leaves room for those (at 16, a
+# client cancelling walks repeatedly filled it and was refused).
+MAX_INBOUND_STREAMS_PER_PEER = 64
 MAX_INBOUND_STREAMS = 512
 
 # An inbound stream with no request for this long is closed
