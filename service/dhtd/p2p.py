@@ -27,9 +27,11 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key, deserialize_public_key
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.exceptions import RawConnError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStore
+from libp2p.security.secure_session import SecureSession
 
 from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
@@ -44,6 +46,30 @@ log = logging.getLogger("dhtd.p2p")
 # new peer cost 250 ms. Zero means all addresses of a peer are dialled at once.
 DIAL_STAGGER = 0.0
 _swarm._HAPPY_EYEBALLS_DELAY = DIAL_STAGGER
+
+# A write to a secure channel, once begun, finishes or breaks the connection
+# (go-libp2p's yamux ConnectionWriteTimeout, 10 s). py-libp2p's noise session
+# advances its nonce when it encrypts, then sends; a write cancelled halfway
+# (a gRPC client cancelling a walk cancels the requests in flight) desynchronised
+# the two ends, the peer failed to authenticate the next message and dropped the
+# whole connection, with every stream on it. Seen as a node whose routing table
+# emptied while clients cancelled calls.
+SECURE_WRITE_TIMEOUT = 10.0
+_secure_write = SecureSession.write
+
+
+async def _whole_write(self: SecureSession, data: bytes) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + SECURE_WRITE_TIMEOUT
+        await _secure_write(self, data)
+    if scope.cancelled_caught:
+        # Part of a frame may be out: nothing more can be sent on this session.
+        with trio.CancelScope(shield=True), suppress(Exception):
+            await self.close()
+        raise RawConnError(f"secure write not done within {SECURE_WRITE_TIMEOUT:g}s")
+
+
+SecureSession.write = _whole_write  # type: ignore[method-assign]
 
 # The largest kad answer read from a peer (go-libp2p network.MessageSizeMax, 4 MiB).
 MAX_MESSAGE_BYTES = 4 << 20
