@@ -513,3 +513,38 @@ def test_self_is_never_queried_even_when_peers_name_it() -> None:
     assert all(r.id != self_id for e in events for r in e.responses)
     assert self_id not in transport.learned
     assert [p.id for p in result.closest] == true_closest(target, ids, K)
+
+
+def test_a_hung_peer_outside_the_k_closest_does_not_hold_the_walk() -> None:
+    """Convergence: once the k nearest peers heard of have all answered, the walk
+    ends, even while a farther peer has not (it is cancelled, not waited for)."""
+    rng = random.Random(901)
+    target = rng.randbytes(34)
+    near_a, near_b, far = true_closest(target, [sha_id(rng) for _ in range(3)], 3)
+    cancelled: list[bytes] = []
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == far:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                cancelled.append(peer)
+                raise
+        await trio.sleep(0.1)
+        # near_a names near_b, which pushes the hung peer out of the k nearest
+        return [PeerRecord(near_b)] if peer == near_a else []
+
+    async def main() -> tuple[LookupResult, float]:
+        with trio.fail_after(WALK_BOUND):
+            result = await lookup(
+                target, [PeerRecord(p) for p in (far, near_a)], FakeTransport(), ask,
+                lambda e: None, self_id=b"self", k=2, alpha=3, request_timeout=10.0,
+            )
+        return result, trio.current_time()
+
+    outcome = run(main)
+    assert isinstance(outcome, tuple)
+    result, now = outcome
+    assert [p.id for p in result.closest] == [near_a, near_b]
+    assert now == pytest.approx(0.2)  # two hops, not the 10 s the far peer could take
+    assert cancelled == [far]
