@@ -10,7 +10,6 @@ the query" right after a call with a 1 ms deadline).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -57,7 +56,5 @@ def test_cancelled_calls_keep_every_peer(node: Node) -> None:
         sizes.append(node.node_info().routing_table_size)
     assert min(sizes) == 4, f"routing table sizes after each round: {sizes}"
     # And the connections still carry whole walks.
-    started = time.monotonic()
     events = list(node.dht.Query(pb.QueryRequest(peer_id=target), timeout=30))
     assert any(e.event.type == pb.QUERY_EVENT_TYPE_FINAL_PEER for e in events)
-    assert time.monotonic() - started < 5

@@ -210,7 +210,9 @@ def test_short_deadline_is_deadline_exceeded_promptly(five: list[Node]) -> None:
         started = time.monotonic()
         call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid_for("never")), timeout=0.2)
         assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert time.monotonic() - started < 1.0
+        # Ended by its 0.2 s deadline, not by the frozen peer's 10 s request timeout
+        # (a loose bound: it holds on a loaded 2-core machine).
+        assert time.monotonic() - started < 5.0
         wait_until(lambda: five[0].node_info().queries_in_flight == 0, 5,
                    "the timed-out lookup to stop")
 
@@ -334,13 +336,14 @@ def test_find_provs_streams_the_first_provider_before_the_walk_ends(five: list[N
         started = time.monotonic()
         call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid, num_providers=5), timeout=3)
         first = next(call)
-        first_at = time.monotonic() - started
+        # The provider arrived while the call was still running: streamed, not
+        # sent with the end of the walk.
+        still_running = call.is_active()
         assert first.provider.id == five[1].peer_id
         assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
         ended_at = time.monotonic() - started
-    # The provider arrived at once; the walk went on (waiting on the frozen
-    # peer) until the deadline.
-    assert first_at < 1.0
+    assert still_running
+    # The walk went on (waiting on the frozen peer) until the 3 s deadline.
     assert ended_at > 2.5
 
 

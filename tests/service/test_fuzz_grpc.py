@@ -45,7 +45,7 @@ from tests.swarm import Node, start_node, wait_until
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 CALL_DEADLINE = 2.0  # seconds; every walk in a three-node swarm ends far sooner
-SLACK = 1.0  # what a call may take past its deadline (client and loopback)
+SLACK = 5.0  # what a call may take past its deadline on a loaded 2-core machine
 HUGE = 200_000  # the longest field sent; the server takes requests up to 2 MiB
 # Statuses the README's Errors table allows; INTERNAL and UNKNOWN mean a bug.
 ALLOWED = {

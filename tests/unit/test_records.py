@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import cbor2
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dhtd.errors import InvalidRecord
 from dhtd.records import (
@@ -25,86 +20,19 @@ from dhtd.records import (
     peer_id_from_public_key,
 )
 from dhtd.wire import ipns_pb2, kad_pb2
+from tests.ipns import Ed25519Identity, rfc3339, verify_ed25519
+from tests.ipns import ipns_record as shared_ipns_record
 
 NOW = 1_750_000_000.0  # a fixed "current time" (2025-06-15) for every test
 HOUR = 3600.0
 
 
+def ipns_record(signer: Ed25519Identity, **fields: Any) -> bytes:
+    """tests.ipns.ipns_record at this module's fixed NOW."""
+    return shared_ipns_record(signer, now=NOW, **fields)
+
+
 # --- Helpers ----------------------------------------------------------------
-
-
-class Ed25519Identity:
-    """A real Ed25519 key pair with its libp2p encodings."""
-
-    def __init__(self) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        raw = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.public_proto = kad_pb2.PublicKey(
-            Type=kad_pb2.KeyType.Ed25519, Data=raw
-        ).SerializeToString()
-        # 36 bytes <= 42: identity multihash 0x00, length, key bytes.
-        self.peer_id = bytes([0x00, len(self.public_proto)]) + self.public_proto
-
-
-def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """The verify_signature the daemon would supply, for Ed25519 only."""
-    key = kad_pb2.PublicKey()
-    key.ParseFromString(public_key)
-    if key.Type != kad_pb2.KeyType.Ed25519:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(key.Data).verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
-
-
-def rfc3339(moment: float, nanos: int = 0) -> bytes:
-    """Format epoch seconds as RFC 3339 with a 9-digit fraction."""
-    stamp = datetime.fromtimestamp(int(moment), tz=UTC)
-    return (stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z").encode()
-
-
-def ipns_record(
-    signer: Ed25519Identity,
-    *,
-    sequence: int = 1,
-    eol: bytes | None = None,
-    value: bytes = b"/ipfs/bafkqaddwgevxmmraojswg33smq",
-    ttl: int = 300_000_000_000,
-    pub_key: bytes | None = None,
-    v1: bool = False,
-    v1_value: bytes | None = None,
-    padding: int = 0,
-    sign_with: Ed25519Identity | None = None,
-) -> bytes:
-    """Build a serialized V2 (optionally V1+V2) IpnsEntry signed by ``signer``."""
-    validity = eol if eol is not None else rfc3339(NOW + HOUR)
-    doc: dict[str, object] = {
-        "Value": value,
-        "Validity": validity,
-        "ValidityType": 0,
-        "Sequence": sequence,
-        "TTL": ttl,
-    }
-    if padding:
-        doc["_padding"] = b"x" * padding
-    data = cbor2.dumps(doc, canonical=True)
-    key = (sign_with or signer).private
-    entry = ipns_pb2.IpnsEntry(
-        signatureV2=key.sign(b"ipns-signature:" + data),
-        data=data,
-    )
-    if pub_key is not None:
-        entry.pubKey = pub_key
-    if v1:
-        entry.value = v1_value if v1_value is not None else value
-        entry.validity = validity
-        entry.validityType = ipns_pb2.IpnsEntry.EOL
-        entry.sequence = sequence
-        entry.ttl = ttl
-        entry.signatureV1 = b"legacy, never checked"
-    return entry.SerializeToString()
 
 
 @pytest.fixture
