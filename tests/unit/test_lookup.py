@@ -548,3 +548,60 @@ def test_a_hung_peer_outside_the_k_closest_does_not_hold_the_walk() -> None:
     assert [p.id for p in result.closest] == [near_a, near_b]
     assert now == pytest.approx(0.2)  # two hops, not the 10 s the far peer could take
     assert cancelled == [far]
+
+
+# --- what a walk remembers of the peers it heard of -------------------------------------
+
+
+def test_the_first_addresses_heard_for_a_peer_are_kept() -> None:
+    """A later answer cannot replace the addresses a peer was first heard with (a
+    hostile peer could otherwise point the walk's result at its own addresses),
+    and a peer first heard without addresses gets them from the next answer."""
+    good, bare = b"\x12\x20" + b"\x01" * 32, b"\x12\x20" + b"\x02" * 32
+    seeds = [PeerRecord(good, (b"good-addr",)), PeerRecord(bare)]
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        return [PeerRecord(good, (b"hostile-addr",)), PeerRecord(bare, (b"bare-addr",))]
+
+    async def main() -> LookupResult:
+        return await lookup(b"target", seeds, FakeTransport(), ask, lambda e: None,
+                            self_id=b"self")
+
+    result = run(main)
+    assert isinstance(result, LookupResult)
+    assert dict((p.id, p.addrs) for p in result.closest) == {
+        good: (b"good-addr",), bare: (b"bare-addr",)}
+
+
+def test_a_peer_never_heard_with_addresses_is_returned_with_none() -> None:
+    bare = b"\x12\x20" + b"\x03" * 32
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        return []
+
+    async def main() -> LookupResult:
+        return await lookup(b"target", [PeerRecord(bare)], FakeTransport(), ask,
+                            lambda e: None, self_id=b"self")
+
+    result = run(main)
+    assert isinstance(result, LookupResult)
+    assert result.closest == [PeerRecord(bare, ())]
+
+
+def test_trim_forgets_only_the_farthest_peers_never_asked() -> None:
+    from dhtd.lookup import _State, _Walk
+
+    rng = random.Random(77)
+    target = rng.randbytes(34)
+    walk_ = _Walk(kad_key(target), b"self")
+    peers = [sha_id(rng) for _ in range(12)]
+    for peer in peers:
+        walk_.hear(PeerRecord(peer, addr_of(peer)))
+    by_distance = true_closest(target, peers, 12)
+    walk_.states[by_distance[-1]] = _State.QUERIED  # the farthest was asked: it stays
+    walk_.trim(12)
+    assert len(walk_.states) == 12  # at the cap: nothing to do
+    walk_.trim(5)
+    assert set(walk_.states) == set(by_distance[:5]) | {by_distance[-1]}
+    assert set(walk_.keys) == set(walk_.states)
+    assert set(walk_.addrs) == set(walk_.states)

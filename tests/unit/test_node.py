@@ -121,7 +121,7 @@ def test_find_providers_answers_its_own_provides_and_stored_records_first() -> N
 
 def test_query_finds_the_true_closest_and_ends_with_final_peers() -> None:
     net = SimNet()
-    nodes = star(net, 30)
+    nodes = star(net, 22)
     events: list[QueryEvent] = []
 
     async def main() -> list[PeerRecord]:
@@ -175,7 +175,7 @@ def test_an_operation_on_an_empty_table_is_unavailable() -> None:
 
 def test_get_stops_at_a_quorum_of_16_answers() -> None:
     net = SimNet()
-    nodes = star(net, 30)
+    nodes = star(net, 22)
     key = b"/demo/quorum"
 
     async def main() -> bytes:
@@ -236,7 +236,7 @@ def test_get_of_a_missing_key_is_not_found_and_a_bad_key_is_invalid() -> None:
 
 def test_put_stores_on_the_k_closest_and_here() -> None:
     net = SimNet()
-    nodes = star(net, 30)
+    nodes = star(net, 22)
     key = b"/demo/put"
     events: list[QueryEvent] = []
 
@@ -290,7 +290,7 @@ def test_put_refuses_to_replace_a_better_record_held_here() -> None:
 
 def test_provide_announces_to_the_k_closest_and_remembers_the_key() -> None:
     net = SimNet()
-    nodes = star(net, 30)
+    nodes = star(net, 22)
 
     async def main() -> list[int]:
         async with running(nodes):
