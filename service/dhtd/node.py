@@ -123,6 +123,14 @@ class NodeInfo:
     queries_in_flight: int
 
 
+def _only_cancelled(exc: BaseException) -> bool:
+    """True for trio.Cancelled, also when a nursery wrapped it in an exception group
+    (a cancelled walk ends that way: its requests were cancelled in a nursery)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
 @dataclass
 class _Op:
     name: str
@@ -343,8 +351,9 @@ class DhtNode:
         except NotFound:
             outcome = "not_found"
             raise
-        except trio.Cancelled:
-            outcome = "cancelled"
+        except BaseException as exc:
+            if _only_cancelled(exc):
+                outcome = "cancelled"
             raise
         finally:
             self.in_flight[name] -= 1

@@ -16,11 +16,17 @@ import trio
 import trio.testing
 
 from dhtd.app import build_validators
-from dhtd.errors import FailedPrecondition, InvalidRecord, NotFound, Unavailable
+from dhtd.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidRecord,
+    NotFound,
+    Unavailable,
+)
 from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
-from dhtd.node import DhtNode
+from dhtd.node import DhtNode, Observer
 from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_node, star
 
 # A CID's multihash (sha2-256), the key of provider records.
@@ -323,5 +329,188 @@ def test_find_peer_across_a_hop_and_not_found_for_a_stranger() -> None:
             assert me.addrs == (asker.host.listen_addrs()[0],)
             with pytest.raises(NotFound):
                 await asker.find_peer(b"\x12\x20" + b"\x77" * 32, BOUND)
+
+    run(main)
+
+
+# --- bookkeeping: outcomes, metrics hooks, reprovide, GC, protection --------------------
+
+
+def test_operations_report_their_outcome_and_first_result() -> None:
+    net = SimNet()
+    nodes = star(net, 6)
+    seen: list[tuple[str, object]] = []
+    observer = Observer(
+        op_started=lambda op: seen.append(("started", op)),
+        op_finished=lambda op, outcome, s: seen.append(("finished", (op, outcome))),
+        first_result=lambda op, s: seen.append(("first", op)),
+        event=lambda kind: seen.append(("event", kind)),
+        outbound=lambda kind, ok: seen.append(("outbound", (kind, ok))),
+    )
+    asker = nodes[2]
+    asker.observer = observer
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await nodes[1].provide([KEY], lambda i, e: None, BOUND)
+            seen.clear()
+            await asker.find_providers(KEY, 1, lambda r: None, BOUND)
+            assert seen[0] == ("started", "find_providers")
+            assert ("first", "find_providers") in seen
+            assert seen[-1] == ("finished", ("find_providers", "ok"))
+            assert asker.queries_in_flight() == 0
+
+            seen.clear()
+            with pytest.raises(NotFound):
+                await asker.get_value(b"/demo/none", BOUND)
+            assert seen[-1] == ("finished", ("get_value", "not_found"))
+            assert ("outbound", (MessageType.GET_VALUE, True)) in seen
+            assert ("first", "get_value") not in seen
+
+            seen.clear()
+            net.hung.update(n.self_id for n in nodes if n is not asker)
+            with pytest.raises(DeadlineExceeded, match=r"query did not finish within 2s"):
+                await asker.query(KEY, lambda e: None, 2.0)
+            assert seen[-1] == ("finished", ("query", "deadline"))
+            assert ("event", EventType.SENDING_QUERY) in seen
+            net.hung.clear()
+
+            seen.clear()
+            with trio.move_on_after(0.5):
+                net.hung.update(n.self_id for n in nodes if n is not asker)
+                await asker.query(KEY, lambda e: None, BOUND)
+            assert seen[-1] == ("finished", ("query", "cancelled"))
+            assert asker.queries_in_flight() == 0
+            net.hung.clear()
+
+            seen.clear()
+            net.refusing.update(n.self_id for n in nodes if n is not asker)
+            with pytest.raises(NotFound):
+                await asker.query(KEY, lambda e: None, BOUND)
+            assert ("outbound", (MessageType.FIND_NODE, False)) in seen
+            assert seen[-1] == ("finished", ("query", "not_found"))
+
+
+    run(main)
+
+
+def test_provided_keys_are_announced_again_each_interval() -> None:
+    net = SimNet()
+    first = sim_node(net, "r0")
+    nodes = [first] + [sim_node(net, f"r{i}", [first]) for i in range(1, 6)]
+    nodes[1].reprovide_interval = 1000.0
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await nodes[1].provide([KEY], lambda i, e: None, BOUND)
+            announced = nodes[1].provided[KEY]
+            sent = sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes)
+            assert sent == 5
+            await trio.sleep(900)
+            assert sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes) == 5
+            await trio.sleep(200)  # checked every interval/10 = 100 s
+            assert sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes) == 10
+            assert nodes[1].provided[KEY] >= announced + 1000
+
+    run(main)
+
+
+def test_expired_records_are_collected_every_minute() -> None:
+    net = SimNet()
+    nodes = star(net, 3)
+    holder = nodes[1]
+    old = b"\x12\x20" + b"\x0a" * 32
+
+    async def main() -> None:
+        async with running(nodes):
+            start = holder.clock()
+            # Received 48 h - 30 s ago: it expires 30 s from now.
+            holder.providers.add(old, nodes[2].self_id, (), start - 172_800 + 30)
+            holder.values.put(b"/demo/old", b"v", start - 172_800 + 30, owner=nodes[2].self_id)
+            await trio.sleep(59)
+            assert len(holder.providers) == 1 and len(holder.values) == 1  # expired, not yet swept
+            await trio.sleep(2)
+            assert len(holder.providers) == 0 and len(holder.values) == 0
+
+    run(main)
+
+
+def test_the_k_closest_table_peers_are_protected_and_pinned() -> None:
+    net = SimNet()
+    nodes = star(net, 24)
+    me = nodes[0]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            host = me.host
+            closest = set(me.table.closest(kad_key(me.self_id), 20))
+            protected = {p for p, tags in host.protected.items() if "dhtd-closest" in tags}  # type: ignore[attr-defined]
+            assert protected == closest
+            assert host.pinned == set(me.table.peers())  # type: ignore[attr-defined]
+            gone = sorted(closest)[0]
+            me.forget(gone)
+            assert gone not in host.pinned  # type: ignore[attr-defined]
+            assert "dhtd-closest" not in host.protected[gone]  # type: ignore[attr-defined]
+            now = {p for p, tags in host.protected.items() if "dhtd-closest" in tags}  # type: ignore[attr-defined]
+            assert now == set(me.table.closest(kad_key(me.self_id), 20))
+            assert len(now) == 20  # the next closest took its place
+
+    run(main)
+
+
+def test_connect_adds_a_dht_server_and_reports_a_dead_address() -> None:
+    net = SimNet()
+    a, b = sim_node(net, "ca"), sim_node(net, "cb")
+    client = sim_node(net, "cc", server=False)
+
+    async def main() -> None:
+        async with running([a, b, client]):
+            record, added = await a.connect(b.self_id, b.host.listen_addrs()[0], BOUND)
+            assert added and record.addrs == (b.host.listen_addrs()[0],)
+            assert b.self_id in a.table and a.self_id in b.table
+            info = a.info()
+            assert (info.routing_table_size, info.connected_peers, info.server) == (1, 1, True)
+            _, added = await a.connect(client.self_id, client.host.listen_addrs()[0], BOUND)
+            assert not added and client.self_id not in a.table
+            assert a.self_id in client.table  # a client still uses servers
+            ghost = b"\x12\x20" + b"\x66" * 32
+            with pytest.raises(Unavailable, match="could not connect"):
+                await a.connect(ghost, b.host.listen_addrs()[0], BOUND)
+
+    run(main)
+
+
+def test_find_peer_answers_a_connected_peer_without_a_walk() -> None:
+    net = SimNet()
+    nodes = star(net, 5)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            before = len(net.log)
+            found = await nodes[0].find_peer(nodes[3].self_id, BOUND)
+            assert found.addrs == (nodes[3].host.listen_addrs()[0],)
+            assert len(net.log) == before
+
+    run(main)
+
+
+def test_get_forgets_a_peer_that_answers_with_an_invalid_record() -> None:
+    net = SimNet()
+    nodes = star(net, 4)
+    key = b"/pk/" + nodes[1].self_id  # a /pk/ record must be the key's public key
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            liar = nodes[2]
+            liar.values.put(key, b"not a public key", liar.clock())
+            asker = nodes[3]
+            with pytest.raises(NotFound):
+                await asker.get_value(key, BOUND)
+            assert liar.self_id not in asker.table
 
     run(main)
