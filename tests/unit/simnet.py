@@ -109,6 +109,12 @@ class SimHost:
             other.connected.discard(self.self_id)
             other.on_disconnect(self.self_id)
 
+    def disconnect(self, peer: bytes) -> None:
+        """The connection to ``peer`` closes; both ends hear of it."""
+        if peer in self.connected:
+            self._drop(peer)
+            self.on_disconnect(peer)
+
     # -- peers and addresses --------------------------------------------------
 
     def listen_addrs(self) -> list[bytes]:

@@ -24,9 +24,10 @@ from dhtd.errors import (
     Unavailable,
 )
 from dhtd.ids import kad_key, xor_distance
-from dhtd.kadmsg import MessageType
+from dhtd.kadmsg import MessageType, add_peers, new_message
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode, Observer
+from dhtd.wire.kad_pb2 import Message
 from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_node, star
 
 # A CID's multihash (sha2-256), the key of provider records.
@@ -514,3 +515,186 @@ def test_get_forgets_a_peer_that_answers_with_an_invalid_record() -> None:
             assert liar.self_id not in asker.table
 
     run(main)
+
+
+# --- what FindProvs and FindPeer return --------------------------------------------------
+
+
+def test_find_providers_returns_count_distinct_providers_with_addresses() -> None:
+    """Three providers, asked for two: two, each once, each with addresses, whether
+    the record carried them or the node knew them from elsewhere."""
+    net = SimNet()
+    nodes = star(net, 8)
+    asker, holder = nodes[1], nodes[2]
+    p1, p2, p3 = nodes[5], nodes[6], nodes[7]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            now = holder.clock()
+            holder.providers.add(KEY, p1.self_id, (p1.host.listen_addrs()[0],), now)
+            holder.providers.add(KEY, p2.self_id, (), now)  # addrs known to the holder
+            holder.providers.add(KEY, p3.self_id, (), now)
+            seen: list[PeerRecord] = []
+            assert await asker.find_providers(KEY, 2, seen.append, BOUND) == 2
+            assert len({r.id for r in seen}) == 2
+            assert {r.id for r in seen} <= {p1.self_id, p2.self_id, p3.self_id}
+            for record in seen:
+                owner = next(n for n in nodes if n.self_id == record.id)
+                assert record.addrs == (owner.host.listen_addrs()[0],)
+            # From its own store, with addresses it knows.
+            mine: list[PeerRecord] = []
+            asker.providers.add(KEY, p2.self_id, (), now)
+            assert await asker.find_providers(KEY, 1, mine.append, BOUND) == 1
+            assert mine == [PeerRecord(p2.self_id, (p2.host.listen_addrs()[0],))]
+
+    run(main)
+
+
+def test_find_providers_fills_in_addresses_the_answer_left_out() -> None:
+    net = SimNet()
+    nodes = star(net, 5)
+    asker, holder, provider = nodes[1], nodes[2], nodes[3]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            holder.providers.add(KEY, provider.self_id, (), holder.clock())
+            holder.host.known.pop(provider.self_id)  # type: ignore[attr-defined]
+            seen: list[PeerRecord] = []
+            await asker.find_providers(KEY, 1, seen.append, BOUND)
+            assert seen == [PeerRecord(provider.self_id, (provider.host.listen_addrs()[0],))]
+
+    run(main)
+
+
+def test_find_peer_results_name_the_target() -> None:
+    net = SimNet()
+    nodes = star(net, 6)
+    ops: list[str] = []
+    asker = nodes[1]
+    asker.observer = Observer(op_started=ops.append)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            me = await asker.find_peer(asker.self_id, BOUND)
+            assert me == PeerRecord(asker.self_id, (asker.host.listen_addrs()[0],))
+            near = await asker.find_peer(nodes[4].self_id, BOUND)  # connected
+            assert near == PeerRecord(nodes[4].self_id, (nodes[4].host.listen_addrs()[0],))
+            asker.host.connected.discard(nodes[5].self_id)  # type: ignore[attr-defined]
+            far = await asker.find_peer(nodes[5].self_id, BOUND)  # found on the walk
+            assert far == PeerRecord(nodes[5].self_id, (nodes[5].host.listen_addrs()[0],))
+            assert ops == ["find_peer"] * 3
+
+    run(main)
+
+
+def test_only_the_first_40_closer_peers_of_an_answer_are_read() -> None:
+    """A peer answering with 50 closer peers is read up to 40 (twice k): a target it
+    names 40th is found, one it names 41st is not."""
+    net = SimNet()
+    nodes = star(net, 3)
+    asker, liar = nodes[1], nodes[2]
+    addr = b"\x04\x7f\x00\x00\x01\x06\x00\x09"
+    fillers = [PeerRecord(b"\x12\x20" + bytes([i]) * 32, (addr,)) for i in range(1, 50)]
+    at_40, at_41 = b"\x12\x20" + b"\x55" * 32, b"\x12\x20" + b"\x56" * 32
+
+    async def handler(sender: bytes, request: Message) -> Message | None:
+        answer = new_message(request.type, request.key)
+        peers = list(fillers)
+        peers.insert(39, PeerRecord(at_40, (addr,)))
+        peers.insert(40, PeerRecord(at_41, (addr,)))
+        add_peers(answer.closerPeers, peers, frozenset())
+        return answer
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            asker.host.connected.clear()  # type: ignore[attr-defined]
+            net.hosts[liar.self_id].handler = handler
+            assert (await asker.find_peer(at_40, BOUND)).id == at_40
+            with pytest.raises(NotFound):
+                await asker.find_peer(at_41, BOUND)
+
+    run(main)
+
+
+def test_a_peer_that_went_away_is_pinged_then_forgotten_and_a_live_one_kept() -> None:
+    net = SimNet()
+    nodes = star(net, 5)
+    me, gone, alive = nodes[0], nodes[3], nodes[4]
+
+    async def main() -> None:
+        async with running(nodes[:3]), running([alive]):
+            async with running([gone]):
+                await settle(nodes)
+                assert gone.self_id in me.table and alive.self_id in me.table
+                me.host.disconnect(alive.self_id)  # type: ignore[attr-defined]  # closed, still up
+            # gone's host closed: its connections dropped, as a killed process's would
+            pings_before = net.received(alive.self_id, MessageType.PING)
+            await trio.sleep(10)  # 1 s grace, then a ping with a 5 s timeout
+            assert gone.self_id not in me.table
+            assert alive.self_id in me.table
+            assert net.received(alive.self_id, MessageType.PING) == pings_before + 1
+
+    run(main)
+
+
+def test_get_answers_from_its_own_store_when_it_has_no_peers() -> None:
+    net = SimNet()
+    lonely = sim_node(net, "alone")
+
+    async def main() -> None:
+        async with running([lonely]):
+            with pytest.raises(Unavailable, match="no DHT peers"):
+                await lonely.get_value(b"/demo/k", BOUND)
+            lonely.values.put(b"/demo/k", b"mine", lonely.clock())
+            assert await lonely.get_value(b"/demo/k", BOUND) == b"mine"
+
+    run(main)
+
+
+def test_put_streams_a_store_attempt_and_a_result_per_closest_peer() -> None:
+    net = SimNet()
+    nodes = star(net, 8)
+    events: list[QueryEvent] = []
+
+    async def main() -> int:
+        async with running(nodes):
+            await settle(nodes)
+            await nodes[0].put_value(b"/demo/same", b"v", lambda e: None, BOUND)
+            # The same value again is no conflict with what this node holds.
+            return await nodes[0].put_value(b"/demo/same", b"v", events.append, BOUND)
+
+    assert run(main) == 7
+    sending = [e.peer for e in events if e.type is EventType.SENDING_QUERY]
+    finals = [e for e in events if e.type is EventType.FINAL_PEER]
+    assert {e.peer for e in finals} == {n.self_id for n in nodes[1:]}
+    assert set(sending) >= {e.peer for e in finals}
+    for final in finals:
+        assert [r.id for r in final.responses] == [final.peer]
+        assert final.responses[0].addrs  # with the addresses it was reached at
+
+
+def test_provide_of_several_keys_counts_and_tags_each() -> None:
+    net = SimNet()
+    nodes = star(net, 8)
+    keys = [b"\x12\x20" + bytes([i]) * 32 for i in range(3)]
+    tagged: list[tuple[int, QueryEvent]] = []
+
+    async def main() -> list[int]:
+        async with running(nodes):
+            await settle(nodes)
+            return await nodes[0].provide(keys, lambda i, e: tagged.append((i, e)), BOUND)
+
+    assert run(main) == [7, 7, 7]
+    for index in range(3):
+        finals = [e for i, e in tagged if i == index and e.type is EventType.FINAL_PEER]
+        assert len(finals) == 7
+    assert set(nodes[0].provided) == set(keys)
+    for key in keys:
+        holders = [n for n in nodes[1:] if n.providers.get(key, EPOCH + 1000)]
+        assert len(holders) == 7
+        record = holders[0].providers.get(key, EPOCH + 1000)[0]
+        assert (record.peer, record.addrs) == (nodes[0].self_id, (nodes[0].host.listen_addrs()[0],))
