@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from dhtd.p2p import (
     verify_signature,
 )
 from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
+from dhtd.state import CorruptDatabase, Database, DataDirLocked, DiskState
 
 log = logging.getLogger("dhtd")
 
@@ -83,12 +86,26 @@ class _Trio:
 
 async def _run_dht(
     config: Config,
+    db: Database,
     metrics: Metrics,
     bridge: Bridge,
     on_ready: Callable[[_Trio], None],
     on_table_change: Callable[[int], None],
 ) -> None:
-    """The trio side: the node, its dev peers, and the nursery RPC work runs in."""
+    """The trio side: the node, its dev peers, and the nursery RPC work runs in.
+    Closes ``db`` when it ends."""
+    with closing(db):
+        await _run_node(config, db, metrics, bridge, on_ready, on_table_change)
+
+
+async def _run_node(
+    config: Config,
+    db: Database,
+    metrics: Metrics,
+    bridge: Bridge,
+    on_ready: Callable[[_Trio], None],
+    on_table_change: Callable[[int], None],
+) -> None:
     budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
     host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
     node = DhtNode(
@@ -99,6 +116,8 @@ async def _run_dht(
         observer=metrics.observer(),
         reprovide_interval=config.reprovide_interval,
         refresh_interval=config.refresh_interval,
+        republish_interval=config.republish_interval,
+        state=DiskState(db),
         on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
     )
     with trio.CancelScope() as scope:
@@ -116,6 +135,18 @@ async def _run_dht(
 
             bridge.to_asyncio(on_ready, _Trio(node, lambda: bridge.call_soon_trio(stop)))
             await trio.sleep_forever()
+
+
+def open_database(config: Config) -> Database:
+    """state.db in the data dir; StartupError with one line if it cannot be used."""
+    try:
+        return Database.open(config.data_dir, recover=config.db_recover)
+    except (DataDirLocked, CorruptDatabase) as exc:
+        hint = "" if isinstance(exc, DataDirLocked) else (
+            " (start with --db-recover true to move it aside and start empty)")
+        raise StartupError(f"{exc}{hint}") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot open state.db in {config.data_dir}: {exc}") from None
 
 
 async def _run_dev_peer(
@@ -146,8 +177,9 @@ async def serve(config: Config) -> None:
         if not ready.done():
             ready.set_result(t)
 
+    db = open_database(config)
     trio_done = start_guest(
-        loop, lambda: _run_dht(config, metrics, bridge, on_ready, table_sizes.put_nowait)
+        loop, lambda: _run_dht(config, db, metrics, bridge, on_ready, table_sizes.put_nowait)
     )
     first: set[asyncio.Future[Any]] = {ready, trio_done}
     started = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)

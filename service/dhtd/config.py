@@ -30,6 +30,8 @@ DEFAULT_SHUTDOWN_GRACE = 10.0
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 # How often provided CIDs are announced again (go-libp2p-kad-dht / Kubo: 22 h).
 DEFAULT_REPROVIDE_INTERVAL = 22 * 3600.0
+# dhtd.node.REPUBLISH_INTERVAL: records this node Put are put again twice a day.
+DEFAULT_REPUBLISH_INTERVAL = 12 * 3600.0
 # How often the routing table is refreshed (dhtd.refresh; go-libp2p-kad-dht: 10 min).
 DEFAULT_REFRESH_INTERVAL = 600.0
 # The connection budget (dhtd.p2p.ConnectionBudget), after go-libp2p's connmgr:
@@ -85,6 +87,8 @@ class Config:
     conn_high_water: int = DEFAULT_CONN_HIGH_WATER
     conn_grace: float = DEFAULT_CONN_GRACE
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    republish_interval: float = DEFAULT_REPUBLISH_INTERVAL
+    db_recover: bool = False
 
     @property
     def protocol_id(self) -> str:
@@ -148,6 +152,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=env("reprovide-interval", str(DEFAULT_REPROVIDE_INTERVAL)),
                    help="seconds between announcements of each provided CID "
                    "(default %(default)s, 22 h as go-libp2p)")
+    p.add_argument("--republish-interval",
+                   default=env("republish-interval", str(DEFAULT_REPUBLISH_INTERVAL)),
+                   help="seconds between Puts again of each record this node Put, until "
+                   "StopRepublishing (default %(default)s, 12 h; holders keep records 48 h)")
+    p.add_argument("--db-recover", default=env("db-recover", "false"),
+                   help="true: a corrupt state.db in the data dir is moved aside (to "
+                   "state.db.corrupt-<time>) and dhtd starts with empty state; false "
+                   "(default): dhtd refuses to start and says so")
     p.add_argument("--max-concurrent-rpcs",
                    default=env("max-concurrent-rpcs", str(DEFAULT_MAX_CONCURRENT_RPCS)),
                    help="dht.v1 calls in flight at once (streams included); one more gets "
@@ -256,6 +268,11 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     reprovide = _number(args.reprovide_interval, "reprovide-interval", problems,
                         low=1, high=7 * 24 * 3600)
     refresh = _number(args.refresh_interval, "refresh-interval", problems, low=1, high=24 * 3600)
+    republish = _number(args.republish_interval, "republish-interval", problems,
+                        low=1, high=7 * 24 * 3600)
+    recover = args.db_recover.strip().lower()
+    if recover not in ("true", "false", "1", "0", "yes", "no"):
+        problems.append(f"--db-recover: {args.db_recover!r} is not true or false")
     reported = len(problems)
     low_water = _whole(args.conn_low_water, "conn-low-water", problems, low=1, high=100_000)
     high_water = _whole(args.conn_high_water, "conn-high-water", problems, low=1, high=100_000)
@@ -298,4 +315,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         conn_high_water=high_water,
         conn_grace=conn_grace,
         max_concurrent_rpcs=max_rpcs,
+        republish_interval=republish,
+        db_recover=recover in ("true", "1", "yes"),
     )

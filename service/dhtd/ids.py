@@ -35,6 +35,7 @@ __all__ = [
     "MAX_IDENTITY_PEER_DIGEST",
     "MAX_ID_TEXT_CHARS",
     "MAX_KEY_BYTES",
+    "RAW",
     "SHA2_256",
     "SHA2_256_LEN",
     "Cid",
@@ -66,6 +67,7 @@ SHA2_256_LEN: Final = 32
 
 # CID content codecs (multicodec table).
 DAG_PB: Final = 0x70  # dag-pb: the implied codec of every CIDv0
+RAW: Final = 0x55  # raw: bytes as they are
 LIBP2P_KEY: Final = 0x72  # libp2p-key: a CIDv1 naming a peer ID
 
 # libp2p peer-id spec: public keys whose protobuf encoding is at most 42 bytes are

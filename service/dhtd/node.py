@@ -36,6 +36,7 @@ from dhtd.p2p import Host
 from dhtd.records import Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
+from dhtd.state import NodeState
 from dhtd.stores import MAX_PROVIDERS_PER_KEY, ProviderStore, ValueStore
 from dhtd.wire.kad_pb2 import Message
 
@@ -85,6 +86,18 @@ REPROVIDE_INTERVAL = 22 * 3600.0
 # One reprovide round (all CIDs due) may take this long before it is abandoned
 # until the next round.
 REPROVIDE_TIMEOUT = 600.0
+
+# Every record this node Put is put again this often, so it outlives churn on its
+# holders, who keep a record 48 h (ours: half a day; Kubo republishes IPNS names
+# every 4 h, go-libp2p-kad-dht leaves republishing to its caller).
+REPUBLISH_INTERVAL = 12 * 3600.0
+
+# One record's republish may take this long.
+REPUBLISH_TIMEOUT = 120.0
+
+# The routing table's peers are saved this often (and when the node stops), so a
+# restarted node rejoins from them when its bootstrap peers are gone.
+SAVE_TABLE_INTERVAL = 60.0
 
 NO_PEERS = (
     "this node has no DHT peers yet: start dhtd with --bootstrap "
@@ -156,6 +169,8 @@ class DhtNode:
     clock: Callable[[], float] = time.time
     reprovide_interval: float = REPROVIDE_INTERVAL
     refresh_interval: float = REFRESH_INTERVAL
+    republish_interval: float = REPUBLISH_INTERVAL
+    state: NodeState = field(default_factory=NodeState)
 
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
@@ -178,6 +193,10 @@ class DhtNode:
         # Keys this node announced as a provider, and when it last did. This node
         # answers for them itself; they never compete for the provider store.
         self.provided: dict[bytes, float] = {}
+        # Records this node Put and keeps putting: key -> (value, when it last reached a peer).
+        self.published: dict[bytes, tuple[bytes, float]] = {}
+        # Peers saved by the last run, dialled like bootstrap peers while the table is empty.
+        self._saved: list[Bootstrap] = []
         self._closest: set[bytes] = set()
         self._background: trio.Nursery | None = None
         self.maintainer = Maintainer(
@@ -195,21 +214,31 @@ class DhtNode:
 
     @asynccontextmanager
     async def running(self, listen: Sequence[bytes]) -> AsyncIterator[DhtNode]:
-        """Opens the host, bootstraps in the background, and keeps the table fresh."""
+        """Loads the saved state, opens the host, bootstraps in the background, and
+        keeps the table fresh and the commitments announced."""
         handler = self._serve if self.server else None
+        loaded = self.state.load()
+        self.provided.update(loaded.provided)
+        self.published.update(loaded.published)
         async with (
             self.host.open(listen, handler, self.add_peer, self.maintainer.disconnected),
             trio.open_nursery() as nursery,
         ):
+            self.host.learn(loaded.peers)
+            self._saved = [Bootstrap(p.id, p.addrs[0]) for p in loaded.peers if p.addrs]
+            self.maintainer.has_bootstrap = bool(self.bootstrap or self._saved)
             self._background = nursery
             nursery.start_soon(self.maintainer.run, self._wait_table)
             nursery.start_soon(self._reprovide)
+            nursery.start_soon(self._republish)
             nursery.start_soon(self._collect)
+            nursery.start_soon(self._save_table)
             try:
                 yield self
             finally:
                 nursery.cancel_scope.cancel()
                 self._background = None
+                self._snapshot_table()
 
     async def _serve(self, sender: bytes, request: Message) -> Message | None:
         if sender in self.table:
@@ -275,6 +304,37 @@ class DhtNode:
                 continue
             log.debug("reprovided", extra={"keys": len(due), "peers": sum(counts)})
 
+    async def _republish(self) -> None:
+        """Puts again every record whose last Put is older than the interval.
+
+        A record that is no longer valid (an expired IPNS record) or that a better
+        one replaced here is dropped from the set, with a log line."""
+        check = max(1.0, self.republish_interval / 10)
+        while True:
+            await trio.sleep(check)
+            due_before = self.clock() - self.republish_interval
+            due = [(k, v) for k, (v, at) in self.published.items() if at <= due_before]
+            if not due or not self.table:
+                continue
+            for key, value in due:
+                try:
+                    await self.put_value(key, value, lambda e: None, REPUBLISH_TIMEOUT)
+                except (InvalidRecord, FailedPrecondition) as exc:
+                    log.info("record no longer republished", extra={"error": str(exc)})
+                    await self.unpublish(key)
+                except (Unavailable, DeadlineExceeded) as exc:
+                    log.info("republish incomplete", extra={"error": str(exc)})
+
+    def _snapshot_table(self) -> None:
+        peers = [PeerRecord(p, self.host.addrs_of(p)) for p in self.table.peers()]
+        if peers:
+            self.state.save_peers(peers, self.clock())
+
+    async def _save_table(self) -> None:
+        while True:
+            await trio.sleep(SAVE_TABLE_INTERVAL)
+            self._snapshot_table()
+
     async def _wait_table(self) -> None:
         await self._table_nonempty.wait()
 
@@ -300,7 +360,7 @@ class DhtNode:
                     self.add_peer(b.peer)
 
         async with trio.open_nursery() as nursery:
-            for b in self.bootstrap:
+            for b in [*self.bootstrap, *self._saved]:
                 nursery.start_soon(dial, b)
 
     async def _refresh_walk(self, key: bytes) -> None:
@@ -537,6 +597,10 @@ class DhtNode:
                         "(e.g. a higher IPNS sequence number)"
                     )
             self.values.put(key, value, now)
+            if self.published.get(key, (None, 0.0))[0] != value:
+                # Committed before the first event: an acknowledged Put is kept.
+                await self.state.add_published(key, value, now)
+                self.published[key] = (value, 0.0)
             emit = self._emitter(emit)
             result = await self._walk(key, MessageType.FIND_NODE, emit)
             message = new_message(MessageType.PUT_VALUE, key)
@@ -547,6 +611,9 @@ class DhtNode:
                 raise Unavailable(
                     f"no peer accepted the record (0 of the {len(result.closest)} closest)"
                 )
+            if key in self.published:
+                self.published[key] = (value, self.clock())
+                self.state.republished(key, self.clock())
             return stored
 
     async def _put_one(self, peer: bytes, message: Message, emit: Emit) -> None:
@@ -595,6 +662,12 @@ class DhtNode:
         if not self.table:
             raise Unavailable(NO_PEERS)
         async with self._operation("provide", timeout):
+            new = list(dict.fromkeys(k for k in keys if k not in self.provided))
+            if new:
+                # Committed before the first event: an acknowledged Provide is kept.
+                await self.state.add_provided(new, self.clock())
+                for key in new:
+                    self.provided[key] = 0.0
             counts = [0] * len(keys)
             limiter = trio.CapacityLimiter(PROVIDE_CONCURRENCY)
             addrs = tuple(self.host.listen_addrs())
@@ -610,8 +683,9 @@ class DhtNode:
                     counts[index] = await self._store_on(
                         result.closest, tagged, lambda peer, e: self._send(peer, message)
                     )
-                if counts[index]:
+                if counts[index] and key in self.provided:
                     self.provided[key] = self.clock()
+                    self.state.announced([key], self.provided[key])
 
             async with trio.open_nursery() as nursery:
                 for i in range(len(keys)):
@@ -634,6 +708,37 @@ class DhtNode:
             if not result.closest:
                 raise NotFound("no peer answered the query")
             return result.closest
+
+    # -- commitments --------------------------------------------------------
+
+    def list_provided(self, after: bytes, limit: int) -> list[tuple[bytes, float]]:
+        """Up to ``limit`` provided keys after ``after`` in byte order, with when each
+        last reached a peer (0: not yet)."""
+        keys = sorted(k for k in self.provided if k > after)[:limit]
+        return [(k, self.provided[k]) for k in keys]
+
+    async def stop_providing(self, keys: Sequence[bytes]) -> int:
+        """Stops announcing ``keys``; returns how many were provided. Records already
+        on other peers expire there within 48 h."""
+        known = [k for k in dict.fromkeys(keys) if k in self.provided]
+        if known:
+            await self.state.remove_provided(known)
+            for key in known:
+                self.provided.pop(key, None)
+        return len(known)
+
+    def list_published(self, after: bytes, limit: int) -> list[tuple[bytes, bytes, float]]:
+        """Up to ``limit`` records this node keeps putting, after ``after`` by key."""
+        keys = sorted(k for k in self.published if k > after)[:limit]
+        return [(k, *self.published[k]) for k in keys]
+
+    async def unpublish(self, key: bytes) -> bool:
+        """Stops putting the record under ``key`` again; True if it was kept."""
+        if key not in self.published:
+            return False
+        await self.state.remove_published(key)
+        self.published.pop(key, None)
+        return True
 
     # -- node -----------------------------------------------------------------
 

@@ -18,8 +18,23 @@ from dht.v1 import dht_pb2 as pb
 from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd.addrs import format_addr, parse_dial_addr
 from dhtd.bridge import Bridge
-from dhtd.errors import ECHO_CHARS, FailedPrecondition, InvalidArgument, InvalidRecord, excerpt
-from dhtd.ids import parse_cid, parse_peer_id, parse_record_key, peer_id_to_str
+from dhtd.errors import (
+    ECHO_CHARS,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidRecord,
+    NotFound,
+    excerpt,
+)
+from dhtd.ids import (
+    MAX_KEY_BYTES,
+    RAW,
+    Cid,
+    parse_cid,
+    parse_peer_id,
+    parse_record_key,
+    peer_id_to_str,
+)
 from dhtd.lookup import PeerRecord, QueryEvent
 from dhtd.node import DhtNode
 
@@ -55,6 +70,7 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024
 # Options of the grpc.aio server that bound its memory.
 SERVER_OPTIONS = (("grpc.max_receive_message_length", MAX_REQUEST_BYTES),)
 
+T = TypeVar("T")
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 
@@ -255,3 +271,70 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
         t = self.timeout(context)
         record, added = await self.bridge.call(lambda: self.node.connect(peer, addr, t))
         return pb.ConnectResponse(peer=peer_info(record), added_to_routing_table=added)
+
+    @unary
+    async def ListProvides(self, request: pb.ListProvidesRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListProvidesResponse:
+        size, after = page(request.page_size, request.page_token)
+        rows = await self.bridge.call(lambda: _now(self.node.list_provided(after, size + 1)))
+        return pb.ListProvidesResponse(
+            cids=[pb.ProvidedCid(cid=str(Cid(1, RAW, key)), last_announced=at)
+                  for key, at in rows[:size]],
+            next_page_token=rows[size - 1][0].hex() if len(rows) > size else "",
+        )
+
+    @unary
+    async def StopProviding(self, request: pb.StopProvidingRequest,
+                            context: grpc.aio.ServicerContext) -> pb.StopProvidingResponse:
+        if len(request.cids) > MAX_CIDS_PER_PROVIDE:
+            raise InvalidArgument(
+                "cids", f"has {len(request.cids)} CIDs; at most {MAX_CIDS_PER_PROVIDE} per call")
+        keys = [parse_cid(text, f"cids[{i}]").multihash for i, text in enumerate(request.cids)]
+        stopped = await self.bridge.call(lambda: self.node.stop_providing(keys))
+        return pb.StopProvidingResponse(stopped=stopped)
+
+    @unary
+    async def ListPuts(self, request: pb.ListPutsRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.ListPutsResponse:
+        size, after = page(request.page_size, request.page_token)
+        rows = await self.bridge.call(lambda: _now(self.node.list_published(after, size + 1)))
+        return pb.ListPutsResponse(
+            records=[pb.PutRecord(key=key, value=value, last_put=at)
+                     for key, value, at in rows[:size]],
+            next_page_token=rows[size - 1][0].hex() if len(rows) > size else "",
+        )
+
+    @unary
+    async def StopRepublishing(self, request: pb.StopRepublishingRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> pb.StopRepublishingResponse:
+        key = record_key(request.key, self.node)
+        if not await self.bridge.call(lambda: self.node.unpublish(key)):
+            raise NotFound("this node keeps no record under this key (see ListPuts)")
+        return pb.StopRepublishingResponse()
+
+
+# ListProvides and ListPuts: page sizes (ours).
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# A page token is the hex of the last key of the previous page; a record key
+# (at most dhtd.ids.MAX_KEY_BYTES) is the longest key.
+MAX_PAGE_TOKEN_CHARS = 2 * MAX_KEY_BYTES
+
+
+def page(size: int, token: str) -> tuple[int, bytes]:
+    """The page size and the key to start after, from a List request."""
+    if size < 0 or size > MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"is {size}; give 1 to {MAX_PAGE_SIZE}, or 0 for "
+                              f"{DEFAULT_PAGE_SIZE}")
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise InvalidArgument("page_token", "is not a token from this API (too long)")
+    try:
+        after = bytes.fromhex(token)
+    except ValueError:
+        raise InvalidArgument("page_token", "is not a token from this API") from None
+    return size or DEFAULT_PAGE_SIZE, after
+
+
+async def _now(value: T) -> T:
+    return value

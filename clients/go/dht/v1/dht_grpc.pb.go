@@ -422,6 +422,20 @@ type NodeServiceClient interface {
 	// Connect dials a multiaddr that ends in /p2p/<peer id> and adds the peer to
 	// the routing table if it speaks this node's kad protocol.
 	Connect(ctx context.Context, in *ConnectRequest, opts ...grpc.CallOption) (*ConnectResponse, error)
+	// ListProvides pages through the provide set: every CID this node was asked
+	// to Provide, which it keeps announcing (also across restarts) until
+	// StopProviding. Ordered by multihash.
+	ListProvides(ctx context.Context, in *ListProvidesRequest, opts ...grpc.CallOption) (*ListProvidesResponse, error)
+	// StopProviding takes CIDs out of the provide set. Their provider records on
+	// other peers expire there within 48 h. CIDs not in the set are ignored.
+	StopProviding(ctx context.Context, in *StopProvidingRequest, opts ...grpc.CallOption) (*StopProvidingResponse, error)
+	// ListPuts pages through the records this node Put, which it puts again
+	// every --republish-interval (also across restarts) until StopRepublishing.
+	// Ordered by key.
+	ListPuts(ctx context.Context, in *ListPutsRequest, opts ...grpc.CallOption) (*ListPutsResponse, error)
+	// StopRepublishing stops putting the record under a key again. NOT_FOUND if
+	// this node keeps no record under it.
+	StopRepublishing(ctx context.Context, in *StopRepublishingRequest, opts ...grpc.CallOption) (*StopRepublishingResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -450,6 +464,42 @@ func (c *nodeServiceClient) Connect(ctx context.Context, in *ConnectRequest, opt
 	return out, nil
 }
 
+func (c *nodeServiceClient) ListProvides(ctx context.Context, in *ListProvidesRequest, opts ...grpc.CallOption) (*ListProvidesResponse, error) {
+	out := new(ListProvidesResponse)
+	err := c.cc.Invoke(ctx, "/dht.v1.NodeService/ListProvides", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) StopProviding(ctx context.Context, in *StopProvidingRequest, opts ...grpc.CallOption) (*StopProvidingResponse, error) {
+	out := new(StopProvidingResponse)
+	err := c.cc.Invoke(ctx, "/dht.v1.NodeService/StopProviding", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) ListPuts(ctx context.Context, in *ListPutsRequest, opts ...grpc.CallOption) (*ListPutsResponse, error) {
+	out := new(ListPutsResponse)
+	err := c.cc.Invoke(ctx, "/dht.v1.NodeService/ListPuts", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) StopRepublishing(ctx context.Context, in *StopRepublishingRequest, opts ...grpc.CallOption) (*StopRepublishingResponse, error) {
+	out := new(StopRepublishingResponse)
+	err := c.cc.Invoke(ctx, "/dht.v1.NodeService/StopRepublishing", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility
@@ -459,6 +509,20 @@ type NodeServiceServer interface {
 	// Connect dials a multiaddr that ends in /p2p/<peer id> and adds the peer to
 	// the routing table if it speaks this node's kad protocol.
 	Connect(context.Context, *ConnectRequest) (*ConnectResponse, error)
+	// ListProvides pages through the provide set: every CID this node was asked
+	// to Provide, which it keeps announcing (also across restarts) until
+	// StopProviding. Ordered by multihash.
+	ListProvides(context.Context, *ListProvidesRequest) (*ListProvidesResponse, error)
+	// StopProviding takes CIDs out of the provide set. Their provider records on
+	// other peers expire there within 48 h. CIDs not in the set are ignored.
+	StopProviding(context.Context, *StopProvidingRequest) (*StopProvidingResponse, error)
+	// ListPuts pages through the records this node Put, which it puts again
+	// every --republish-interval (also across restarts) until StopRepublishing.
+	// Ordered by key.
+	ListPuts(context.Context, *ListPutsRequest) (*ListPutsResponse, error)
+	// StopRepublishing stops putting the record under a key again. NOT_FOUND if
+	// this node keeps no record under it.
+	StopRepublishing(context.Context, *StopRepublishingRequest) (*StopRepublishingResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -471,6 +535,18 @@ func (UnimplementedNodeServiceServer) Info(context.Context, *InfoRequest) (*Info
 }
 func (UnimplementedNodeServiceServer) Connect(context.Context, *ConnectRequest) (*ConnectResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedNodeServiceServer) ListProvides(context.Context, *ListProvidesRequest) (*ListProvidesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListProvides not implemented")
+}
+func (UnimplementedNodeServiceServer) StopProviding(context.Context, *StopProvidingRequest) (*StopProvidingResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StopProviding not implemented")
+}
+func (UnimplementedNodeServiceServer) ListPuts(context.Context, *ListPutsRequest) (*ListPutsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListPuts not implemented")
+}
+func (UnimplementedNodeServiceServer) StopRepublishing(context.Context, *StopRepublishingRequest) (*StopRepublishingResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StopRepublishing not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 
@@ -521,6 +597,78 @@ func _NodeService_Connect_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_ListProvides_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListProvidesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ListProvides(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dht.v1.NodeService/ListProvides",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ListProvides(ctx, req.(*ListProvidesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_StopProviding_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopProvidingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).StopProviding(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dht.v1.NodeService/StopProviding",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).StopProviding(ctx, req.(*StopProvidingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_ListPuts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPutsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ListPuts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dht.v1.NodeService/ListPuts",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ListPuts(ctx, req.(*ListPutsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_StopRepublishing_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopRepublishingRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).StopRepublishing(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dht.v1.NodeService/StopRepublishing",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).StopRepublishing(ctx, req.(*StopRepublishingRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _NodeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dht.v1.NodeService",
 	HandlerType: (*NodeServiceServer)(nil),
@@ -532,6 +680,22 @@ var _NodeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Connect",
 			Handler:    _NodeService_Connect_Handler,
+		},
+		{
+			MethodName: "ListProvides",
+			Handler:    _NodeService_ListProvides_Handler,
+		},
+		{
+			MethodName: "StopProviding",
+			Handler:    _NodeService_StopProviding_Handler,
+		},
+		{
+			MethodName: "ListPuts",
+			Handler:    _NodeService_ListPuts_Handler,
+		},
+		{
+			MethodName: "StopRepublishing",
+			Handler:    _NodeService_StopRepublishing_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -172,3 +172,75 @@ class ConnectResponse(_message.Message):
     peer: PeerInfo
     added_to_routing_table: bool
     def __init__(self, peer: _Optional[_Union[PeerInfo, _Mapping]] = ..., added_to_routing_table: _Optional[bool] = ...) -> None: ...
+
+class ListProvidesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ProvidedCid(_message.Message):
+    __slots__ = ("cid", "last_announced")
+    CID_FIELD_NUMBER: _ClassVar[int]
+    LAST_ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    cid: str
+    last_announced: float
+    def __init__(self, cid: _Optional[str] = ..., last_announced: _Optional[float] = ...) -> None: ...
+
+class ListProvidesResponse(_message.Message):
+    __slots__ = ("cids", "next_page_token")
+    CIDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    cids: _containers.RepeatedCompositeFieldContainer[ProvidedCid]
+    next_page_token: str
+    def __init__(self, cids: _Optional[_Iterable[_Union[ProvidedCid, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StopProvidingRequest(_message.Message):
+    __slots__ = ("cids",)
+    CIDS_FIELD_NUMBER: _ClassVar[int]
+    cids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StopProvidingResponse(_message.Message):
+    __slots__ = ("stopped",)
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    stopped: int
+    def __init__(self, stopped: _Optional[int] = ...) -> None: ...
+
+class ListPutsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class PutRecord(_message.Message):
+    __slots__ = ("key", "value", "last_put")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LAST_PUT_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    last_put: float
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., last_put: _Optional[float] = ...) -> None: ...
+
+class ListPutsResponse(_message.Message):
+    __slots__ = ("records", "next_page_token")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[PutRecord]
+    next_page_token: str
+    def __init__(self, records: _Optional[_Iterable[_Union[PutRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StopRepublishingRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
+class StopRepublishingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

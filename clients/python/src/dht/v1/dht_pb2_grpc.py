@@ -349,6 +349,26 @@ class NodeServiceStub:
                 request_serializer=dht_dot_v1_dot_dht__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=dht_dot_v1_dot_dht__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.ListProvides = channel.unary_unary(
+                '/dht.v1.NodeService/ListProvides',
+                request_serializer=dht_dot_v1_dot_dht__pb2.ListProvidesRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.ListProvidesResponse.FromString,
+                _registered_method=True)
+        self.StopProviding = channel.unary_unary(
+                '/dht.v1.NodeService/StopProviding',
+                request_serializer=dht_dot_v1_dot_dht__pb2.StopProvidingRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.StopProvidingResponse.FromString,
+                _registered_method=True)
+        self.ListPuts = channel.unary_unary(
+                '/dht.v1.NodeService/ListPuts',
+                request_serializer=dht_dot_v1_dot_dht__pb2.ListPutsRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.ListPutsResponse.FromString,
+                _registered_method=True)
+        self.StopRepublishing = channel.unary_unary(
+                '/dht.v1.NodeService/StopRepublishing',
+                request_serializer=dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -370,6 +390,40 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProvides(self, request, context):
+        """ListProvides pages through the provide set: every CID this node was asked
+        to Provide, which it keeps announcing (also across restarts) until
+        StopProviding. Ordered by multihash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopProviding(self, request, context):
+        """StopProviding takes CIDs out of the provide set. Their provider records on
+        other peers expire there within 48 h. CIDs not in the set are ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPuts(self, request, context):
+        """ListPuts pages through the records this node Put, which it puts again
+        every --republish-interval (also across restarts) until StopRepublishing.
+        Ordered by key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRepublishing(self, request, context):
+        """StopRepublishing stops putting the record under a key again. NOT_FOUND if
+        this node keeps no record under it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -382,6 +436,26 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=dht_dot_v1_dot_dht__pb2.ConnectRequest.FromString,
                     response_serializer=dht_dot_v1_dot_dht__pb2.ConnectResponse.SerializeToString,
+            ),
+            'ListProvides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProvides,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.ListProvidesRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.ListProvidesResponse.SerializeToString,
+            ),
+            'StopProviding': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopProviding,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.StopProvidingRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.StopProvidingResponse.SerializeToString,
+            ),
+            'ListPuts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPuts,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.ListPutsRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.ListPutsResponse.SerializeToString,
+            ),
+            'StopRepublishing': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRepublishing,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +513,114 @@ class NodeService:
             '/dht.v1.NodeService/Connect',
             dht_dot_v1_dot_dht__pb2.ConnectRequest.SerializeToString,
             dht_dot_v1_dot_dht__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProvides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dht.v1.NodeService/ListProvides',
+            dht_dot_v1_dot_dht__pb2.ListProvidesRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.ListProvidesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopProviding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dht.v1.NodeService/StopProviding',
+            dht_dot_v1_dot_dht__pb2.StopProvidingRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.StopProvidingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPuts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dht.v1.NodeService/ListPuts',
+            dht_dot_v1_dot_dht__pb2.ListPutsRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.ListPutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRepublishing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dht.v1.NodeService/StopRepublishing',
+            dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.FromString,
             options,
             channel_credentials,
             insecure,

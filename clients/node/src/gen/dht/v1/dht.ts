@@ -275,6 +275,69 @@ export interface ConnectResponse {
   addedToRoutingTable: boolean;
 }
 
+export interface ListProvidesRequest {
+  /** At most this many CIDs per page, 1 to 1000; 0 means 100. */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty for the first page. */
+  pageToken: string;
+}
+
+export interface ProvidedCid {
+  /**
+   * CIDv1 with the raw codec: provider records are kept per multihash, so this
+   * stands for every CID with the same multihash, as given to Provide.
+   */
+  cid: string;
+  /**
+   * Unix time (seconds) of the last announcement that reached a peer; 0 if
+   * none has yet (it is retried).
+   */
+  lastAnnounced: number;
+}
+
+export interface ListProvidesResponse {
+  cids: ProvidedCid[];
+  /** Pass as page_token for the next page; empty after the last page. */
+  nextPageToken: string;
+}
+
+export interface StopProvidingRequest {
+  /** At most 1000 CIDs. */
+  cids: string[];
+}
+
+export interface StopProvidingResponse {
+  /** How many of the CIDs were in the provide set. */
+  stopped: number;
+}
+
+export interface ListPutsRequest {
+  /** At most this many records per page, 1 to 1000; 0 means 100. */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty for the first page. */
+  pageToken: string;
+}
+
+export interface PutRecord {
+  key: Uint8Array;
+  value: Uint8Array;
+  /** Unix time (seconds) of the last Put that reached a peer; 0 if none has yet. */
+  lastPut: number;
+}
+
+export interface ListPutsResponse {
+  records: PutRecord[];
+  /** Pass as page_token for the next page; empty after the last page. */
+  nextPageToken: string;
+}
+
+export interface StopRepublishingRequest {
+  key: Uint8Array;
+}
+
+export interface StopRepublishingResponse {
+}
+
 function createBasePeerInfo(): PeerInfo {
   return { id: "", addrs: [] };
 }
@@ -1793,6 +1856,817 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
   },
 };
 
+function createBaseListProvidesRequest(): ListProvidesRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListProvidesRequest: MessageFns<ListProvidesRequest> = {
+  encode(message: ListProvidesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListProvidesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListProvidesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListProvidesRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListProvidesRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListProvidesRequest>): ListProvidesRequest {
+    return ListProvidesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListProvidesRequest>): ListProvidesRequest {
+    const message = createBaseListProvidesRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseProvidedCid(): ProvidedCid {
+  return { cid: "", lastAnnounced: 0 };
+}
+
+export const ProvidedCid: MessageFns<ProvidedCid> = {
+  encode(message: ProvidedCid, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cid !== "") {
+      writer.uint32(10).string(message.cid);
+    }
+    if (message.lastAnnounced !== 0) {
+      writer.uint32(17).double(message.lastAnnounced);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvidedCid {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvidedCid();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cid = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.lastAnnounced = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvidedCid {
+    return {
+      cid: isSet(object.cid) ? globalThis.String(object.cid) : "",
+      lastAnnounced: isSet(object.lastAnnounced)
+        ? globalThis.Number(object.lastAnnounced)
+        : isSet(object.last_announced)
+        ? globalThis.Number(object.last_announced)
+        : 0,
+    };
+  },
+
+  toJSON(message: ProvidedCid): unknown {
+    const obj: any = {};
+    if (message.cid !== "") {
+      obj.cid = message.cid;
+    }
+    if (message.lastAnnounced !== 0) {
+      obj.lastAnnounced = floatToJson(message.lastAnnounced);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvidedCid>): ProvidedCid {
+    return ProvidedCid.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvidedCid>): ProvidedCid {
+    const message = createBaseProvidedCid();
+    message.cid = object.cid ?? "";
+    message.lastAnnounced = object.lastAnnounced ?? 0;
+    return message;
+  },
+};
+
+function createBaseListProvidesResponse(): ListProvidesResponse {
+  return { cids: [], nextPageToken: "" };
+}
+
+export const ListProvidesResponse: MessageFns<ListProvidesResponse> = {
+  encode(message: ListProvidesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cids) {
+      ProvidedCid.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListProvidesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListProvidesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cids.push(ProvidedCid.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListProvidesResponse {
+    return {
+      cids: globalThis.Array.isArray(object?.cids) ? object.cids.map((e: any) => ProvidedCid.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListProvidesResponse): unknown {
+    const obj: any = {};
+    if (message.cids?.length) {
+      obj.cids = message.cids.map((e) => ProvidedCid.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListProvidesResponse>): ListProvidesResponse {
+    return ListProvidesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListProvidesResponse>): ListProvidesResponse {
+    const message = createBaseListProvidesResponse();
+    message.cids = object.cids?.map((e) => ProvidedCid.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseStopProvidingRequest(): StopProvidingRequest {
+  return { cids: [] };
+}
+
+export const StopProvidingRequest: MessageFns<StopProvidingRequest> = {
+  encode(message: StopProvidingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cids) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopProvidingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopProvidingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cids.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopProvidingRequest {
+    return { cids: globalThis.Array.isArray(object?.cids) ? object.cids.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: StopProvidingRequest): unknown {
+    const obj: any = {};
+    if (message.cids?.length) {
+      obj.cids = message.cids;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopProvidingRequest>): StopProvidingRequest {
+    return StopProvidingRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StopProvidingRequest>): StopProvidingRequest {
+    const message = createBaseStopProvidingRequest();
+    message.cids = object.cids?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseStopProvidingResponse(): StopProvidingResponse {
+  return { stopped: 0 };
+}
+
+export const StopProvidingResponse: MessageFns<StopProvidingResponse> = {
+  encode(message: StopProvidingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stopped !== 0) {
+      writer.uint32(8).int32(message.stopped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopProvidingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopProvidingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stopped = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopProvidingResponse {
+    return { stopped: isSet(object.stopped) ? globalThis.Number(object.stopped) : 0 };
+  },
+
+  toJSON(message: StopProvidingResponse): unknown {
+    const obj: any = {};
+    if (message.stopped !== 0) {
+      obj.stopped = Math.round(message.stopped);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopProvidingResponse>): StopProvidingResponse {
+    return StopProvidingResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StopProvidingResponse>): StopProvidingResponse {
+    const message = createBaseStopProvidingResponse();
+    message.stopped = object.stopped ?? 0;
+    return message;
+  },
+};
+
+function createBaseListPutsRequest(): ListPutsRequest {
+  return { pageSize: 0, pageToken: "" };
+}
+
+export const ListPutsRequest: MessageFns<ListPutsRequest> = {
+  encode(message: ListPutsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPutsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPutsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPutsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListPutsRequest): unknown {
+    const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListPutsRequest>): ListPutsRequest {
+    return ListPutsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListPutsRequest>): ListPutsRequest {
+    const message = createBaseListPutsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBasePutRecord(): PutRecord {
+  return { key: new Uint8Array(0), value: new Uint8Array(0), lastPut: 0 };
+}
+
+export const PutRecord: MessageFns<PutRecord> = {
+  encode(message: PutRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key.length !== 0) {
+      writer.uint32(10).bytes(message.key);
+    }
+    if (message.value.length !== 0) {
+      writer.uint32(18).bytes(message.value);
+    }
+    if (message.lastPut !== 0) {
+      writer.uint32(25).double(message.lastPut);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PutRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePutRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.bytes();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.bytes();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.lastPut = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PutRecord {
+    return {
+      key: isSet(object.key) ? bytesFromBase64(object.key) : new Uint8Array(0),
+      value: isSet(object.value) ? bytesFromBase64(object.value) : new Uint8Array(0),
+      lastPut: isSet(object.lastPut)
+        ? globalThis.Number(object.lastPut)
+        : isSet(object.last_put)
+        ? globalThis.Number(object.last_put)
+        : 0,
+    };
+  },
+
+  toJSON(message: PutRecord): unknown {
+    const obj: any = {};
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    if (message.value.length !== 0) {
+      obj.value = base64FromBytes(message.value);
+    }
+    if (message.lastPut !== 0) {
+      obj.lastPut = floatToJson(message.lastPut);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PutRecord>): PutRecord {
+    return PutRecord.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PutRecord>): PutRecord {
+    const message = createBasePutRecord();
+    message.key = object.key ?? new Uint8Array(0);
+    message.value = object.value ?? new Uint8Array(0);
+    message.lastPut = object.lastPut ?? 0;
+    return message;
+  },
+};
+
+function createBaseListPutsResponse(): ListPutsResponse {
+  return { records: [], nextPageToken: "" };
+}
+
+export const ListPutsResponse: MessageFns<ListPutsResponse> = {
+  encode(message: ListPutsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      PutRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPutsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPutsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(PutRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPutsResponse {
+    return {
+      records: globalThis.Array.isArray(object?.records) ? object.records.map((e: any) => PutRecord.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListPutsResponse): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => PutRecord.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListPutsResponse>): ListPutsResponse {
+    return ListPutsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListPutsResponse>): ListPutsResponse {
+    const message = createBaseListPutsResponse();
+    message.records = object.records?.map((e) => PutRecord.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseStopRepublishingRequest(): StopRepublishingRequest {
+  return { key: new Uint8Array(0) };
+}
+
+export const StopRepublishingRequest: MessageFns<StopRepublishingRequest> = {
+  encode(message: StopRepublishingRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key.length !== 0) {
+      writer.uint32(10).bytes(message.key);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopRepublishingRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopRepublishingRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.bytes();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopRepublishingRequest {
+    return { key: isSet(object.key) ? bytesFromBase64(object.key) : new Uint8Array(0) };
+  },
+
+  toJSON(message: StopRepublishingRequest): unknown {
+    const obj: any = {};
+    if (message.key.length !== 0) {
+      obj.key = base64FromBytes(message.key);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopRepublishingRequest>): StopRepublishingRequest {
+    return StopRepublishingRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StopRepublishingRequest>): StopRepublishingRequest {
+    const message = createBaseStopRepublishingRequest();
+    message.key = object.key ?? new Uint8Array(0);
+    return message;
+  },
+};
+
+function createBaseStopRepublishingResponse(): StopRepublishingResponse {
+  return {};
+}
+
+export const StopRepublishingResponse: MessageFns<StopRepublishingResponse> = {
+  encode(_: StopRepublishingResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopRepublishingResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopRepublishingResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): StopRepublishingResponse {
+    return {};
+  },
+
+  toJSON(_: StopRepublishingResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<StopRepublishingResponse>): StopRepublishingResponse {
+    return StopRepublishingResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<StopRepublishingResponse>): StopRepublishingResponse {
+    const message = createBaseStopRepublishingResponse();
+    return message;
+  },
+};
+
 /** DhtService: peer routing, content routing and records on the DHT. */
 export type DhtServiceService = typeof DhtServiceService;
 export const DhtServiceService = {
@@ -2021,6 +2895,64 @@ export const NodeServiceService = {
     responseSerialize: (value: ConnectResponse): Buffer => Buffer.from(ConnectResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ConnectResponse => ConnectResponse.decode(value),
   },
+  /**
+   * ListProvides pages through the provide set: every CID this node was asked
+   * to Provide, which it keeps announcing (also across restarts) until
+   * StopProviding. Ordered by multihash.
+   */
+  listProvides: {
+    path: "/dht.v1.NodeService/ListProvides" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListProvidesRequest): Buffer => Buffer.from(ListProvidesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListProvidesRequest => ListProvidesRequest.decode(value),
+    responseSerialize: (value: ListProvidesResponse): Buffer =>
+      Buffer.from(ListProvidesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListProvidesResponse => ListProvidesResponse.decode(value),
+  },
+  /**
+   * StopProviding takes CIDs out of the provide set. Their provider records on
+   * other peers expire there within 48 h. CIDs not in the set are ignored.
+   */
+  stopProviding: {
+    path: "/dht.v1.NodeService/StopProviding" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopProvidingRequest): Buffer => Buffer.from(StopProvidingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopProvidingRequest => StopProvidingRequest.decode(value),
+    responseSerialize: (value: StopProvidingResponse): Buffer =>
+      Buffer.from(StopProvidingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StopProvidingResponse => StopProvidingResponse.decode(value),
+  },
+  /**
+   * ListPuts pages through the records this node Put, which it puts again
+   * every --republish-interval (also across restarts) until StopRepublishing.
+   * Ordered by key.
+   */
+  listPuts: {
+    path: "/dht.v1.NodeService/ListPuts" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListPutsRequest): Buffer => Buffer.from(ListPutsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListPutsRequest => ListPutsRequest.decode(value),
+    responseSerialize: (value: ListPutsResponse): Buffer => Buffer.from(ListPutsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListPutsResponse => ListPutsResponse.decode(value),
+  },
+  /**
+   * StopRepublishing stops putting the record under a key again. NOT_FOUND if
+   * this node keeps no record under it.
+   */
+  stopRepublishing: {
+    path: "/dht.v1.NodeService/StopRepublishing" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopRepublishingRequest): Buffer =>
+      Buffer.from(StopRepublishingRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopRepublishingRequest => StopRepublishingRequest.decode(value),
+    responseSerialize: (value: StopRepublishingResponse): Buffer =>
+      Buffer.from(StopRepublishingResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StopRepublishingResponse => StopRepublishingResponse.decode(value),
+  },
 } as const;
 
 export interface NodeServiceServer extends UntypedServiceImplementation {
@@ -2031,6 +2963,28 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
    * the routing table if it speaks this node's kad protocol.
    */
   connect: handleUnaryCall<ConnectRequest, ConnectResponse>;
+  /**
+   * ListProvides pages through the provide set: every CID this node was asked
+   * to Provide, which it keeps announcing (also across restarts) until
+   * StopProviding. Ordered by multihash.
+   */
+  listProvides: handleUnaryCall<ListProvidesRequest, ListProvidesResponse>;
+  /**
+   * StopProviding takes CIDs out of the provide set. Their provider records on
+   * other peers expire there within 48 h. CIDs not in the set are ignored.
+   */
+  stopProviding: handleUnaryCall<StopProvidingRequest, StopProvidingResponse>;
+  /**
+   * ListPuts pages through the records this node Put, which it puts again
+   * every --republish-interval (also across restarts) until StopRepublishing.
+   * Ordered by key.
+   */
+  listPuts: handleUnaryCall<ListPutsRequest, ListPutsResponse>;
+  /**
+   * StopRepublishing stops putting the record under a key again. NOT_FOUND if
+   * this node keeps no record under it.
+   */
+  stopRepublishing: handleUnaryCall<StopRepublishingRequest, StopRepublishingResponse>;
 }
 
 export interface NodeServiceClient extends Client {
@@ -2066,6 +3020,84 @@ export interface NodeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ConnectResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * ListProvides pages through the provide set: every CID this node was asked
+   * to Provide, which it keeps announcing (also across restarts) until
+   * StopProviding. Ordered by multihash.
+   */
+  listProvides(
+    request: ListProvidesRequest,
+    callback: (error: ServiceError | null, response: ListProvidesResponse) => void,
+  ): ClientUnaryCall;
+  listProvides(
+    request: ListProvidesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListProvidesResponse) => void,
+  ): ClientUnaryCall;
+  listProvides(
+    request: ListProvidesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListProvidesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * StopProviding takes CIDs out of the provide set. Their provider records on
+   * other peers expire there within 48 h. CIDs not in the set are ignored.
+   */
+  stopProviding(
+    request: StopProvidingRequest,
+    callback: (error: ServiceError | null, response: StopProvidingResponse) => void,
+  ): ClientUnaryCall;
+  stopProviding(
+    request: StopProvidingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StopProvidingResponse) => void,
+  ): ClientUnaryCall;
+  stopProviding(
+    request: StopProvidingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StopProvidingResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListPuts pages through the records this node Put, which it puts again
+   * every --republish-interval (also across restarts) until StopRepublishing.
+   * Ordered by key.
+   */
+  listPuts(
+    request: ListPutsRequest,
+    callback: (error: ServiceError | null, response: ListPutsResponse) => void,
+  ): ClientUnaryCall;
+  listPuts(
+    request: ListPutsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListPutsResponse) => void,
+  ): ClientUnaryCall;
+  listPuts(
+    request: ListPutsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListPutsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * StopRepublishing stops putting the record under a key again. NOT_FOUND if
+   * this node keeps no record under it.
+   */
+  stopRepublishing(
+    request: StopRepublishingRequest,
+    callback: (error: ServiceError | null, response: StopRepublishingResponse) => void,
+  ): ClientUnaryCall;
+  stopRepublishing(
+    request: StopRepublishingRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StopRepublishingResponse) => void,
+  ): ClientUnaryCall;
+  stopRepublishing(
+    request: StopRepublishingRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StopRepublishingResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NodeServiceClient = makeGenericClientConstructor(NodeServiceService, "dht.v1.NodeService") as unknown as {
@@ -2097,6 +3129,10 @@ function base64FromBytes(arr: Uint8Array): string {
     });
     return globalThis.btoa(bin.join(""));
   }
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;

@@ -1,0 +1,284 @@
+"""The SQLite file behind this node's durable state: locking, schema, one writer.
+
+- **One database file**, ``state.db`` in the data dir, in WAL mode, from Python's
+  standard library: nothing to install or run beside dhtd.
+- **One daemon per data dir.** ``dhtd.lock`` is held with ``flock`` for the life
+  of the process; a second dhtd on the same dir fails at once with one line.
+  The kernel drops the lock when the process dies, even by kill -9.
+- **A schema version** in ``PRAGMA user_version``. Each release migrates older
+  files forward (:data:`MIGRATIONS`) and refuses a file from a newer release.
+- **One writer thread.** Writes are queued and committed in batches, one
+  transaction each (synchronous=FULL: a committed batch survives power loss
+  too). :meth:`Database.write` returns once its batch is committed, so the trio
+  loop never blocks on the disk, and "acknowledged" can mean "durable".
+- **Reads** are small indexed queries, run on the caller's thread on their own
+  connection (WAL lets them run beside the writer).
+- **Failures.** A full disk is :class:`StorageFull` (RESOURCE_EXHAUSTED), any
+  other write failure (read-only dir, I/O error) :class:`StorageUnavailable`
+  (UNAVAILABLE); both name the reason, and reads keep working. A file that fails
+  its integrity check at start is :class:`CorruptDatabase`: dhtd refuses to
+  start, or with ``--db-recover`` moves the file aside and starts empty. Nothing
+  is dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dhtd.errors import ResourceExhausted, Unavailable
+
+log = logging.getLogger("dhtd.state")
+
+DB_FILE = "state.db"
+LOCK_FILE = "dhtd.lock"
+
+# The schema each version adds; user_version = len(MIGRATIONS) once all ran.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: what this node promised to keep announcing, and whom it knew.
+    """
+    CREATE TABLE provided (
+        key BLOB PRIMARY KEY,           -- multihash of the CID
+        added REAL NOT NULL,            -- epoch seconds of the first Provide
+        announced REAL NOT NULL         -- last announcement that reached a peer; 0: none yet
+    ) WITHOUT ROWID;
+    CREATE TABLE published (
+        key BLOB PRIMARY KEY,           -- record key, e.g. /ipns/<peer id>
+        value BLOB NOT NULL,
+        added REAL NOT NULL,
+        put_at REAL NOT NULL            -- last Put that reached a peer; 0: none yet
+    ) WITHOUT ROWID;
+    CREATE TABLE peers (
+        id BLOB PRIMARY KEY,            -- routing-table peer
+        addrs BLOB NOT NULL,            -- its binary multiaddrs, varint-length-prefixed
+        seen REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+# Writes committed in one transaction at most (ours: a Provide of 1,000 CIDs is
+# one write; a batch of many small writes costs one fsync).
+MAX_BATCH = 512
+
+# How long the writer thread gets to commit what is queued when dhtd stops.
+CLOSE_TIMEOUT = 10.0
+
+Statement = tuple[str, Sequence[Any]]
+
+
+class StorageFull(ResourceExhausted):
+    """The disk under --data-dir is full: nothing new can be committed."""
+
+
+class StorageUnavailable(Unavailable):
+    """The data dir cannot be written (read-only, I/O error)."""
+
+
+class CorruptDatabase(Exception):
+    """state.db failed its integrity check at start."""
+
+
+class DataDirLocked(Exception):
+    """Another dhtd holds the data dir."""
+
+
+@dataclass
+class _Write:
+    statements: Sequence[Statement]
+    done: Callable[[BaseException | None], None]
+
+
+class Database:
+    """state.db in ``data_dir``: use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, data_dir: Path, lock_fd: int, reader: sqlite3.Connection,
+                 writer: sqlite3.Connection) -> None:
+        self.data_dir = data_dir
+        self.path = data_dir / DB_FILE
+        self._lock_fd = lock_fd
+        self._reader = reader
+        self._writer = writer
+        self._queue: queue.Queue[_Write | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._write_loop, name="dhtd-db-writer",
+                                        daemon=True)
+        self._thread.start()
+        self.broken: str | None = None  # the last write failure, until a write succeeds
+
+    # -- opening and closing --------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: Path, recover: bool = False) -> Database:
+        """Locks ``data_dir`` and opens (or creates) state.db in it.
+
+        Raises DataDirLocked, CorruptDatabase (unless ``recover``: then the bad file
+        is renamed to state.db.corrupt-<time> and an empty one is created), or
+        OSError/sqlite3.Error for a dir that cannot be used at all."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(data_dir)
+        try:
+            path = data_dir / DB_FILE
+            try:
+                reader, writer = _connect(path)
+            except CorruptDatabase as exc:
+                if not recover:
+                    raise
+                aside = path.with_name(f"{DB_FILE}.corrupt-{int(time.time())}")
+                for suffix in ("", "-wal", "-shm"):
+                    src = Path(str(path) + suffix)
+                    if src.exists():
+                        src.rename(Path(str(aside) + suffix))
+                log.warning("state.db was corrupt: moved aside, starting empty",
+                            extra={"moved_to": str(aside), "error": str(exc)})
+                reader, writer = _connect(path)
+            return cls(data_dir, lock_fd, reader, writer)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def close(self) -> None:
+        """Commits what is queued (bounded by CLOSE_TIMEOUT), closes, unlocks."""
+        self._queue.put(None)
+        self._thread.join(CLOSE_TIMEOUT)
+        self._reader.close()
+        if not self._thread.is_alive():
+            self._writer.close()
+        os.close(self._lock_fd)
+
+    # -- writing ----------------------------------------------------------------
+
+    async def write(self, statements: Sequence[Statement]) -> None:
+        """Commits ``statements`` in one transaction; returns once they are durable.
+
+        Raises StorageFull or StorageUnavailable. Cancelling the wait does not
+        cancel the write."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def finished(exc: BaseException | None) -> None:
+            outcome.append(exc)
+            token.run_sync_soon(done.set)
+
+        self._queue.put(_Write(statements, finished))
+        await done.wait()
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def write_soon(self, statements: Sequence[Statement]) -> None:
+        """Queues ``statements`` without waiting (bookkeeping whose loss costs at
+        most a repeated announcement); a failure is logged and kept in ``broken``."""
+        self._queue.put(_Write(statements, lambda exc: None))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            error = self._commit(batch)
+            for item in batch:
+                # RuntimeError: the trio loop is gone, nobody waits any more.
+                with contextlib.suppress(RuntimeError):
+                    item.done(error)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Write]) -> BaseException | None:
+        try:
+            with self._writer:
+                for item in batch:
+                    for sql, params in item.statements:
+                        self._writer.execute(sql, params)
+        except sqlite3.Error as exc:
+            error = _storage_error(exc, self.data_dir)
+            if self.broken != str(error):
+                log.error("state.db write failed", extra={"error": str(error)})
+            self.broken = str(error)
+            return error
+        self.broken = None
+        return None
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._reader.execute(sql, params).fetchall()
+
+
+def _lock(data_dir: Path) -> int:
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirLocked(
+            f"another dhtd (pid {holder}) is using the data dir {data_dir}: "
+            "give each dhtd its own --data-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """The reader and writer connections of an integrity-checked, migrated state.db."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        try:
+            ok = writer.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDatabase(f"{path} is not a readable SQLite database ({exc})") from None
+        if ok != "ok":
+            raise CorruptDatabase(f"{path} failed its integrity check: {ok}")
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA synchronous=FULL")
+        _migrate(writer, path)
+        writer.isolation_level = "DEFERRED"
+    except BaseException:
+        writer.close()
+        raise
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    return reader, writer
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise CorruptDatabase(
+            f"{path} has schema version {version}, newer than this dhtd knows "
+            f"({len(MIGRATIONS)}): run the newer dhtd, or another --data-dir"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        # One transaction per step: a crash mid-migration leaves the old version.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+        )
+
+
+def _storage_error(exc: sqlite3.Error, data_dir: Path) -> Exception:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "full" in text:
+        return StorageFull(f"the disk under the data dir {data_dir} is full: {text}")
+    return StorageUnavailable(f"the data dir {data_dir} cannot be written: {text}")

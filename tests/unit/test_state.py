@@ -1,0 +1,151 @@
+"""Unit tests for dhtd.state: state.db, its lock, schema, writer, and failures."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from dhtd.lookup import PeerRecord
+from dhtd.state import (
+    CorruptDatabase,
+    Database,
+    DataDirLocked,
+    DiskState,
+    StorageFull,
+    StorageUnavailable,
+)
+from dhtd.state.db import MIGRATIONS
+
+KEY_A, KEY_B = b"\x12\x20" + b"\x01" * 32, b"\x12\x20" + b"\x02" * 32
+
+
+def test_a_new_data_dir_gets_a_versioned_database(tmp_path: Path) -> None:
+    db = Database.open(tmp_path / "d")
+    try:
+        assert (tmp_path / "d" / "state.db").is_file()
+        assert db.read("PRAGMA user_version") == [(len(MIGRATIONS),)]
+        assert db.read("PRAGMA journal_mode") == [("wal",)]
+    finally:
+        db.close()
+
+
+def test_a_second_daemon_on_the_same_dir_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    db = Database.open(tmp_path)
+    try:
+        with pytest.raises(DataDirLocked, match=r"another dhtd \(pid \d+\) is using the data dir"):
+            Database.open(tmp_path)
+        # Another process too (flock is per open file, so this is the real case).
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from dhtd.state import Database; Database.open(Path(sys.argv[1]))",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert other.returncode != 0
+        assert "another dhtd" in other.stderr
+    finally:
+        db.close()
+    Database.open(tmp_path).close()  # released on close
+
+
+def test_commitments_survive_reopening(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = Database.open(tmp_path)
+        state = DiskState(db)
+        await state.add_provided([KEY_A, KEY_B], 100.0)
+        state.announced([KEY_A], 150.0)
+        await state.add_published(b"/demo/k", b"v1", 100.0)
+        await state.add_published(b"/demo/k", b"v2", 110.0)  # a new value replaces the old
+        state.republished(b"/demo/k", 160.0)
+        state.save_peers(
+            [PeerRecord(KEY_A, (b"\x04\x7f\x00\x00\x01\x06\x10\x00", b"x")), PeerRecord(KEY_B, ())],
+            170.0,
+        )
+        await state.remove_provided([KEY_B])
+        db.close()
+
+    trio.run(main)
+    db = Database.open(tmp_path)
+    try:
+        loaded = DiskState(db).load()
+    finally:
+        db.close()
+    assert loaded.provided == {KEY_A: 150.0}
+    assert loaded.published == {b"/demo/k": (b"v2", 160.0)}
+    # Peers without addresses are useless to a restarted node, so not saved.
+    assert loaded.peers == [PeerRecord(KEY_A, (b"\x04\x7f\x00\x00\x01\x06\x10\x00", b"x"))]
+
+
+def test_a_corrupt_file_is_refused_or_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CorruptDatabase, match="is not a readable SQLite database"):
+        Database.open(tmp_path)
+    assert (tmp_path / "state.db").read_bytes().startswith(b"this is not")  # untouched
+    db = Database.open(tmp_path, recover=True)
+    db.close()
+    aside = list(tmp_path.glob("state.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+
+
+def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    Database.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(CorruptDatabase, match="newer than this dhtd knows"):
+        Database.open(tmp_path)
+
+
+def test_a_full_disk_fails_writes_with_a_clear_error_and_reads_go_on(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = Database.open(tmp_path)
+        state = DiskState(db)
+        await state.add_provided([KEY_A], 1.0)
+        pages = db.read("PRAGMA page_count")[0][0]
+        db._writer.execute(f"PRAGMA max_page_count = {pages}")  # as if the disk were full
+        with pytest.raises(StorageFull, match="is full"):
+            await state.add_provided([b"\x12\x20" + bytes([i]) * 32 for i in range(200)], 2.0)
+        assert db.broken is not None
+        assert state.load().provided == {KEY_A: 0.0}  # reads keep working, nothing half-written
+        db._writer.execute("PRAGMA max_page_count = 1000000")
+        await state.add_provided([KEY_B], 3.0)  # and writes resume once there is room
+        assert db.broken is None
+        db.close()
+
+    trio.run(main)
+
+
+def test_an_unwritable_database_fails_writes_as_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = Database.open(tmp_path)
+        db._writer.execute("PRAGMA query_only = ON")  # as if the dir had turned read-only
+        with pytest.raises(StorageUnavailable, match="cannot be written"):
+            await DiskState(db).add_provided([KEY_A], 1.0)
+        db.close()
+
+    trio.run(main)
+
+
+def test_many_concurrent_writers_are_all_committed(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = Database.open(tmp_path)
+        state = DiskState(db)
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(state.add_provided, [bytes([i % 256, i // 256]) * 17], 1.0)
+        assert db.read("SELECT count(*) FROM provided") == [(300,)]
+        db.close()
+
+    trio.run(main)
