@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 
 import pytest
 
+from dhtd.errors import InvalidRecord
 from dhtd.handlers import (
     HANDLERS,
     MAX_PROVIDERS_PER_ANSWER,
@@ -17,6 +19,7 @@ from dhtd.handlers import (
 from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType, format_time, new_message
 from dhtd.records import (
+    Candidate,
     LastWriteWinsValidator,
     PublicKeyValidator,
     Validators,
@@ -503,3 +506,127 @@ def test_get_providers_for_an_unknown_key() -> None:
     answer = w.answer(new_message(MessageType.GET_PROVIDERS, b"\x12\x20" + bytes(32)))
     assert not answer.providerPeers
     assert len(answer.closerPeers) == BUCKET_SIZE
+
+
+# --- refusals, bounds and the sender ----------------------------------------------------------
+
+
+def reason(w: World, request: Message) -> str:
+    """Why ``request`` is refused (the host logs it and resets the stream)."""
+    with pytest.raises(Rejected) as refused:
+        w.handle(request)
+    return str(refused.value)
+
+
+def with_type(kind: int, request: Message) -> Message:
+    request.type = kind  # type: ignore[assignment]
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_of", "expected"),
+    [
+        (lambda: new_message(MessageType.FIND_NODE), "FIND_NODE without a key"),
+        (lambda: new_message(MessageType.GET_VALUE), "GET_VALUE without a key"),
+        (lambda: put_request(b"/app/a", b"v", b"/app/b"),
+         "PUT_VALUE record key must equal the message key"),
+        (lambda: new_message(MessageType.PUT_VALUE, b"/app/a"),
+         "PUT_VALUE record key must equal the message key"),
+        (lambda: new_message(MessageType.ADD_PROVIDER), "provider request without a key"),
+        (lambda: new_message(MessageType.GET_PROVIDERS), "provider request without a key"),
+        (lambda: new_message(MessageType.ADD_PROVIDER, b"\x12\x20" + bytes(31)),
+         "provider key is not a multihash"),
+        (lambda: new_message(MessageType.GET_PROVIDERS, b"\x00\x4f" + bytes(79)),
+         "provider key is not a multihash"),
+        (lambda: new_message(MessageType.GET_VALUE, b"/app/" + b"x" * 508), "key too long"),
+        (lambda: with_type(42, new_message(MessageType.PING)), "unknown message type 42"),
+    ],
+    ids=["find-node-no-key", "get-value-no-key", "put-value-other-key", "put-value-no-record",
+         "add-provider-no-key", "get-providers-no-key", "add-provider-not-multihash",
+         "get-providers-81-bytes", "513-byte-key", "unknown-type"],
+)
+def test_each_refusal_says_why(request_of: Callable[[], Message], expected: str) -> None:
+    w = World()
+    assert reason(w, request_of()) == expected
+    assert len(w.h.values) == 0
+    assert len(w.h.providers) == 0
+
+
+def identity_multihash(length: int) -> bytes:
+    """A valid identity multihash of ``length`` bytes in all (a 2-byte header)."""
+    return bytes([0x00, length - 2]) + bytes(range(length - 2))
+
+
+@pytest.mark.parametrize(("length", "accepted"), [(34, True), (80, True), (81, False)])
+def test_provider_keys_are_multihashes_of_at_most_80_bytes(length: int, accepted: bool) -> None:
+    w = World()
+    key = identity_multihash(length)
+    assert len(key) == length
+    add = add_provider_request(key, (w.sender, (b"a",)))
+    get = new_message(MessageType.GET_PROVIDERS, key)
+    if not accepted:
+        assert reason(w, add) == "provider key is not a multihash"
+        assert reason(w, get) == "provider key is not a multihash"
+        assert len(w.h.providers) == 0
+        return
+    assert w.handle(add) is None
+    answer = w.answer(get, w.peers[1])
+    assert [(p.id, tuple(p.addrs)) for p in answer.providerPeers] == [(w.sender, (b"a",))]
+
+
+@pytest.mark.parametrize(
+    "kind", [MessageType.FIND_NODE, MessageType.GET_VALUE, MessageType.GET_PROVIDERS]
+)
+def test_closer_peers_never_name_the_sender(kind: int) -> None:
+    w = World(peers=4)
+    key = b"\x12\x20" + bytes(32)  # a multihash, so valid for every kind
+    for sender in w.peers:
+        got = ids_of(w.answer(new_message(kind, key), sender).closerPeers)
+        assert sorted(got) == sorted(p for p in w.peers if p != sender)
+
+
+def test_closer_peers_are_at_most_20() -> None:
+    w = World(peers=21)
+    key = b"\x12\x20" + bytes(32)
+    stranger = new_id(w.rng)  # every table peer is a candidate
+    for kind in (MessageType.FIND_NODE, MessageType.GET_VALUE, MessageType.GET_PROVIDERS):
+        got = ids_of(w.answer(new_message(kind, key), stranger).closerPeers)
+        assert got == w.expected_closer(key, stranger, 20)
+        assert len(got) == 20
+
+
+class HighestWins:
+    """A namespace whose records are decimal numbers; the highest is best."""
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        if not value.isdigit():
+            raise InvalidRecord(f"{value!r} is not a number")
+
+    def select(self, key: bytes, candidates: Sequence[Candidate]) -> int:
+        values = [int(c.value) for c in candidates]
+        return values.index(max(values))
+
+
+def test_put_value_keeps_the_record_the_namespace_prefers() -> None:
+    # The stored and the offered value are judged by the validator, not by time.
+    w = World()
+    w.h.validators = Validators({"num": HighestWins()})
+    key = b"/num/n"
+    w.answer(put_request(key, b"5"))
+    w.clock.now = NOW + 10
+    assert reason(w, put_request(key, b"4")) == "a better record is already stored"
+    w.answer(put_request(key, b"6"))
+    stored = w.h.values.get(key, w.clock.now)
+    assert stored is not None
+    assert (stored.value, stored.received_at) == (b"6", NOW + 10)
+
+
+def test_a_value_the_store_refuses_is_counted_and_rejected() -> None:
+    refused: list[str] = []
+    w = World(values=ValueStore(max_bytes=300, per_peer=300))
+    w.h.on_refused = refused.append
+    w.answer(put_request(b"/app/a", b"1"))
+    assert refused == []
+    with pytest.raises(Rejected):
+        w.handle(put_request(b"/app/b", b"2"))
+    assert refused == ["value"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +36,25 @@ def test_format_time_is_rfc3339_with_nanoseconds_and_z() -> None:
     assert format_time(0) == "1970-01-01T00:00:00.000000000Z"
     assert format_time(1_700_000_000.5) == "2023-11-14T22:13:20.500000000Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", format_time(NOW))
+
+
+@pytest.fixture
+def local_zone_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is 3 h 30 min west of UTC (a POSIX TZ string)."""
+    monkeypatch.setenv("TZ", "XYZ+03:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_zone_not_utc")
+def test_times_are_utc_whatever_the_local_time_zone() -> None:
+    assert time.timezone == 3 * 3600 + 1800  # the zone is really in force
+    assert format_time(0) == "1970-01-01T00:00:00.000000000Z"
+    assert format_time(1_700_000_000.5) == "2023-11-14T22:13:20.500000000Z"
+    assert parse_time("2023-11-14T22:13:20.5Z") == 1_700_000_000.5
+    assert parse_time(format_time(NOW)) == pytest.approx(NOW, abs=1e-6)
 
 
 @settings(database=None, max_examples=300)
@@ -195,3 +216,42 @@ def test_read_peers_strips_each_peers_own_suffix() -> None:
     assert read_peers(message.closerPeers, 10) == [
         PeerRecord(PEER, (TCP_ADDR, TCP_ADDR + p2p(OTHER)))
     ]
+
+
+# --- address bounds ----------------------------------------------------------------------------
+
+
+# Addresses read from the network: each 1 to 512 bytes, 32 per peer (docs/limits.md).
+@pytest.mark.parametrize(
+    ("length", "kept"),
+    [(0, False), (1, True), (511, True), (512, True), (513, False), (100_000, False)],
+)
+def test_peer_addrs_keeps_addresses_of_1_to_512_bytes(length: int, kept: bool) -> None:
+    addr = (TCP_ADDR + bytes(length))[:length]
+    assert len(addr) == length
+    assert peer_addrs(PEER, [addr, TCP_ADDR]) == ((addr, TCP_ADDR) if kept else (TCP_ADDR,))
+
+
+def tcp(port: int) -> bytes:
+    return bytes([0x04, 10, 0, 0, 1, 0x06]) + port.to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ([tcp(i) for i in range(31)], [tcp(i) for i in range(31)]),
+        ([tcp(i) for i in range(32)], [tcp(i) for i in range(32)]),
+        ([tcp(i) for i in range(33)], [tcp(i) for i in range(32)]),
+        # Repeats and oversized addresses do not use up the 32.
+        ([tcp(0)] * 10 + [bytes(513)] * 10 + [tcp(i) for i in range(40)],
+         [tcp(i) for i in range(32)]),
+        # Once stripped of its own /p2p/ suffix, an address is a repeat.
+        ([tcp(0), tcp(0) + p2p(PEER)]
+         + [tcp(i) for i in range(1, 40)], [tcp(i) for i in range(32)]),
+    ],
+    ids=["31", "32", "33", "repeats-and-oversized", "repeat-after-strip"],
+)
+def test_peer_addrs_keeps_32_distinct_addresses_in_order(
+    sent: list[bytes], expected: list[bytes]
+) -> None:
+    assert peer_addrs(PEER, sent) == tuple(expected)

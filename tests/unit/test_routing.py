@@ -155,3 +155,38 @@ def test_closest_to_orders_by_xor_distance() -> None:
     assert closest_to(target, entries, 3) == [b"a", b"b", b"c"]
     assert closest_to(target, entries, 2) == [b"a", b"b"]
     assert closest_to(target, [], 5) == []
+
+
+def test_bucket_len_counts_the_peers_of_each_common_prefix_length() -> None:
+    me = ids(12, 1)[0]
+    table = RoutingTable(me)
+    peers = ids(13, 400)
+    for peer in peers:
+        table.add(peer)
+    held = table.peers()
+    # 257 buckets (common prefix 0 to 256 bits); any other length holds no peer.
+    for cpl in range(-3, 260):
+        expected = sum(1 for p in held if bucket_index(me, p) == cpl)
+        assert table.bucket_len(cpl) == expected, cpl
+    assert table.bucket_len(0) == 20  # half of 400 peers share no prefix: a full bucket
+    assert table.bucket_len(1) == 20
+    assert sum(table.bucket_len(cpl) for cpl in range(257)) == len(table)
+
+
+def test_deepest_cpl_follows_the_nearest_peer_held() -> None:
+    me = ids(14, 1)[0]
+    table = RoutingTable(me)
+    assert table.deepest_cpl() == 0  # empty
+    by_cpl: dict[int, bytes] = {}
+    for peer in ids(15, 2000):
+        by_cpl.setdefault(bucket_index(me, peer), peer)
+    # Each step adds a peer one or more bits nearer; odd and even depths alike.
+    steps = [0, 1, 2, 3, 5, 8]
+    for cpl in steps:
+        assert table.add(by_cpl[cpl])
+        assert table.deepest_cpl() == cpl
+    for shallower, cpl in zip(reversed(steps[:-1]), reversed(steps[1:]), strict=True):
+        assert table.remove(by_cpl[cpl])
+        assert table.deepest_cpl() == shallower
+    assert table.remove(by_cpl[0])
+    assert table.deepest_cpl() == 0

@@ -89,3 +89,33 @@ def test_the_docstring_table_lists_every_domain_error() -> None:
     doc = status.__doc__ or ""
     for cls, code in EXPECTED.items():
         assert f"| {cls.__name__} " in doc and f"| {code.name} " in doc, cls
+
+
+def text_of(length: int) -> str:
+    """``length`` characters whose every prefix is distinct from a shorter one."""
+    return ("0123456789" * (length // 10 + 1))[:length]
+
+
+# Any status message is at most 400 characters (docs/limits.md); a cut one ends in "…".
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (0, ""),
+        (399, text_of(399)),
+        (400, text_of(400)),
+        (401, text_of(399) + "…"),
+        (100_000, text_of(399) + "…"),
+    ],
+)
+def test_status_messages_are_at_most_400_characters(length: int, expected: str) -> None:
+    code, message = status_of(errors.Unavailable(text_of(length)))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert message == expected
+    assert len(message) <= 400
+
+
+def test_a_long_invalid_argument_is_cut_after_its_field_name() -> None:
+    code, message = status_of(errors.InvalidArgument("key", "x" * 1000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message == "key: " + "x" * 394 + "…"
+    assert len(message) == 400
