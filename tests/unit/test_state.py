@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -149,3 +150,36 @@ def test_many_concurrent_writers_are_all_committed(tmp_path: Path) -> None:
         db.close()
 
     trio.run(main)
+
+
+def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
+    async def fill() -> None:
+        db = Database.open(tmp_path)
+        state = DiskState(db)
+        await state.add_provided([bytes([i]) * 34 for i in range(200)], 1.0)
+        state.announced([bytes([0]) * 34], 2.0)
+        await state.add_published(b"/demo/k", b"v" * 1000, 1.0)
+        await state.remove_provided([bytes([i]) * 34 for i in range(100, 200)])
+        db.close()
+
+    trio.run(fill)
+    run = [sys.executable, "-m", "dhtd.state"]
+    shown = subprocess.run([*run, "stats", str(tmp_path)], capture_output=True, text=True,
+                           check=True, timeout=60)
+    stats = json.loads(shown.stdout)
+    assert (stats["provided"], stats["provided_never_announced"], stats["published"],
+            stats["saved_peers"], stats["schema_version"]) == (100, 99, 1, 0, 1)
+    vacuumed = subprocess.run([*run, "vacuum", str(tmp_path)], capture_output=True, text=True,
+                              check=True, timeout=60)
+    sizes = json.loads(vacuumed.stdout)
+    assert sizes["bytes_after"] <= sizes["bytes_before"]
+    db = Database.open(tmp_path)  # still whole
+    try:
+        assert DiskState(db).load().published == {b"/demo/k": (b"v" * 1000, 0.0)}
+        # While a dhtd holds the dir, the command refuses with one line.
+        busy = subprocess.run([*run, "stats", str(tmp_path)], capture_output=True, text=True,
+                              check=False, timeout=60)
+        assert busy.returncode == 1
+        assert busy.stderr.startswith("dhtd.state: another dhtd")
+    finally:
+        db.close()

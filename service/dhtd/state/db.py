@@ -220,6 +220,17 @@ class Database:
         self.broken = None
         return None
 
+    def vacuum(self) -> None:
+        """Rewrites the file to its smallest size (offline use: python -m dhtd.state)."""
+        self._queue.put(_Write([], lambda exc: None))  # let queued writes finish first
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._writer.isolation_level = None
+        try:
+            self._writer.execute("VACUUM")
+        finally:
+            self._writer.isolation_level = "DEFERRED"
+        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- reading ------------------------------------------------------------------
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
