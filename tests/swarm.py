@@ -118,9 +118,10 @@ class Node:
         return "\n".join(json.dumps(line) for line in self.lines[-40:])
 
 
-def start_node(name: str, data_dir: Path, args: Sequence[str] = ()) -> Node:
+def start_node(name: str, data_dir: Path, args: Sequence[str] = (),
+               wrap: Sequence[str] = ()) -> Node:
     """Starts one dhtd and waits until it logs "dhtd ready"."""
-    node = spawn_node(name, data_dir, args)
+    node = spawn_node(name, data_dir, args, wrap=wrap)
     wait_ready(node, READY_TIMEOUT)
     return node
 
@@ -133,9 +134,10 @@ def wait_ready(node: Node, timeout: float) -> None:
 
 
 def spawn_node(name: str, data_dir: Path, args: Sequence[str] = (),
-               listen: str = "/ip4/127.0.0.1/tcp/0") -> Node:
-    """Starts one dhtd without waiting for it (see wait_ready)."""
-    cmd = [
+               listen: str = "/ip4/127.0.0.1/tcp/0", wrap: Sequence[str] = ()) -> Node:
+    """Starts one dhtd without waiting for it (see wait_ready). ``wrap`` is a command
+    prefix dhtd runs under (e.g. prlimit)."""
+    cmd = [*wrap,
         sys.executable, "-m", "dhtd",
         "--grpc-addr", "127.0.0.1:0",
         "--listen", listen,

@@ -152,3 +152,33 @@ def test_the_provide_and_put_sets_are_listed_paged_stopped_and_kept(tmp_path: Pa
         puts = node.node.ListPuts(pb.ListPutsRequest(), timeout=5)
         assert [(r.key, r.value) for r in puts.records] == [(b"/demo/kept", b"v")]
         assert puts.records[0].last_put > 0 and puts.next_page_token == ""
+
+
+def test_a_full_disk_fails_new_commitments_clearly_and_reads_go_on(tmp_path: Path) -> None:
+    """dhtd runs under a file-size limit (prlimit --fsize), as on a full disk: its
+    files cannot grow past the limit."""
+    from tests.swarm import dev_node
+
+    data = tmp_path / "full"
+    with dev_node("roomy", data) as node:  # creates identity.key and state.db
+        list(node.dht.Provide(pb.ProvideRequest(cids=[cid_for("before-full")]), timeout=20))
+    limit = 256 * 1024  # room to start (state.db-shm alone is 32 KiB), not for 3000 CIDs more
+    node = start_node("full", data, ["--dev-peers", "4"],
+                      wrap=["prlimit", f"--fsize={limit}", "--"])
+    with nodes(node):
+        wait_until(lambda: node.node_info().routing_table_size >= 1, 20, "the dev peers")
+        many = [cid_for(f"full-{i}") for i in range(1000)]
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in range(10):  # until the WAL file meets the limit
+                list(node.dht.Provide(pb.ProvideRequest(cids=many), timeout=60))
+                many = [cid_for(f"{c}-more") for c in many]
+        assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    grpc.StatusCode.UNAVAILABLE), err.value
+        assert "data dir" in err.value.details()
+        # Reads go on: what was committed before is listed and found.
+        listed = node.node.ListProvides(pb.ListProvidesRequest(page_size=1000), timeout=10)
+        assert cid_for("before-full") in {c.cid for c in listed.cids}
+        found = list(node.dht.FindProvs(pb.FindProvsRequest(cid=cid_for("before-full"),
+                                                            num_providers=1), timeout=10))
+        assert [f.provider.id for f in found] == [node.peer_id]
+        assert node.proc.poll() is None  # and the node is still up

@@ -260,7 +260,10 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         try:
             ok = writer.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise CorruptDatabase(f"{path} is not a readable SQLite database ({exc})") from None
+            if getattr(exc, "sqlite_errorname", "") in _CORRUPT:
+                raise CorruptDatabase(f"{path} is not a readable SQLite database ({exc})"
+                                      ) from None
+            raise  # an I/O error, a full disk: the file may be fine, never move it aside
         if ok != "ok":
             raise CorruptDatabase(f"{path} failed its integrity check: {ok}")
         writer.execute("PRAGMA journal_mode=WAL")
@@ -272,6 +275,10 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         raise
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     return reader, writer
+
+
+# SQLite result codes that mean the file itself is bad (not the disk, not access).
+_CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
