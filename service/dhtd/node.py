@@ -353,8 +353,8 @@ class DhtNode:
             with trio.move_on_after(BOOTSTRAP_DIAL_TIMEOUT):
                 try:
                     await self.host.connect(b.peer, b.addr)
-                except PeerRequestError as exc:
-                    log.info("bootstrap peer %s: %s", peer_id_to_str(b.peer), exc)
+                except Exception as exc:  # any failure of one dial is that peer's, not ours
+                    log.info("bootstrap peer %s: %s", peer_id_to_str(b.peer), describe(exc))
                     return
                 if await self.host.wait_identified(b.peer):
                     self.add_peer(b.peer)

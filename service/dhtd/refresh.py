@@ -4,14 +4,16 @@ A table built once at start-up goes stale: peers die, and peers that joined late
 are missing from the buckets far from this node. :class:`Maintainer` keeps it
 fresh and promises:
 
-* **Join and rejoin.** While the table is empty, bootstrap peers are dialled with
-  backoff (every retry really dials: :meth:`dhtd.p2p.Host.connect` clears
-  py-libp2p's negative dial cache). While it is thin (fewer than THIN_TABLE peers),
-  they are dialled again and the table refreshed, at most every THIN_REFRESH_GAP.
+* **Join and rejoin.** Until the table first has a peer, bootstrap peers are
+  dialled with backoff (every retry really dials: :meth:`dhtd.p2p.Host.connect`
+  clears py-libp2p's negative dial cache). Later, while it is thin (fewer than
+  THIN_TABLE peers, empty included), they are dialled again and the table
+  refreshed, at most every THIN_REFRESH_GAP.
 * **Refresh.** As soon as the table has a peer: a self-lookup, then a lookup of a
-  random key in every bucket (common prefix length 0 .. the table's deepest + 1,
-  at most MAX_REFRESH_CPL). Again at STARTUP_REFRESH_DELAYS for buckets with room,
-  then every ``refresh_interval`` for buckets with room that no lookup touched.
+  random key in every bucket with room (common prefix length 0 .. the table's
+  deepest + 1, at most MAX_REFRESH_CPL). Again at STARTUP_REFRESH_DELAYS (none
+  by default), then every ``refresh_interval`` for buckets with room that no
+  lookup touched.
 * **Liveness.** A routing-table peer whose connection closed, or that has not
   answered for ``refresh_interval``, is pinged (at most once per
   MIN_VALIDATION_GAP); if it does not answer within PING_TIMEOUT it leaves the
@@ -83,7 +85,7 @@ VALIDATION_CONCURRENCY = 8
 class Mode(enum.Enum):
     """Which buckets a refresh walks into."""
 
-    ALL = enum.auto()  # every bucket (the first refresh)
+    ALL = enum.auto()  # every bucket, full or not
     NOT_FULL = enum.auto()  # buckets with room (start-up, thin table)
     STALE = enum.auto()  # buckets with room that no lookup touched recently
 
