@@ -657,8 +657,10 @@ class DhtNode:
     ) -> list[int]:
         """Announces this node as a provider of each key (a multihash).
 
-        ``emit`` gets the index of the key with each event. Returns the number
-        of peers that took each announcement; Unavailable if any took none."""
+        ``emit`` gets the index of the key with each event (a key given twice is
+        walked once, under its first index). The keys are committed to the
+        provide set before the first event. Returns the number of peers that
+        took each announcement; Unavailable if any took none."""
         if not self.table:
             raise Unavailable(NO_PEERS)
         async with self._operation("provide", timeout):
@@ -687,9 +689,12 @@ class DhtNode:
                     self.provided[key] = self.clock()
                     self.state.announced([key], self.provided[key])
 
+            # A key given twice is announced once (its events carry the first index).
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}
             async with trio.open_nursery() as nursery:
-                for i in range(len(keys)):
+                for i in first.values():
                     nursery.start_soon(announce, i)
+            counts = [counts[first[key]] for key in keys]
             missed = [i for i, n in enumerate(counts) if n == 0]
             if missed:
                 raise Unavailable(

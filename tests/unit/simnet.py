@@ -30,6 +30,9 @@ EPOCH = 1_700_000_000.0
 
 Handler = Callable[[bytes, Message], Awaitable[Message | None]]
 
+# How long after a connection opens its identify exchange ends (both sides).
+IDENTIFY_DELAY = 0.01
+
 
 def sim_id(name: str) -> bytes:
     """A sha2-256 multihash peer ID derived from ``name``."""
@@ -81,6 +84,8 @@ class SimHost:
         self.on_kad_peer: Callable[[bytes], None] = lambda peer: None
         self.on_disconnect: Callable[[bytes], None] = lambda peer: None
         self.connected: set[bytes] = set()
+        # Peers whose identify exchange finished (IDENTIFY_DELAY after connecting).
+        self.identified: dict[bytes, trio.Event] = {}
         self.known: dict[bytes, tuple[bytes, ...]] = {}
         self.pinned: set[bytes] = set()
         self.protected: dict[bytes, set[str]] = {}
@@ -157,19 +162,33 @@ class SimHost:
             other.connected.add(self.self_id)
             self.known[peer] = (other.addr,)
             other.known[self.self_id] = (self.addr,)
-            # identify: each side learns whether the other serves kad
-            if other.handler is not None:
-                self.on_kad_peer(peer)
-            if self.handler is not None:
-                other.on_kad_peer(self.self_id)
+            # identify: a moment later, each side learns whether the other serves kad
+            self.identified[peer] = trio.Event()
+            other.identified[self.self_id] = trio.Event()
+            trio.lowlevel.spawn_system_task(self._identify, other)
+            trio.lowlevel.spawn_system_task(other._identify, self)
         return other
+
+    async def _identify(self, other: SimHost) -> None:
+        event = self.identified[other.self_id]
+        await trio.sleep(IDENTIFY_DELAY)
+        if other.self_id in self.connected and other.handler is not None:
+            self.on_kad_peer(other.self_id)
+        event.set()
 
     async def connect(self, peer: bytes, addr: bytes) -> None:
         await trio.lowlevel.checkpoint()
+        target = self.net.online(peer)
+        if target is not None and addr != target.addr:
+            raise PeerRequestError(f"dial to {peer.hex()[:12]} failed: nothing at that address")
         self._reach(peer)
 
     async def wait_identified(self, peer: bytes) -> bool:
-        await trio.lowlevel.checkpoint()
+        """True once ``peer``'s identify lists kad (False if it does not, or it left)."""
+        event = self.identified.get(peer)
+        if event is None:
+            return False
+        await event.wait()
         other = self.net.online(peer)
         return peer in self.connected and other is not None and other.handler is not None
 

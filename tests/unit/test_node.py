@@ -9,7 +9,7 @@ tests/integration; these run in milliseconds and let `./dev mutate` see them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -27,6 +27,7 @@ from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType, add_peers, new_message
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode, Observer
+from dhtd.state import Loaded, NodeState
 from dhtd.wire.kad_pb2 import Message
 from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_node, star
 
@@ -699,3 +700,120 @@ def test_provide_of_several_keys_counts_and_tags_each() -> None:
         assert len(holders) == 7
         record = holders[0].providers.get(key, EPOCH + 1000)[0]
         assert (record.peer, record.addrs) == (nodes[0].self_id, (nodes[0].host.listen_addrs()[0],))
+
+
+# --- commitments: the provide set and the published records --------------------------
+
+
+class RecordingState(NodeState):
+    """Remembers what the node told its state, as DiskState would commit it."""
+
+    def __init__(self, loaded: Loaded | None = None) -> None:
+        self.loaded = loaded or Loaded()
+        self.calls: list[tuple[str, object]] = []
+
+    def load(self) -> Loaded:
+        return self.loaded
+
+    async def add_provided(self, keys: Sequence[bytes], now: float) -> None:
+        self.calls.append(("add_provided", list(keys)))
+
+    def announced(self, keys: Sequence[bytes], now: float) -> None:
+        self.calls.append(("announced", list(keys)))
+
+    async def remove_provided(self, keys: Sequence[bytes]) -> None:
+        self.calls.append(("remove_provided", list(keys)))
+
+    async def add_published(self, key: bytes, value: bytes, now: float) -> None:
+        self.calls.append(("add_published", (key, value)))
+
+    def republished(self, key: bytes, now: float) -> None:
+        self.calls.append(("republished", key))
+
+    async def remove_published(self, key: bytes) -> None:
+        self.calls.append(("remove_published", key))
+
+    def save_peers(self, peers: Sequence[PeerRecord], now: float) -> None:
+        self.calls.append(("save_peers", sorted(p.id for p in peers)))
+
+
+def test_commitments_are_listed_in_key_order_and_stopped() -> None:
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[0]
+    me.state = state = RecordingState()
+    keys = [b"\x12\x20" + bytes([i]) * 32 for i in (3, 1, 2)]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            state.calls.clear()
+            await me.provide([*keys, keys[0]], lambda i, e: None, BOUND)
+            assert state.calls[0] == ("add_provided", keys)  # once each, before any walk
+            assert sorted(c[1][0] for c in state.calls if c[0] == "announced") == sorted(keys)
+            ordered = sorted(keys)
+            assert [k for k, _ in me.list_provided(b"", 2)] == ordered[:2]
+            assert [k for k, _ in me.list_provided(ordered[1], 2)] == ordered[2:]
+            assert me.list_provided(ordered[2], 2) == []
+            assert all(at > 0 for _, at in me.list_provided(b"", 10))
+            assert await me.stop_providing([keys[0], keys[0], b"\x12\x20" + b"\x09" * 32]) == 1
+            assert state.calls[-1] == ("remove_provided", [keys[0]])
+            assert sorted(me.provided) == sorted(keys[1:])
+            assert await me.stop_providing([keys[0]]) == 0
+
+            await me.put_value(b"/demo/b", b"1", lambda e: None, BOUND)
+            await me.put_value(b"/demo/a", b"2", lambda e: None, BOUND)
+            assert ("add_published", (b"/demo/b", b"1")) in state.calls
+            assert ("republished", b"/demo/a") in state.calls
+            assert [(k, v) for k, v, _ in me.list_published(b"", 5)] == [
+                (b"/demo/a", b"2"), (b"/demo/b", b"1")]
+            assert [k for k, _, _ in me.list_published(b"/demo/a", 5)] == [b"/demo/b"]
+            assert await me.unpublish(b"/demo/a") is True
+            assert state.calls[-1] == ("remove_published", b"/demo/a")
+            assert await me.unpublish(b"/demo/a") is False
+            assert list(me.published) == [b"/demo/b"]
+
+    run(main)
+
+
+def test_a_restarted_node_resumes_its_commitments_and_dials_saved_peers() -> None:
+    net = SimNet()
+    others = star(net, 4, prefix="o")
+    key = b"\x12\x20" + b"\x07" * 32
+    saved = [PeerRecord(n.self_id, (n.host.listen_addrs()[0],)) for n in others[1:3]]
+    loaded = Loaded(provided={key: 0.0}, published={b"/demo/r": (b"again", 0.0)}, peers=saved)
+    me = sim_node(net, "restarted")  # no bootstrap peers: only what it saved
+    me.state = RecordingState(loaded)
+    me.reprovide_interval = me.republish_interval = 100.0
+
+    async def main() -> None:
+        async with running(others):
+            await settle(others)
+            async with running([me]):
+                await trio.sleep(30)  # joined from its saved peers
+                assert {p.id for p in saved} <= set(me.table.peers())
+                await trio.sleep(20)  # both due at once (never delivered): at the first check
+                assert any(n.providers.get(key, EPOCH + 1000) for n in others)
+                assert any(n.values.get(b"/demo/r", EPOCH + 1000) for n in others)
+                assert me.provided[key] > 0 and me.published[b"/demo/r"][1] > 0
+            assert me.state.calls[-1][0] == "save_peers"  # type: ignore[attr-defined]
+            assert set(me.state.calls[-1][1]) == set(me.table.peers())  # type: ignore[attr-defined]
+
+    run(main)
+
+
+def test_info_describes_the_node() -> None:
+    net = SimNet()
+    nodes = star(net, 3)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            info = nodes[1].info()
+            assert info.peer_id == nodes[1].self_id
+            assert info.addrs == [nodes[1].host.listen_addrs()[0]]
+            assert info.protocol == "/ipfs/kad/1.0.0"
+            assert (info.routing_table_size, info.connected_peers) == (2, 2)
+            assert info.queries_in_flight == 0 and info.server
+
+    run(main)
