@@ -72,3 +72,30 @@ def test_async_client_streams_and_errors(live: Node) -> None:
                 await client.get(b"/demo/never-stored-either")
 
     asyncio.run(main())
+
+
+def test_the_provide_and_put_sets_through_both_clients(live: Node) -> None:
+    cids = [cid_for(f"set-{i}-{time.time_ns()}") for i in range(3)]
+    key = f"/demo/set-{time.time_ns()}".encode()
+    with Client(live.grpc_addr, timeout=20) as client:
+        for cid in cids:
+            list(client.provide(cid))
+        list(client.put(key, b"kept"))
+        listed = {p.cid: p for p in client.list_provides(page_size=2)}  # pages of 2
+        assert set(cids) <= set(listed)
+        assert all(listed[c].last_announced > 0 for c in cids)
+        assert client.stop_providing([cids[0], cid_for("never-provided")]) == 1
+        assert (key, b"kept") in {(r.key, r.value) for r in client.list_puts()}
+
+    async def main() -> None:
+        async with AsyncClient(live.grpc_addr, timeout=20) as client:
+            left = {p.cid async for p in client.list_provides(page_size=1)}
+            assert cids[0] not in left and set(cids[1:]) <= left
+            assert key in {r.key async for r in client.list_puts()}
+            await client.stop_republishing(key)
+            with pytest.raises(NotFoundError):
+                await client.stop_republishing(key)
+            assert key not in {r.key async for r in client.list_puts()}
+            assert await client.stop_providing(cids[1:]) == 2
+
+    asyncio.run(main())

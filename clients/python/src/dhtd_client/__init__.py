@@ -15,7 +15,9 @@ from ._models import (
     ConnectResult,
     NodeInfo,
     PeerInfo,
+    ProvidedCid,
     ProvideEvent,
+    PutRecord,
     QueryEvent,
     QueryEventType,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "NotFoundError",
     "PeerInfo",
     "ProvideEvent",
+    "ProvidedCid",
+    "PutRecord",
     "QueryEvent",
     "QueryEventType",
     "UnavailableError",

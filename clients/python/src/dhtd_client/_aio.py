@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -16,7 +16,9 @@ from ._models import (
     ConnectResult,
     NodeInfo,
     PeerInfo,
+    ProvidedCid,
     ProvideEvent,
+    PutRecord,
     QueryEvent,
     connect_result_from_pb,
     event_from_pb,
@@ -154,6 +156,42 @@ class AsyncClient:
         request = dht_pb2.ConnectRequest(addr=addr)
         resp = await self._unary(self._node.Connect, request, timeout)
         return connect_result_from_pb(resp)
+
+    async def list_provides(self, *, page_size: int = 100, timeout: float | None = None
+                            ) -> AsyncIterator[ProvidedCid]:
+        """Every CID in the node's provide set, fetched ``page_size`` at a time."""
+        token = ""
+        while True:
+            request = dht_pb2.ListProvidesRequest(page_size=page_size, page_token=token)
+            page = await self._unary(self._node.ListProvides, request, timeout)
+            for c in page.cids:
+                yield ProvidedCid(c.cid, c.last_announced)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def stop_providing(self, cids: Sequence[str], *, timeout: float | None = None) -> int:
+        """Take CIDs out of the provide set; returns how many were in it."""
+        request = dht_pb2.StopProvidingRequest(cids=list(cids))
+        return int((await self._unary(self._node.StopProviding, request, timeout)).stopped)
+
+    async def list_puts(self, *, page_size: int = 100, timeout: float | None = None
+                        ) -> AsyncIterator[PutRecord]:
+        """Every record the node keeps putting again, fetched ``page_size`` at a time."""
+        token = ""
+        while True:
+            request = dht_pb2.ListPutsRequest(page_size=page_size, page_token=token)
+            page = await self._unary(self._node.ListPuts, request, timeout)
+            for r in page.records:
+                yield PutRecord(r.key, r.value, r.last_put)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def stop_republishing(self, key: bytes, *, timeout: float | None = None) -> None:
+        """Stop putting the record under ``key`` again (NotFoundError if none is kept)."""
+        request = dht_pb2.StopRepublishingRequest(key=key)
+        await self._unary(self._node.StopRepublishing, request, timeout)
 
 
 async def _aiterate(call: Any, convert: Callable[[Any], _T]) -> AsyncGenerator[_T, None]:

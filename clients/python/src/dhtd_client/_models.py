@@ -12,6 +12,8 @@ __all__ = [
     "NodeInfo",
     "PeerInfo",
     "ProvideEvent",
+    "ProvidedCid",
+    "PutRecord",
     "QueryEvent",
     "QueryEventType",
 ]
@@ -80,6 +82,25 @@ class ConnectResult:
 
     peer: PeerInfo
     added_to_routing_table: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidedCid:
+    """A CID in the node's provide set (as CIDv1 raw: provider records are per
+    multihash) and the Unix time its last announcement reached a peer (0: not yet)."""
+
+    cid: str
+    last_announced: float
+
+
+@dataclass(frozen=True, slots=True)
+class PutRecord:
+    """A record the node keeps putting again, and the Unix time its last Put
+    reached a peer (0: not yet)."""
+
+    key: bytes
+    value: bytes
+    last_put: float
 
 
 _MODES: dict[int, str] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -15,7 +15,9 @@ from ._models import (
     ConnectResult,
     NodeInfo,
     PeerInfo,
+    ProvidedCid,
     ProvideEvent,
+    PutRecord,
     QueryEvent,
     connect_result_from_pb,
     event_from_pb,
@@ -150,6 +152,40 @@ class Client:
         """Dial a multiaddr ending in ``/p2p/<peer id>``."""
         resp = self._unary(self._node.Connect, dht_pb2.ConnectRequest(addr=addr), timeout)
         return connect_result_from_pb(resp)
+
+    def list_provides(self, *, page_size: int = 100, timeout: float | None = None
+                      ) -> Iterator[ProvidedCid]:
+        """Every CID in the node's provide set, fetched ``page_size`` at a time."""
+        token = ""
+        while True:
+            request = dht_pb2.ListProvidesRequest(page_size=page_size, page_token=token)
+            page = self._unary(self._node.ListProvides, request, timeout)
+            yield from (ProvidedCid(c.cid, c.last_announced) for c in page.cids)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def stop_providing(self, cids: Sequence[str], *, timeout: float | None = None) -> int:
+        """Take CIDs out of the provide set; returns how many were in it."""
+        request = dht_pb2.StopProvidingRequest(cids=list(cids))
+        return int(self._unary(self._node.StopProviding, request, timeout).stopped)
+
+    def list_puts(self, *, page_size: int = 100, timeout: float | None = None
+                  ) -> Iterator[PutRecord]:
+        """Every record the node keeps putting again, fetched ``page_size`` at a time."""
+        token = ""
+        while True:
+            request = dht_pb2.ListPutsRequest(page_size=page_size, page_token=token)
+            page = self._unary(self._node.ListPuts, request, timeout)
+            yield from (PutRecord(r.key, r.value, r.last_put) for r in page.records)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def stop_republishing(self, key: bytes, *, timeout: float | None = None) -> None:
+        """Stop putting the record under ``key`` again (NotFoundError if none is kept)."""
+        request = dht_pb2.StopRepublishingRequest(key=key)
+        self._unary(self._node.StopRepublishing, request, timeout)
 
 
 def _iterate(call: Any, convert: Callable[[Any], _T]) -> Generator[_T, None, None]:
