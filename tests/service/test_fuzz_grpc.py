@@ -1,7 +1,8 @@
 """Fuzzing the gRPC edge of a live dhtd with hypothesis.
 
 Every request message of dht.v1 (FindPeer, FindProvs, Get, Provide, Put, Query,
-Info, Connect) is sent as raw wire bytes, built two ways:
+Info, Connect, ListProvides, StopProviding, ListPuts, StopRepublishing) is sent
+as raw wire bytes, built two ways:
 
 * field by field: odd and huge text, text that is not UTF-8, bytes, varints
   (negative, past 32 bits, past 64), repeated and duplicated fields, wrong wire
@@ -63,7 +64,8 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database
 SERVICES = [pb.DESCRIPTOR.services_by_name[n] for n in ("DhtService", "NodeService")]
 METHODS: list[MethodDescriptor] = [m for s in SERVICES for m in s.methods]
 assert {m.name for m in METHODS} == {
-    "FindPeer", "FindProvs", "Get", "Provide", "Put", "Query", "Info", "Connect"}
+    "FindPeer", "FindProvs", "Get", "Provide", "Put", "Query", "Info", "Connect",
+    "ListProvides", "StopProviding", "ListPuts", "StopRepublishing"}
 
 # A peer ID no node of the swarm has, and CIDs and keys in every shape dhtd reads.
 STRANGER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
@@ -109,6 +111,8 @@ def realistic_texts(field: str, live: Node) -> list[str]:
     peers = [live.peer_id, *live.dev_peer_ids(), STRANGER]
     if field in ("cid", "cids"):
         return [*CIDS, f"  {CIDS[0]} ", peers[0]]
+    if field == "page_token":  # the hex of a key
+        return ["", "00", "12" * 34, (b"/demo/fuzz").hex(), "0", "zz"]
     if field == "addr":
         return [live.p2p_addr, f"/ip4/127.0.0.1/tcp/1/p2p/{STRANGER}",
                 f"/ip4/127.0.0.1/tcp/0/p2p/{live.peer_id}", "/ip4/127.0.0.1/tcp/4001",
