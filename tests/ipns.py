@@ -98,3 +98,13 @@ def ipns_record(
 def ipns_key(owner: Ed25519Identity) -> bytes:
     """The DHT key of ``owner``'s IPNS name: /ipns/ + its binary peer ID."""
     return b"/ipns/" + owner.peer_id
+
+
+def signed_ipns_entry(signer: Ed25519Identity, data: bytes) -> ipns_pb2.IpnsEntry:
+    """An IpnsEntry carrying ``data`` exactly as given (any bytes, e.g. CBOR that
+    breaks a rule), with a signatureV2 by ``signer`` that verifies over it. Set
+    pubKey or legacy V1 fields on the result before serializing it."""
+    return ipns_pb2.IpnsEntry(
+        signatureV2=signer.private.sign(b"ipns-signature:" + data),
+        data=data,
+    )
