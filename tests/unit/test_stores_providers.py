@@ -1,0 +1,233 @@
+"""ProviderStore: provider records held for other peers (dhtd.stores.providers).
+
+The limits are written out as docs/limits.md states them: 48 h validity
+(172,800 s), 5% of 200,000 records per peer (10,000), 100 providers per key,
+32 addresses per provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from dhtd.errors import InvalidRecord
+from dhtd.stores import ProviderRecord, ProviderStore, StoreFull
+
+NOW = 1_750_000_000.0
+HOUR = 3600.0
+DAY2 = 172_800.0  # 48 h
+
+
+def key(i: int) -> bytes:
+    return b"\x12\x20" + i.to_bytes(32, "big")
+
+
+def peers_of(store: ProviderStore, k: bytes, now: float) -> list[bytes]:
+    return [r.peer for r in store.get(k, now)]
+
+
+# --- the documented limits ---------------------------------------------------------------
+
+
+def test_a_record_lasts_48_hours() -> None:
+    store = ProviderStore()
+    assert store.validity == DAY2
+    added = store.add(key(1), b"p", [b"/a"], NOW)
+    assert added == ProviderRecord(b"p", (b"/a",), NOW + DAY2)
+    assert store.get(key(1), NOW + DAY2 - 0.001) == [added]
+    assert store.get(key(1), NOW + DAY2) == []
+    assert store.collect(NOW + DAY2 - 0.001, 10) == 0
+    assert store.collect(NOW + DAY2, 10) == 1 and len(store) == 0
+
+
+def test_one_peer_holds_at_most_10000_records() -> None:
+    """5% of the 200,000 records the store holds for others."""
+    store = ProviderStore()
+    for i in range(10_000):
+        store.add(key(i), b"flooder", [], NOW)
+    with pytest.raises(StoreFull) as refused:
+        store.add(key(10_000), b"flooder", [], NOW)
+    assert str(refused.value) == "this peer's share of the store is used up (10000 units)"
+    assert store.usage(b"flooder") == 10_000 and store.get(key(10_000), NOW) == []
+    store.add(key(0), b"flooder", [], NOW + 1)  # refreshing one of its own still works
+    store.add(key(10_000), b"other", [], NOW)
+    assert store.usage(b"flooder") == 10_000 and len(store) == 10_001
+
+
+def test_a_key_keeps_at_most_100_providers() -> None:
+    store = ProviderStore()
+    for i in range(100):
+        store.add(key(1), b"peer-%d" % i, [], NOW)
+    with pytest.raises(StoreFull) as refused:
+        store.add(key(1), b"one-too-many", [], NOW)
+    assert str(refused.value) == "too many providers for this key"
+    assert len(store.get(key(1), NOW)) == 100 and store.usage(b"one-too-many") == 0
+
+
+def test_a_provider_keeps_at_most_32_addresses() -> None:
+    store = ProviderStore()
+    addrs = [b"/ip4/10.0.0.%d/tcp/4001" % i for i in range(33)]
+    assert store.add(key(1), b"p", addrs, NOW).addrs == tuple(addrs[:32])
+    assert store.get(key(1), NOW)[0].addrs == tuple(addrs[:32])
+    assert store.add(key(2), b"q", addrs[:32], NOW).addrs == tuple(addrs[:32])
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "peer", "message"),
+    [
+        (b"", b"p", "provider key is empty"),
+        (key(1), b"", "provider peer ID is empty"),
+        (b"", b"", "provider key is empty"),
+    ],
+)
+def test_empty_ids_are_invalid(k: bytes, peer: bytes, message: str) -> None:
+    store = ProviderStore()
+    with pytest.raises(InvalidRecord) as refused:
+        store.add(k, peer, [b"/a"], NOW)
+    assert str(refused.value) == message
+    assert len(store) == 0 and store.keys_count == 0
+
+
+def test_max_per_key_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match=r"^max_per_key must be at least 1$"):
+        ProviderStore(max_per_key=0)
+    store = ProviderStore(max_per_key=1)
+    store.add(key(1), b"p", [], NOW)
+    with pytest.raises(StoreFull, match=r"^too many providers for this key$"):
+        store.add(key(1), b"q", [], NOW)
+
+
+# --- records and addresses ---------------------------------------------------------------
+
+
+def test_records_carry_the_peer_its_addresses_and_expiry() -> None:
+    store = ProviderStore(validity=HOUR)
+    assert store.add(key(1), b"bare", [], NOW) == ProviderRecord(b"bare", (), NOW + HOUR)
+    assert store.add(key(1), b"full", [b"/a", b"/b"], NOW + 5) == ProviderRecord(
+        b"full", (b"/a", b"/b"), NOW + 5 + HOUR)
+    assert store.get(key(1), NOW + 10) == [
+        ProviderRecord(b"full", (b"/a", b"/b"), NOW + 5 + HOUR),
+        ProviderRecord(b"bare", (), NOW + HOUR),
+    ]
+
+
+def test_addresses_are_the_peers_across_keys() -> None:
+    store = ProviderStore(validity=HOUR)
+    store.add(key(1), b"p", [b"/old"], NOW)
+    store.add(key(2), b"p", [b"/new"], NOW + 10)
+    assert store.get(key(1), NOW + 20) == [ProviderRecord(b"p", (b"/new",), NOW + HOUR)]
+    store.add(key(3), b"p", [], NOW + 20)  # no addresses: the known ones stay
+    assert store.get(key(3), NOW + 20)[0].addrs == (b"/new",)
+
+
+def test_addresses_are_kept_while_the_peer_holds_a_record_then_forgotten() -> None:
+    store = ProviderStore(validity=HOUR)
+    store.add(key(1), b"p", [b"/p"], NOW)
+    store.add(key(2), b"p", [], NOW + 10)
+    store.add(key(3), b"p", [], NOW + 20)
+    store.add(key(9), b"q", [b"/q"], NOW + 30)
+    assert store.collect(NOW + HOUR, 10) == 1  # key(1) expired; p still holds two
+    assert store.get(key(2), NOW + HOUR)[0].addrs == (b"/p",)
+    assert store.collect(NOW + HOUR + 10, 10) == 1  # key(2); p holds one
+    assert store.get(key(3), NOW + HOUR + 10)[0].addrs == (b"/p",)
+    assert store.collect(NOW + HOUR + 20, 10) == 1  # p holds nothing now
+    assert store.add(key(4), b"p", [], NOW + HOUR + 20).addrs == ()
+    assert store.get(key(9), NOW + HOUR + 20)[0].addrs == (b"/q",)
+
+
+def test_a_refreshed_record_moves_first_and_lasts_longer() -> None:
+    store = ProviderStore(validity=HOUR)
+    for i, peer in enumerate((b"a", b"b", b"c")):
+        store.add(key(1), peer, [], NOW + i)
+    store.add(key(1), b"a", [], NOW + 10)
+    assert peers_of(store, key(1), NOW + 10) == [b"a", b"c", b"b"]
+    assert peers_of(store, key(1), NOW + HOUR + 5) == [b"a"]
+    assert store.usage(b"a") == 1 and len(store) == 3
+
+
+# --- a full key --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FullKey:
+    """key(1) holds max_per_key=2 providers added at ``ages`` seconds before ``now``,
+    behind four older records of other keys; then peer b"new" adds itself."""
+
+    name: str
+    ages: tuple[float, float]
+    newcomer: bytes
+    providers: list[bytes] | None  # key(1)'s providers after; None: refused
+
+
+FULL_KEYS = [
+    FullKey("a known provider refreshes itself", (10, 5), b"p0", [b"p0", b"p1"]),
+    FullKey("refused while every provider is live", (10, 5), b"new", None),
+    FullKey("one expired provider makes way", (HOUR, 5), b"new", [b"new", b"p1"]),
+    FullKey("two expired providers make way", (HOUR + 1, HOUR), b"new", [b"new"]),
+]
+
+
+@pytest.mark.parametrize("case", FULL_KEYS, ids=lambda c: c.name)
+def test_a_full_key_takes_a_new_provider_only_in_place_of_an_expired_one(
+    case: FullKey,
+) -> None:
+    now = NOW + 2 * HOUR
+    store = ProviderStore(validity=HOUR, max_per_key=2)
+    for i in range(4):  # the oldest: collected by the add itself, before key(1)'s
+        store.add(key(100 + i), b"other-%d" % i, [], now - HOUR - 10 - i)
+    for i, age in enumerate(case.ages):
+        store.add(key(1), b"p%d" % i, [b"/p%d" % i], now - age)
+    if case.providers is None:
+        with pytest.raises(StoreFull, match=r"^too many providers for this key$"):
+            store.add(key(1), case.newcomer, [b"/n"], now)
+        assert peers_of(store, key(1), now) == [b"p1", b"p0"]
+        assert store.usage(case.newcomer) == 0 and len(store) == 2
+        return
+    added = store.add(key(1), case.newcomer, [], now)
+    assert added.peer == case.newcomer and added.expires_at == now + HOUR
+    assert peers_of(store, key(1), now) == case.providers
+    assert len(store) == len(case.providers) and store.keys_count == 1
+    for i in range(2):
+        peer = b"p%d" % i
+        assert store.usage(peer) == (1 if peer in case.providers else 0)
+
+
+# --- collection and eviction ---------------------------------------------------------------
+
+
+def test_every_add_collects_up_to_four_expired_records() -> None:
+    store = ProviderStore(validity=HOUR)
+    for i in range(10):
+        store.add(key(i), b"peer-%d" % i, [b"/x"], NOW + i)
+    later = NOW + HOUR + 100
+    store.add(key(100), b"late", [], later)
+    assert len(store) == 7 and store.keys_count == 7
+    assert [store.usage(b"peer-%d" % i) for i in range(10)] == [0] * 4 + [1] * 6
+    store.add(key(101), b"late", [], later)
+    assert len(store) == 4 and store.keys_count == 4
+    assert store.collect(later, 100) == 2 and len(store) == 2
+
+
+def test_expire_removes_every_expired_record_and_only_those() -> None:
+    store = ProviderStore(validity=HOUR)
+    for i in range(6):
+        store.add(key(i), b"p", [], NOW + i)
+    assert store.expire(NOW + HOUR + 2.5) == 3
+    assert len(store) == 3 and store.usage(b"p") == 3
+    assert store.expire(NOW + HOUR + 2.5) == 0
+    assert store.expire(NOW + 2 * HOUR) == 3 and store.keys_count == 0
+
+
+def test_an_evicted_record_is_gone_from_its_key() -> None:
+    store = ProviderStore(validity=HOUR, max_records=4, per_peer=3)
+    for i in range(3):
+        store.add(key(i), b"flooder", [b"/f"], NOW + i)
+    store.add(key(0), b"honest", [b"/h"], NOW + 5)
+    store.add(key(9), b"newcomer", [b"/n"], NOW + 10)
+    assert peers_of(store, key(0), NOW + 10) == [b"honest"]
+    assert store.get(key(1), NOW + 10)[0].addrs == (b"/f",)
+    assert store.usage(b"flooder") == 2 and len(store) == 4 and store.keys_count == 4

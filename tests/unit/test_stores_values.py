@@ -1,0 +1,171 @@
+"""ValueStore: value records held for other peers (dhtd.stores.values).
+
+The limits are written out as docs/limits.md states them: 48 h (172,800 s) per
+record, 64 MiB in all (67,108,864 bytes), one peer 5% of it (3,355,443 bytes), a
+record costing its key, its value and 256 bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dhtd.errors import InvalidRecord
+from dhtd.stores import StoredRecord, StoreFull, ValueStore
+
+NOW = 1_750_000_000.0
+HOUR = 3600.0
+DAY2 = 172_800.0  # 48 h
+OVERHEAD = 256
+
+
+def value_costing(k: bytes, cost: int) -> bytes:
+    """A value that makes the record of key ``k`` cost exactly ``cost`` bytes."""
+    return bytes(cost - len(k) - OVERHEAD)
+
+
+# --- the documented limits ---------------------------------------------------------------
+
+
+def test_a_record_costs_its_key_its_value_and_256_bytes() -> None:
+    store = ValueStore()
+    store.put(b"/app/k", b"12345", NOW, owner=b"p")
+    assert store.usage(b"p") == 6 + 5 + 256
+    store.put(b"/app/other", b"", NOW, owner=b"p")
+    assert store.usage(b"p") == (6 + 5 + 256) + (10 + 0 + 256)
+    store.put(b"/app/k", b"1", NOW, owner=b"p")  # replaced: paid once, at its new cost
+    assert store.usage(b"p") == (6 + 1 + 256) + (10 + 0 + 256)
+    store.remove(b"/app/k")
+    assert store.usage(b"p") == 10 + 0 + 256
+    store.remove(b"/app/other")
+    assert store.usage(b"p") == 0 and len(store) == 0
+
+
+def test_one_peer_holds_at_most_5_percent_of_64_mib() -> None:
+    """5% of 64 MiB, rounded down: 3,355,443 bytes."""
+    store = ValueStore()
+    k = b"/app/k"
+    whole_share = value_costing(k, 3_355_443)
+    store.put(k, whole_share, NOW, owner=b"p")
+    assert store.usage(b"p") == 3_355_443
+    with pytest.raises(StoreFull) as refused:
+        store.put(k, whole_share + b"!", NOW + 1, owner=b"p")
+    assert str(refused.value) == "this peer's share of the store is used up (3355443 units)"
+    with pytest.raises(StoreFull):
+        store.put(b"/app/j", b"", NOW + 1, owner=b"p")
+    got = store.get(k, NOW + 1)
+    assert got is not None and got.value == whole_share and got.received_at == NOW
+    assert len(store) == 1
+
+
+def test_the_store_holds_64_mib_then_evicts() -> None:
+    store = ValueStore()
+    share = 3_355_443
+    filler = value_costing(b"/app/00", share)  # one object, shared: the test stays small
+    for i in range(19):
+        store.put(b"/app/%02d" % i, filler, NOW, owner=b"peer-%02d" % i)
+    store.put(b"/app/19", value_costing(b"/app/19", share - 1_000), NOW, owner=b"peer-19")
+    left = 67_108_864 - 19 * share - (share - 1_000)
+    store.put(b"/app/last", value_costing(b"/app/last", left), NOW, owner=b"last")
+    owners = [b"peer-%02d" % i for i in range(20)] + [b"last"]
+    assert sum(store.usage(o) for o in owners) == 67_108_864 and len(store) == 21
+    store.put(b"/app/more", b"", NOW, owner=b"more")  # one byte over: evicts
+    assert len(store) == 21
+    assert sorted(store.usage(o) for o in owners[:19]) == [0] + [share] * 18
+    assert store.usage(b"peer-19") == share - 1_000 and store.usage(b"last") == left
+    assert store.usage(b"more") == 9 + 256
+
+
+def test_a_record_lives_48_hours() -> None:
+    store = ValueStore()
+    stored = store.put(b"/app/k", b"v", NOW, owner=b"p")
+    assert store.get(b"/app/k", NOW + DAY2 - 0.001) == stored
+    assert store.collect(NOW + DAY2 - 0.001, 10) == 0
+    assert store.collect(NOW + DAY2, 10) == 1
+    assert store.get(b"/app/k", NOW + DAY2 - 0.001) is None and store.usage(b"p") == 0
+
+
+# --- put, get, remove ------------------------------------------------------------------------
+
+
+def test_put_returns_what_get_gives_back() -> None:
+    store = ValueStore(max_age=HOUR)
+    stored = store.put(b"/app/k", b"value", NOW, owner=b"p")
+    assert stored == StoredRecord(key=b"/app/k", value=b"value", received_at=NOW)
+    assert store.get(b"/app/k", NOW + 1) == stored
+    mine = store.put(b"/app/mine", b"own", NOW + 2)
+    assert mine == StoredRecord(key=b"/app/mine", value=b"own", received_at=NOW + 2)
+    assert store.get(b"/app/mine", NOW + 3) == mine
+    assert store.get(b"/app/unknown", NOW) is None
+
+
+def test_an_empty_key_is_invalid() -> None:
+    store = ValueStore()
+    for owner in (b"p", None):
+        with pytest.raises(InvalidRecord) as refused:
+            store.put(b"", b"v", NOW, owner=owner)
+        assert str(refused.value) == "record key is empty"
+    assert len(store) == 0 and store.usage(b"p") == 0
+
+
+def test_this_node_taking_over_a_key_frees_the_peers_share() -> None:
+    store = ValueStore(max_bytes=1_000, per_peer=1_000, max_age=HOUR)
+    store.put(b"/app/k", b"theirs", NOW, owner=b"p")
+    store.put(b"/app/k", bytes(2_000), NOW + 1)  # this node: exempt from every cap
+    assert store.usage(b"p") == 0
+    got = store.get(b"/app/k", NOW + 1)
+    assert got is not None and got.value == bytes(2_000)
+    store.put(b"/app/j", bytes(700), NOW + 2, owner=b"p")
+    assert store.usage(b"p") == 6 + 700 + 256
+
+
+def test_an_evicted_record_is_gone() -> None:
+    store = ValueStore(max_bytes=900, per_peer=600, max_age=HOUR)
+    for i, (k, owner) in enumerate(((b"/a/0", b"a"), (b"/a/1", b"a"), (b"/b/0", b"b"))):
+        store.put(k, value_costing(k, 300), NOW + i, owner=owner)
+    store.put(b"/c/0", value_costing(b"/c/0", 300), NOW + 5, owner=b"c")
+    assert store.get(b"/a/0", NOW + 5) is None
+    assert [store.get(k, NOW + 5) is not None for k in (b"/a/1", b"/b/0", b"/c/0")] == [
+        True, True, True]
+    assert len(store) == 3 and store.usage(b"a") == 300
+    with pytest.raises(StoreFull, match="the store is full and no peer holds more"):
+        store.put(b"/d/0", value_costing(b"/d/0", 300), NOW + 6, owner=b"d")
+    assert len(store) == 3
+
+
+# --- expiry and collection ------------------------------------------------------------------
+
+
+def test_every_put_collects_up_to_four_expired_records() -> None:
+    store = ValueStore(max_age=HOUR)
+    for i in range(10):
+        store.put(b"/app/%d" % i, b"v", NOW + i, owner=b"peer-%d" % i)
+    later = NOW + HOUR + 100
+    store.put(b"/app/late-0", b"v", later, owner=b"late")
+    assert len(store) == 7
+    assert [store.usage(b"peer-%d" % i) > 0 for i in range(10)] == [False] * 4 + [True] * 6
+    store.put(b"/app/late-1", b"v", later, owner=b"late")
+    assert len(store) == 4
+
+
+def test_collect_removes_expired_records_a_budget_at_a_time_oldest_first() -> None:
+    store = ValueStore(max_age=HOUR)
+    for i in range(6):
+        store.put(b"/app/%d" % i, b"v", NOW + i, owner=b"p" if i % 2 else None)
+    at = NOW + HOUR + 3.5  # /app/0 to /app/3 have expired
+    assert store.collect(at, 3) == 3
+    assert len(store) == 3 and store.usage(b"p") == 2 * (6 + 1 + 256)
+    assert store.collect(at, 3) == 1
+    assert store.collect(at, 3) == 0
+    assert len(store) == 2 and store.usage(b"p") == 6 + 1 + 256
+    assert [store.get(b"/app/%d" % i, NOW + 1) is not None for i in range(6)] == [
+        False] * 4 + [True] * 2
+
+
+def test_expire_removes_every_expired_record_and_only_those() -> None:
+    store = ValueStore(max_age=HOUR)
+    for i in range(10):
+        store.put(b"/app/%d" % i, b"v", NOW + i, owner=b"p")
+    assert store.expire(NOW + HOUR + 6.5) == 7
+    assert len(store) == 3 and store.usage(b"p") == 3 * (6 + 1 + 256)
+    assert store.expire(NOW + HOUR + 6.5) == 0
+    assert store.expire(NOW + 2 * HOUR) == 3 and len(store) == 0
