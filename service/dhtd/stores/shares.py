@@ -103,22 +103,27 @@ class Shares(Generic[K]):
             return []
         # Plan first, so that a refusal evicts nothing.
         plan: list[K] = []
+        planned: set[K] = set()
         freed = 0
-        usage = dict(self._usage)
+        # What the plan takes from each victim: O(victims), never a copy of every
+        # owner's usage (a full store may have 200,000 owners).
+        taken: dict[bytes, int] = {}
         for victim in self._biggest_first():
             while needed - freed > self.capacity:
-                if victim == owner or usage.get(victim, 0) <= newcomer:
+                left = self._usage.get(victim, 0) - taken.get(victim, 0)
+                if victim == owner or left <= newcomer:
                     raise StoreFull("the store is full and no peer holds more than this one")
                 queue = self._by_owner[victim]
-                candidates = (e for e in queue if e != keep and e not in plan)
+                candidates = (e for e in queue if e != keep and e not in planned)
                 oldest = next(candidates, None)
                 if oldest is None:
                     break
                 plan.append(oldest)
+                planned.add(oldest)
                 cost = self._entries[oldest].cost
                 freed += cost
-                usage[victim] -= cost
-                if usage[victim] <= newcomer:
+                taken[victim] = taken.get(victim, 0) + cost
+                if left - cost <= newcomer:
                     break
             if needed - freed <= self.capacity:
                 break
