@@ -678,7 +678,10 @@ class DhtNode:
                 key = keys[index]
                 tagged = self._emitter(lambda e: emit(index, e))
                 async with limiter:
-                    result = await self._walk(key, MessageType.FIND_NODE, tagged)
+                    try:
+                        result = await self._walk(key, MessageType.FIND_NODE, tagged)
+                    except Unavailable:
+                        return  # the table emptied meanwhile: no peer took it (count 0)
                     message = new_message(MessageType.ADD_PROVIDER, key)
                     add_peers(message.providerPeers, [PeerRecord(self.self_id, addrs)],
                               frozenset())

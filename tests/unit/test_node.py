@@ -817,3 +817,26 @@ def test_info_describes_the_node() -> None:
             assert info.queries_in_flight == 0 and info.server
 
     run(main)
+
+
+def test_provide_is_unavailable_when_the_table_empties_before_its_walk() -> None:
+    """The table can empty while the commitment is written (a peer failed a refresh):
+    the call ends UNAVAILABLE like any provide no peer took, never with an error group."""
+    net = SimNet()
+    nodes = star(net, 3)
+    me = nodes[1]
+
+    class Emptying(NodeState):
+        async def add_provided(self, keys: Sequence[bytes], now: float) -> None:
+            for peer in list(me.table.peers()):
+                me.forget(peer)
+
+    me.state = Emptying()
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            with pytest.raises(Unavailable, match="of 1 of 1 CIDs"):
+                await me.provide([KEY], lambda i, e: None, BOUND)
+
+    run(main)

@@ -119,3 +119,12 @@ def test_a_long_invalid_argument_is_cut_after_its_field_name() -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message == "key: " + "x" * 394 + "…"
     assert len(message) == 400
+
+
+def test_a_group_from_a_nursery_is_judged_by_its_first_domain_error() -> None:
+    from dhtd.errors import NotFound, Unavailable
+
+    nested = ExceptionGroup("walks", [ExceptionGroup("inner", [Unavailable("no peers")]),
+                                      NotFound("nothing")])
+    assert status_of(nested) == (grpc.StatusCode.UNAVAILABLE, "no peers")
+    assert status_of(ExceptionGroup("g", [RuntimeError("bug")]))[0] == grpc.StatusCode.INTERNAL

@@ -52,13 +52,27 @@ STATUS_OF: dict[type[DhtdError], grpc.StatusCode] = {
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a client sees for ``exc``."""
+    """The status code and message a client sees for ``exc``.
+
+    An exception group (work that ran in a nursery) is judged by its first
+    domain error, if it holds one; anything else in it is a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        domain, rest = exc.split(DhtdError)
+        if domain is not None:
+            if rest is not None:
+                log.error("internal error beside a domain error", exc_info=rest)
+            return status_of(_first_leaf(domain))
     for kind in type(exc).__mro__:
         code = STATUS_OF.get(kind)
         if code is not None:
             return code, bounded(str(exc))
     log.error("internal error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+def _first_leaf(group: BaseExceptionGroup[DhtdError]) -> DhtdError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def bounded(message: str) -> str:
