@@ -369,3 +369,17 @@ def test_an_eviction_does_not_visit_every_owner() -> None:
 
     few, many = eviction_cost(100), eviction_cost(5_000)
     assert many < few * 15, (few, many)
+
+
+def test_a_victim_gives_up_several_entries_but_never_drops_below_the_newcomer() -> None:
+    """V holds 8, W 7, N 1 of a store of 16. N adds an entry of cost 4 (it will hold 5):
+    4 units must go. V gives its 3 oldest (down to 5, N's size, no further), then W
+    its oldest."""
+    shares: Shares[str] = Shares(16, 16, math.inf)
+    for i in range(8):
+        shares.admit(f"v{i}", b"V", 1, float(i))
+    for i in range(7):
+        shares.admit(f"w{i}", b"W", 1, float(10 + i))
+    shares.admit("n0", b"N", 1, 20.0)
+    assert shares.admit("n1", b"N", 4, 21.0) == ["v0", "v1", "v2", "w0"]
+    assert (shares.usage(b"V"), shares.usage(b"W"), shares.usage(b"N")) == (5, 6, 5)
