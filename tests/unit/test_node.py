@@ -840,3 +840,45 @@ def test_provide_is_unavailable_when_the_table_empties_before_its_walk() -> None
                 await me.provide([KEY], lambda i, e: None, BOUND)
 
     run(main)
+
+
+def test_what_callers_read_in_errors_and_events() -> None:
+    """The exact texts a client sees for each outcome, the operation names metrics
+    carry, FINAL_PEER events with the peer's addresses, and table-size reports."""
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[1]
+    ops: list[str] = []
+    sizes: list[int] = []
+    me.observer = Observer(op_started=ops.append)
+    me.on_table_change = sizes.append
+    events: list[QueryEvent] = []
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await me.query(nodes[3].self_id, events.append, BOUND)
+            with pytest.raises(NotFound) as err:
+                await me.get_value(b"/demo/none", BOUND)
+            assert str(err.value) == "no peer holds a valid record under this key"
+            with pytest.raises(NotFound) as err:
+                await me.find_providers(KEY, 1, lambda r: None, BOUND)
+            assert str(err.value) == "no provider found for this CID"
+            await me.put_value(b"/demo/k", b"first", lambda e: None, BOUND)
+            me.values.put(b"/demo/k", b"future", EPOCH + 10**9)
+            with pytest.raises(FailedPrecondition) as refused:
+                await me.put_value(b"/demo/k", b"second", lambda e: None, BOUND)
+            assert str(refused.value) == ("this node already holds a better record under this "
+                                          "key (e.g. a higher IPNS sequence number)")
+            net.refusing.update(n.self_id for n in nodes if n is not me)
+            with pytest.raises(NotFound) as err:
+                await me.query(KEY, lambda e: None, BOUND)
+            assert str(err.value) == "no peer answered the query"
+            assert len(me.table) == 0
+
+    run(main)
+    assert ops == ["query", "get_value", "find_providers", "put_value", "put_value", "query"]
+    finals = [e for e in events if e.type is EventType.FINAL_PEER]
+    assert finals and all(e.responses == (PeerRecord(e.peer, (net.hosts[e.peer].addr,)),)
+                          for e in finals)
+    assert sizes[0] == 1 and sizes[-1] == 0  # first peer in, last peer out
