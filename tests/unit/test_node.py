@@ -882,3 +882,45 @@ def test_what_callers_read_in_errors_and_events() -> None:
     assert finals and all(e.responses == (PeerRecord(e.peer, (net.hosts[e.peer].addr,)),)
                           for e in finals)
     assert sizes[0] == 1 and sizes[-1] == 0  # first peer in, last peer out
+
+
+def test_store_events_and_request_counts_name_each_peer_and_outcome() -> None:
+    net = SimNet()
+    nodes = star(net, 4)
+    me, liar = nodes[1], nodes[2]
+    outbound: list[tuple[int, bool]] = []
+    inbound: list[int] = []
+    me.observer = Observer(outbound=lambda kind, ok: outbound.append((kind, ok)))
+    liar.observer = Observer(inbound=inbound.append)
+    liar.handlers.on_request = liar.observer.inbound
+    events: list[QueryEvent] = []
+
+    async def no_echo(sender: bytes, request: Message) -> Message | None:
+        if request.type == MessageType.PUT_VALUE:
+            return new_message(request.type, request.key)  # answers, stores nothing
+        return await liar._serve(sender, request)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[liar.self_id].handler = no_echo
+            await me.put_value(b"/demo/e", b"v", events.append, BOUND)
+            other = nodes[3]
+
+            async def no_providers(sender: bytes, request: Message) -> Message | None:
+                if request.type == MessageType.ADD_PROVIDER:
+                    raise RuntimeError("refused")  # the stream is reset
+                return await other._serve(sender, request)
+
+            net.hosts[other.self_id].handler = no_providers
+            await me.provide([KEY], lambda i, e: None, BOUND)
+
+    run(main)
+    stores = [e for e in events if e.type is EventType.SENDING_QUERY]
+    errors = [e for e in events if e.type is EventType.QUERY_ERROR]
+    assert liar.self_id in {e.peer for e in stores}
+    assert [(e.peer, e.extra) for e in errors] == [
+        (liar.self_id, "peer did not store the record (echo differs)")]
+    assert (MessageType.ADD_PROVIDER, True) in outbound
+    assert (MessageType.ADD_PROVIDER, False) in outbound
+    assert MessageType.FIND_NODE in inbound
