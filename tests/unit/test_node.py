@@ -924,3 +924,28 @@ def test_store_events_and_request_counts_name_each_peer_and_outcome() -> None:
     assert (MessageType.ADD_PROVIDER, True) in outbound
     assert (MessageType.ADD_PROVIDER, False) in outbound
     assert MessageType.FIND_NODE in inbound
+
+
+def test_a_failed_reprovide_round_is_retried_at_the_next_check() -> None:
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[1]
+    me.reprovide_interval = 100.0  # checked every 10 s
+
+    def announcements() -> int:
+        return sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await me.provide([KEY], lambda i, e: None, BOUND)
+            first = me.provided[KEY]
+            sent = announcements()
+            net.hung.update(n.self_id for n in nodes if n is not me)
+            await trio.sleep(100 + 10 + 600)  # due, then a round that times out (600 s)
+            assert announcements() == sent and me.provided[KEY] == first
+            net.hung.clear()
+            await trio.sleep(30)  # the next checks try again
+            assert announcements() > sent and me.provided[KEY] > first
+
+    run(main)
