@@ -95,46 +95,35 @@ async def _run_dht(
     """The trio side: the node, its dev peers, and the nursery RPC work runs in.
     Closes ``db`` when it ends."""
     with closing(db):
-        await _run_node(config, db, metrics, bridge, on_ready, on_table_change)
+        budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
+        host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
+        node = DhtNode(
+            host,
+            build_validators(config.namespaces),
+            server=config.server_mode,
+            bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
+            observer=metrics.observer(),
+            reprovide_interval=config.reprovide_interval,
+            refresh_interval=config.refresh_interval,
+            republish_interval=config.republish_interval,
+            state=DiskState(db),
+            on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
+        )
+        with trio.CancelScope() as scope:
+            async with node.running(config.listen), trio.open_nursery() as nursery:
+                bridge.attach(nursery)
+                if config.dev_peers:
+                    main = Bootstrap(node.self_id, loopback_dial_addr(host.listen_addrs()[0]))
+                    for i in range(config.dev_peers):
+                        await nursery.start(_run_dev_peer, config, main, i,
+                                            parse_listen_addr(LOOPBACK_ANY_PORT))
 
+                def stop() -> None:
+                    bridge.detach()
+                    scope.cancel()
 
-async def _run_node(
-    config: Config,
-    db: Database,
-    metrics: Metrics,
-    bridge: Bridge,
-    on_ready: Callable[[_Trio], None],
-    on_table_change: Callable[[int], None],
-) -> None:
-    budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
-    host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
-    node = DhtNode(
-        host,
-        build_validators(config.namespaces),
-        server=config.server_mode,
-        bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
-        observer=metrics.observer(),
-        reprovide_interval=config.reprovide_interval,
-        refresh_interval=config.refresh_interval,
-        republish_interval=config.republish_interval,
-        state=DiskState(db),
-        on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
-    )
-    with trio.CancelScope() as scope:
-        async with node.running(config.listen), trio.open_nursery() as nursery:
-            bridge.attach(nursery)
-            if config.dev_peers:
-                main = Bootstrap(node.self_id, loopback_dial_addr(host.listen_addrs()[0]))
-                for i in range(config.dev_peers):
-                    await nursery.start(_run_dev_peer, config, main, i,
-                                        parse_listen_addr(LOOPBACK_ANY_PORT))
-
-            def stop() -> None:
-                bridge.detach()
-                scope.cancel()
-
-            bridge.to_asyncio(on_ready, _Trio(node, lambda: bridge.call_soon_trio(stop)))
-            await trio.sleep_forever()
+                bridge.to_asyncio(on_ready, _Trio(node, lambda: bridge.call_soon_trio(stop)))
+                await trio.sleep_forever()
 
 
 def open_database(config: Config) -> Database:
