@@ -160,15 +160,10 @@ class AsyncClient:
     async def list_provides(self, *, page_size: int = 100, timeout: float | None = None
                             ) -> AsyncIterator[ProvidedCid]:
         """Every CID in the node's provide set, fetched ``page_size`` at a time."""
-        token = ""
-        while True:
-            request = dht_pb2.ListProvidesRequest(page_size=page_size, page_token=token)
-            page = await self._unary(self._node.ListProvides, request, timeout)
-            for c in page.cids:
-                yield ProvidedCid(c.cid, c.last_announced)
-            token = page.next_page_token
-            if not token:
-                return
+        async for item in self._paged(
+                self._node.ListProvides, dht_pb2.ListProvidesRequest, page_size, timeout,
+                lambda page: [ProvidedCid(c.cid, c.last_announced) for c in page.cids]):
+            yield item
 
     async def stop_providing(self, cids: Sequence[str], *, timeout: float | None = None) -> int:
         """Take CIDs out of the provide set; returns how many were in it."""
@@ -178,12 +173,20 @@ class AsyncClient:
     async def list_puts(self, *, page_size: int = 100, timeout: float | None = None
                         ) -> AsyncIterator[PutRecord]:
         """Every record the node keeps putting again, fetched ``page_size`` at a time."""
+        async for item in self._paged(
+                self._node.ListPuts, dht_pb2.ListPutsRequest, page_size, timeout,
+                lambda page: [PutRecord(r.key, r.value, r.last_put) for r in page.records]):
+            yield item
+
+    async def _paged(self, method: Any, request: Any, page_size: int, timeout: float | None,
+                     items: Callable[[Any], list[_T]]) -> AsyncIterator[_T]:
+        """Every item of a List call, one page after the other until no next_page_token."""
         token = ""
         while True:
-            request = dht_pb2.ListPutsRequest(page_size=page_size, page_token=token)
-            page = await self._unary(self._node.ListPuts, request, timeout)
-            for r in page.records:
-                yield PutRecord(r.key, r.value, r.last_put)
+            page = await self._unary(method, request(page_size=page_size, page_token=token),
+                                     timeout)
+            for item in items(page):
+                yield item
             token = page.next_page_token
             if not token:
                 return

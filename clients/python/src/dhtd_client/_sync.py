@@ -156,14 +156,9 @@ class Client:
     def list_provides(self, *, page_size: int = 100, timeout: float | None = None
                       ) -> Iterator[ProvidedCid]:
         """Every CID in the node's provide set, fetched ``page_size`` at a time."""
-        token = ""
-        while True:
-            request = dht_pb2.ListProvidesRequest(page_size=page_size, page_token=token)
-            page = self._unary(self._node.ListProvides, request, timeout)
-            yield from (ProvidedCid(c.cid, c.last_announced) for c in page.cids)
-            token = page.next_page_token
-            if not token:
-                return
+        return self._paged(self._node.ListProvides, dht_pb2.ListProvidesRequest, page_size,
+                           timeout, lambda page: [ProvidedCid(c.cid, c.last_announced)
+                                                  for c in page.cids])
 
     def stop_providing(self, cids: Sequence[str], *, timeout: float | None = None) -> int:
         """Take CIDs out of the provide set; returns how many were in it."""
@@ -173,11 +168,17 @@ class Client:
     def list_puts(self, *, page_size: int = 100, timeout: float | None = None
                   ) -> Iterator[PutRecord]:
         """Every record the node keeps putting again, fetched ``page_size`` at a time."""
+        return self._paged(self._node.ListPuts, dht_pb2.ListPutsRequest, page_size, timeout,
+                           lambda page: [PutRecord(r.key, r.value, r.last_put)
+                                         for r in page.records])
+
+    def _paged(self, method: Any, request: Any, page_size: int, timeout: float | None,
+               items: Callable[[Any], list[_T]]) -> Iterator[_T]:
+        """Every item of a List call, one page after the other until no next_page_token."""
         token = ""
         while True:
-            request = dht_pb2.ListPutsRequest(page_size=page_size, page_token=token)
-            page = self._unary(self._node.ListPuts, request, timeout)
-            yield from (PutRecord(r.key, r.value, r.last_put) for r in page.records)
+            page = self._unary(method, request(page_size=page_size, page_token=token), timeout)
+            yield from items(page)
             token = page.next_page_token
             if not token:
                 return
