@@ -51,6 +51,7 @@ class Node:
     info: dict[str, object] = field(default_factory=dict)
     _channel: grpc.Channel | None = None
     pump: threading.Thread | None = None
+    log_file: Path | None = None
 
     @property
     def grpc_addr(self) -> str:
@@ -87,15 +88,23 @@ class Node:
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError:
-                line = {"msg": raw.rstrip()}
-            self.lines.append(line)
-            if line.get("msg") == "dhtd ready":
-                self.info = line
-                self.ready.set()
+        keep = self.log_file.open("a") if self.log_file is not None else None
+        try:
+            for raw in self.proc.stderr:
+                if keep is not None:
+                    keep.write(raw)
+                    keep.flush()
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    line = {"msg": raw.rstrip()}
+                self.lines.append(line)
+                if line.get("msg") == "dhtd ready":
+                    self.info = line
+                    self.ready.set()
+        finally:
+            if keep is not None:
+                keep.close()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self._channel is not None:
@@ -137,6 +146,8 @@ def spawn_node(name: str, data_dir: Path, args: Sequence[str] = (),
                listen: str = "/ip4/127.0.0.1/tcp/0", wrap: Sequence[str] = ()) -> Node:
     """Starts one dhtd without waiting for it (see wait_ready). ``wrap`` is a command
     prefix dhtd runs under (e.g. prlimit)."""
+    # TEST_DHTD_LOG_LEVEL=debug and TEST_LOG_DIR=<dir> keep every line of every
+    # dhtd a test starts, for chasing a failure that only shows up in full runs.
     cmd = [*wrap,
         sys.executable, "-m", "dhtd",
         "--grpc-addr", "127.0.0.1:0",
@@ -145,6 +156,7 @@ def spawn_node(name: str, data_dir: Path, args: Sequence[str] = (),
         "--log-format", "json",
         "--shutdown-grace", "2",
         "--metrics-addr", "127.0.0.1:0",
+        "--log-level", os.environ.get("TEST_DHTD_LOG_LEVEL", "info"),
         *args,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DHTD_")}
@@ -153,6 +165,8 @@ def spawn_node(name: str, data_dir: Path, args: Sequence[str] = (),
         stderr=subprocess.PIPE, text=True, env=env,
     )
     node = Node(name, proc, data_dir)
+    if log_dir := os.environ.get("TEST_LOG_DIR"):
+        node.log_file = Path(log_dir) / f"{name}-{proc.pid}.log"
     node.pump = threading.Thread(target=node._pump, name=f"pump-{name}", daemon=True)
     node.pump.start()
     return node

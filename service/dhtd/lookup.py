@@ -13,6 +13,7 @@ unit tests and against libp2p in the daemon.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +21,23 @@ from typing import Protocol
 
 import trio
 
-from dhtd.ids import kad_key
+from dhtd.ids import kad_key, peer_id_to_str
 from dhtd.routing import BUCKET_SIZE, closest_to
+
+log = logging.getLogger(__name__)
+
+
+class _Named:
+    """A peer ID that is formatted only if the log line is printed."""
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+
+    def __str__(self) -> str:
+        try:
+            return peer_id_to_str(self.peer)
+        except ValueError:
+            return self.peer.hex()
 
 # alpha, the number of peers asked at once
 # (go-libp2p-kad-dht amino/defaults.go: DefaultConcurrency = 10).
@@ -240,6 +256,7 @@ async def lookup(
             in_flight -= 1
             if isinstance(outcome, Exception):
                 failed += 1
+                log.debug("request to %s failed: %s", _Named(peer), describe(outcome))
                 walk.states[peer] = _State.UNREACHABLE
                 if isinstance(outcome, RequestTimeout):
                     transport.suspect(peer)  # slow, maybe overloaded: check it first

@@ -267,6 +267,7 @@ class DhtNode:
     def _forget(self, peer: bytes) -> None:
         if not self.table.remove(peer):
             return
+        log.debug("peer %s left the routing table", peer_id_to_str(peer))
         self.host.unpin(peer)
         self.maintainer.removed(peer)
         self._protect_closest()
