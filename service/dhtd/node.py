@@ -112,17 +112,22 @@ class Bootstrap:
     addr: bytes
 
 
+def _ignore(*_: object) -> None:
+    """Takes any arguments and does nothing: the default hook, and the event sink
+    of internal walks whose events no caller sees."""
+
+
 @dataclass
 class Observer:
     """Hooks for metrics; each default does nothing."""
 
-    op_started: Callable[[str], None] = lambda op: None
-    op_finished: Callable[[str, str, float], None] = lambda op, outcome, seconds: None
-    first_result: Callable[[str, float], None] = lambda op, seconds: None
-    event: Callable[[int], None] = lambda kind: None
-    outbound: Callable[[int, bool], None] = lambda kind, ok: None
-    inbound: Callable[[int], None] = lambda kind: None
-    refused: Callable[[str], None] = lambda kind: None
+    op_started: Callable[[str], None] = _ignore
+    op_finished: Callable[[str, str, float], None] = _ignore
+    first_result: Callable[[str, float], None] = _ignore
+    event: Callable[[int], None] = _ignore
+    outbound: Callable[[int, bool], None] = _ignore
+    inbound: Callable[[int], None] = _ignore
+    refused: Callable[[str], None] = _ignore
 
 
 @dataclass
@@ -165,7 +170,7 @@ class DhtNode:
     server: bool = True
     bootstrap: Sequence[Bootstrap] = ()
     observer: Observer = field(default_factory=Observer)
-    on_table_change: Callable[[int], None] = lambda size: None
+    on_table_change: Callable[[int], None] = _ignore
     clock: Callable[[], float] = time.time
     reprovide_interval: float = REPROVIDE_INTERVAL
     refresh_interval: float = REFRESH_INTERVAL
@@ -277,7 +282,7 @@ class DhtNode:
 
     def _protect_closest(self) -> None:
         """Protects connections to the k table peers closest to this node."""
-        closest = set(self.table.closest(self.maintainer.self_key, BUCKET_SIZE))
+        closest = set(self.table.closest(self.maintainer.self_key))
         for peer in closest - self._closest:
             self.host.protect(peer, CLOSEST_TAG)
         for peer in self._closest - closest:
@@ -299,7 +304,7 @@ class DhtNode:
             if not due or not self.table:
                 continue
             try:
-                counts = await self.provide(due, lambda i, e: None, REPROVIDE_TIMEOUT)
+                counts = await self.provide(due, _ignore, REPROVIDE_TIMEOUT)
             except (Unavailable, DeadlineExceeded) as exc:
                 log.info("reprovide incomplete", extra={"keys": len(due), "error": str(exc)})
                 continue
@@ -319,7 +324,7 @@ class DhtNode:
                 continue
             for key, value in due:
                 try:
-                    await self.put_value(key, value, lambda e: None, REPUBLISH_TIMEOUT)
+                    await self.put_value(key, value, _ignore, REPUBLISH_TIMEOUT)
                 except (InvalidRecord, FailedPrecondition) as exc:
                     log.info("record no longer republished", extra={"error": str(exc)})
                     await self.unpublish(key)
@@ -367,7 +372,7 @@ class DhtNode:
     async def _refresh_walk(self, key: bytes) -> None:
         """One refresh lookup (dhtd.refresh), bounded like any peer request chain."""
         with trio.move_on_after(REFRESH_WALK_TIMEOUT):
-            await self._walk(key, MessageType.FIND_NODE, lambda e: None)
+            await self._walk(key, MessageType.FIND_NODE, _ignore)
 
     async def _ping(self, peer: bytes) -> None:
         await self._request(peer, new_message(MessageType.PING))
@@ -424,7 +429,7 @@ class DhtNode:
         return sum(self.in_flight.values())
 
     def _seeds(self, target: bytes) -> list[PeerRecord]:
-        peers = self.table.closest(kad_key(target), BUCKET_SIZE)
+        peers = self.table.closest(kad_key(target))
         if not peers:
             raise Unavailable(NO_PEERS)
         return [PeerRecord(p, self.host.addrs_of(p)) for p in peers]
@@ -458,7 +463,7 @@ class DhtNode:
         key: bytes,
         kind: int,
         emit: Emit,
-        on_answer: Callable[[bytes, Message], None] = lambda peer, answer: None,
+        on_answer: Callable[[bytes, Message], None] = _ignore,
         stop: Callable[[], bool] = lambda: False,
     ) -> LookupResult:
         """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each answer."""
@@ -495,7 +500,7 @@ class DhtNode:
                         found.append(record)
                         op.got_result(self.observer)
 
-            await self._walk(target, MessageType.FIND_NODE, lambda e: None, on_answer,
+            await self._walk(target, MessageType.FIND_NODE, _ignore, on_answer,
                              stop=lambda: bool(found))
             if not found:
                 raise NotFound(f"no peer on the walk knows an address of {peer_id_to_str(target)}")
@@ -529,7 +534,7 @@ class DhtNode:
                         found(record if record.addrs else
                               PeerRecord(record.id, self.host.addrs_of(record.id)))
 
-                await self._walk(key, MessageType.GET_PROVIDERS, lambda e: None, on_answer,
+                await self._walk(key, MessageType.GET_PROVIDERS, _ignore, on_answer,
                                  stop=lambda: len(seen) >= count)
             if not seen:
                 raise NotFound("no provider found for this CID")
@@ -559,7 +564,7 @@ class DhtNode:
                 op.got_result(self.observer)
 
             try:
-                await self._walk(key, MessageType.GET_VALUE, lambda e: None, on_answer,
+                await self._walk(key, MessageType.GET_VALUE, _ignore, on_answer,
                                  stop=lambda: len(answers) >= GET_QUORUM)
             except Unavailable:
                 if not answers:
@@ -578,7 +583,7 @@ class DhtNode:
         with trio.move_on_after(CORRECTION_TIMEOUT):
             async with trio.open_nursery() as nursery:
                 for peer in peers:
-                    nursery.start_soon(self._put_one, peer, message, lambda e: None)
+                    nursery.start_soon(self._put_one, peer, message)
 
     async def put_value(self, key: bytes, value: bytes, emit: Emit, timeout: float) -> int:
         """Stores the record here and on the k peers nearest to ``key``.
@@ -598,7 +603,7 @@ class DhtNode:
                         "(e.g. a higher IPNS sequence number)"
                     )
             self.values.put(key, value, now)
-            if self.published.get(key, (None, 0.0))[0] != value:
+            if key not in self.published or self.published[key][0] != value:
                 # Committed before the first event: an acknowledged Put is kept.
                 await self.state.add_published(key, value, now)
                 self.published[key] = (value, 0.0)
@@ -607,7 +612,7 @@ class DhtNode:
             message = new_message(MessageType.PUT_VALUE, key)
             message.record.CopyFrom(new_record(key, value))
             stored = await self._store_on(result.closest, emit,
-                                          lambda peer, e: self._put_one(peer, message, e))
+                                          lambda peer, e: self._put_one(peer, message))
             if stored == 0:
                 raise Unavailable(
                     f"no peer accepted the record (0 of the {len(result.closest)} closest)"
@@ -617,7 +622,7 @@ class DhtNode:
                 self.state.republished(key, self.clock())
             return stored
 
-    async def _put_one(self, peer: bytes, message: Message, emit: Emit) -> None:
+    async def _put_one(self, peer: bytes, message: Message) -> None:
         answer = await self._request(peer, message)
         if answer.record.value != message.record.value:
             raise PeerRequestError("peer did not store the record (echo differs)")
