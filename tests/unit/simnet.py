@@ -135,9 +135,11 @@ class SimHost:
         return self.known.get(peer, ())
 
     def learn(self, peers: Sequence[PeerRecord]) -> None:
+        """Adds to what is known of each peer, as libp2p's peerstore does."""
         for record in peers:
             if record.addrs and record.id != self.self_id:
-                self.known[record.id] = tuple(record.addrs)
+                known = self.known.get(record.id, ())
+                self.known[record.id] = tuple(dict.fromkeys((*known, *record.addrs)))
 
     def pin(self, peer: bytes) -> None:
         self.pinned.add(peer)
@@ -160,9 +162,9 @@ class SimHost:
         if peer not in self.connected:
             self.connected.add(peer)
             other.connected.add(self.self_id)
-            self.known[peer] = (other.addr,)
-            other.known[self.self_id] = (self.addr,)
-            # identify: a moment later, each side learns whether the other serves kad
+            self.known[peer] = (other.addr,)  # the dialer knows the address it dialled
+            # identify: a moment later, each side learns whether the other serves kad,
+            # and the other's listen addresses (the side dialled in knows none before)
             self.identified[peer] = trio.Event()
             other.identified[self.self_id] = trio.Event()
             trio.lowlevel.spawn_system_task(self._identify, other)
@@ -172,8 +174,10 @@ class SimHost:
     async def _identify(self, other: SimHost) -> None:
         event = self.identified[other.self_id]
         await trio.sleep(IDENTIFY_DELAY)
-        if other.self_id in self.connected and other.handler is not None:
-            self.on_kad_peer(other.self_id)
+        if other.self_id in self.connected:
+            self.learn([PeerRecord(other.self_id, (other.addr,))])
+            if other.handler is not None:
+                self.on_kad_peer(other.self_id)
         event.set()
 
     async def connect(self, peer: bytes, addr: bytes) -> None:

@@ -24,11 +24,12 @@ from dhtd.errors import (
     Unavailable,
 )
 from dhtd.ids import kad_key, xor_distance
-from dhtd.kadmsg import MessageType, add_peers, new_message
+from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.state import Loaded, NodeState
 from dhtd.wire.kad_pb2 import Message
+from tests.ipns import Ed25519Identity, ipns_key, ipns_record
 from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_node, star
 
 # A CID's multihash (sha2-256), the key of provider records.
@@ -115,10 +116,11 @@ def test_find_providers_answers_its_own_provides_and_stored_records_first() -> N
             before = len(net.log)
             own: list[PeerRecord] = []
             assert await nodes[1].find_providers(KEY, 1, own.append, BOUND) == 1
-            assert [r.id for r in own] == [nodes[1].self_id]
+            provider = PeerRecord(nodes[1].self_id, (nodes[1].host.listen_addrs()[0],))
+            assert own == [provider]  # itself, with the addresses it listens on
             held: list[PeerRecord] = []
             assert await nodes[2].find_providers(KEY, 1, held.append, BOUND) == 1
-            assert [r.id for r in held] == [nodes[1].self_id]
+            assert held == [provider]
             assert len(net.log) == before  # both answered without asking anyone
 
     run(main)
@@ -711,24 +713,30 @@ class RecordingState(NodeState):
     def __init__(self, loaded: Loaded | None = None) -> None:
         self.loaded = loaded or Loaded()
         self.calls: list[tuple[str, object]] = []
+        # The time each call was given, as (method, now).
+        self.times: list[tuple[str, float]] = []
 
     def load(self) -> Loaded:
         return self.loaded
 
     async def add_provided(self, keys: Sequence[bytes], now: float) -> None:
         self.calls.append(("add_provided", list(keys)))
+        self.times.append(("add_provided", now))
 
     def announced(self, keys: Sequence[bytes], now: float) -> None:
         self.calls.append(("announced", list(keys)))
+        self.times.append(("announced", now))
 
     async def remove_provided(self, keys: Sequence[bytes]) -> None:
         self.calls.append(("remove_provided", list(keys)))
 
     async def add_published(self, key: bytes, value: bytes, now: float) -> None:
         self.calls.append(("add_published", (key, value)))
+        self.times.append(("add_published", now))
 
     def republished(self, key: bytes, now: float) -> None:
         self.calls.append(("republished", key))
+        self.times.append(("republished", now))
 
     async def remove_published(self, key: bytes) -> None:
         self.calls.append(("remove_published", key))
@@ -949,3 +957,364 @@ def test_a_failed_reprovide_round_is_retried_at_the_next_check() -> None:
             assert announcements() > sent and me.provided[KEY] > first
 
     run(main)
+
+
+# --- promises at the edges: exact quorum, foreign answers, timestamps, hooks -------------
+
+
+def test_only_the_first_100_providers_of_an_answer_are_read() -> None:
+    """A peer answering GET_PROVIDERS with 120 providers is read up to 100, as many as
+    a key keeps here: the first 100, in the order given."""
+    net = SimNet()
+    nodes = star(net, 3)
+    asker, liar = nodes[1], nodes[2]
+    addr = b"\x04\x7f\x00\x00\x01\x06\x00\x09"
+    providers = [PeerRecord(b"\x12\x20" + i.to_bytes(2, "big") * 16, (addr,))
+                 for i in range(1, 121)]
+
+    async def handler(sender: bytes, request: Message) -> Message | None:
+        if request.type != MessageType.GET_PROVIDERS:
+            return await liar._serve(sender, request)
+        answer = new_message(request.type, request.key)
+        add_peers(answer.providerPeers, providers, frozenset())
+        return answer
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[liar.self_id].handler = handler
+            seen: list[PeerRecord] = []
+            assert await asker.find_providers(KEY, 500, seen.append, BOUND) == 100
+            assert seen == providers[:100]
+
+    run(main)
+
+
+@pytest.mark.parametrize(("local", "remote", "ends_at_once"),
+                         [(False, 16, True), (True, 15, True), (False, 15, False)])
+def test_get_ends_at_exactly_16_valid_records_without_waiting_for_slow_peers(
+        local: bool, remote: int, ends_at_once: bool) -> None:
+    """16 valid records (its own copy counts) end the walk at once, though the two
+    peers closest to the key never answer; with 15 it walks on and waits out their
+    timeout."""
+    net = SimNet()
+    nodes = star(net, 22)
+    asker = nodes[0]
+    key = b"/demo/exact"
+    ranked = nearest(nodes[1:], key, 21)
+    hung, holders = ranked[:2], ranked[2:2 + remote]
+
+    async def main() -> float:
+        async with running(nodes):
+            await settle(nodes)
+            now = asker.clock()
+            if local:
+                asker.values.put(key, b"v", now)
+            for n in holders:
+                n.values.put(key, b"v", now)
+            net.hung.update(n.self_id for n in hung)
+            start = trio.current_time()
+            assert await asker.get_value(key, BOUND) == b"v"
+            return trio.current_time() - start
+
+    elapsed = run(main)
+    assert isinstance(elapsed, float)
+    if ends_at_once:
+        assert elapsed < 1.0
+    else:
+        assert elapsed >= PEER_TIMEOUT
+
+
+def test_get_ignores_an_answer_whose_record_is_under_another_key() -> None:
+    """A peer answering GET_VALUE with a record of another key (newer than any) is not
+    believed: the value returned is the one stored under the asked key."""
+    net = SimNet()
+    nodes = star(net, 5)
+    asker, liar, holder = nodes[1], nodes[2], nodes[3]
+    key = b"/demo/asked"
+
+    async def handler(sender: bytes, request: Message) -> Message | None:
+        if request.type != MessageType.GET_VALUE:
+            return await liar._serve(sender, request)
+        answer = new_message(request.type, request.key)
+        answer.record.CopyFrom(new_record(b"/demo/other", b"wrong", liar.clock() + 1000))
+        return answer
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[liar.self_id].handler = handler
+            holder.values.put(key, b"right", holder.clock())
+            assert await asker.get_value(key, BOUND) == b"right"
+
+    run(main)
+
+
+@pytest.mark.parametrize("own_is_newer", [True, False])
+def test_get_weighs_its_own_copy_by_when_it_was_received(own_is_newer: bool) -> None:
+    """The asker's own copy competes with the peers' by receive time: newer wins,
+    whoever holds it, and the holders of the older value are corrected."""
+    net = SimNet()
+    nodes = star(net, 6)
+    me, others = nodes[0], nodes[1:]
+    key = b"/demo/mine"
+
+    async def main() -> bytes:
+        async with running(nodes):
+            await settle(nodes)
+            old, new = EPOCH + 1, me.clock()
+            me.values.put(key, b"mine", new if own_is_newer else old)
+            for n in others:
+                n.values.put(key, b"theirs", old if own_is_newer else new)
+            got = await me.get_value(key, BOUND)
+            await trio.sleep(1)  # corrections run in the background
+            for n in others:
+                held = n.values.get(key, n.clock())
+                assert held is not None and held.value == got
+            return got
+
+    assert run(main) == (b"mine" if own_is_newer else b"theirs")
+
+
+def test_put_replaces_an_older_value_held_here_and_refuses_a_lower_ipns_sequence() -> None:
+    """In a last-write-wins namespace a second Put replaces the first, here and on
+    the peers; an IPNS record with a lower sequence than the one held is refused,
+    a higher one accepted."""
+    net = SimNet()
+    nodes = star(net, 3)
+    me = nodes[1]
+    owner = Ed25519Identity()
+    name = ipns_key(owner)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            assert await me.put_value(b"/demo/lww", b"first", _ignore, BOUND) == 2
+            await trio.sleep(1)
+            assert await me.put_value(b"/demo/lww", b"second", _ignore, BOUND) == 2
+            for n in nodes:
+                held = n.values.get(b"/demo/lww", n.clock())
+                assert held is not None and held.value == b"second"
+            assert await nodes[2].get_value(b"/demo/lww", BOUND) == b"second"
+
+            await me.put_value(name, ipns_record(owner, sequence=2), _ignore, BOUND)
+            with pytest.raises(FailedPrecondition, match="better record"):
+                await me.put_value(name, ipns_record(owner, sequence=1), _ignore, BOUND)
+            higher = ipns_record(owner, sequence=3)
+            assert await me.put_value(name, higher, _ignore, BOUND) == 2
+            assert await nodes[2].get_value(name, BOUND) == higher
+
+    run(main)
+
+
+def test_table_size_is_reported_when_the_first_peer_joins_and_the_last_leaves() -> None:
+    """on_table_change (the dht health check) hears of every change between empty and
+    not empty, and of nothing else."""
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[0]
+    sizes: list[int] = []
+    me.on_table_change = sizes.append
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            assert len(me.table) == 3 and sizes == [1]
+            for peer in list(me.table.peers()):
+                me.forget(peer)
+            assert sizes == [1, 0]
+            _, added = await me.connect(nodes[2].self_id, nodes[2].host.listen_addrs()[0], BOUND)
+            assert added and sizes == [1, 0, 1]
+
+    run(main)
+
+
+def test_commitments_are_stamped_with_the_node_clock() -> None:
+    """The provide set and the published records carry this node's clock: when a
+    commitment was made and when it last reached a peer. A Put of the value already
+    kept is no new commitment; a Put no peer took is kept as never delivered (0)."""
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[1]
+    me.state = state = RecordingState()
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await trio.sleep(0.25)
+            state.times.clear()
+            t1 = me.clock()
+            await me.provide([KEY], _ignore, BOUND)
+            assert me.list_provided(b"", 5) == [(KEY, t1)]
+            await me.put_value(b"/demo/t", b"v", _ignore, BOUND)
+            assert state.times == [("add_provided", t1), ("announced", t1),
+                                   ("add_published", t1), ("republished", t1)]
+            assert me.list_published(b"", 5) == [(b"/demo/t", b"v", t1)]
+
+            await trio.sleep(5)
+            t2 = me.clock()
+            await me.put_value(b"/demo/t", b"v", _ignore, BOUND)
+            assert state.times[4:] == [("republished", t2)]  # the same value: no new commitment
+            assert me.list_published(b"", 5) == [(b"/demo/t", b"v", t2)]
+            await me.put_value(b"/demo/t", b"v2", _ignore, BOUND)
+            assert state.times[5:] == [("add_published", t2), ("republished", t2)]
+
+            for n in nodes:
+                if n is not me:
+                    n.handlers.validators = build_validators(())  # refuse the PUT_VALUE
+            with pytest.raises(Unavailable):
+                await me.put_value(b"/demo/u", b"w", _ignore, BOUND)
+            assert me.list_published(b"/demo/t", 5) == [(b"/demo/u", b"w", 0.0)]
+
+    run(main)
+
+
+def test_operations_report_their_name_and_a_real_duration() -> None:
+    """Metrics get each operation's name, and durations (to the first result and to
+    the end) measured on the monotonic clock: small and never negative."""
+    net = SimNet()
+    nodes = star(net, 5)
+    me, late = nodes[1], sim_node(net, "late")
+    started: list[str] = []
+    finished: list[tuple[str, str, float]] = []
+    firsts: list[tuple[str, float]] = []
+    me.observer = Observer(
+        op_started=started.append,
+        op_finished=lambda op, outcome, s: finished.append((op, outcome, s)),
+        first_result=lambda op, s: firsts.append((op, s)),
+    )
+
+    async def main() -> None:
+        async with running([*nodes, late]):
+            await settle(nodes)
+            await me.provide([KEY], _ignore, BOUND)
+            await me.connect(late.self_id, late.host.listen_addrs()[0], BOUND)
+            await me.find_providers(KEY, 1, _ignore, BOUND)
+            nodes[3].values.put(b"/demo/d", b"v", nodes[3].clock())
+            await me.get_value(b"/demo/d", BOUND)
+            await me.find_peer(nodes[2].self_id, BOUND)  # connected
+            me.host.connected.discard(nodes[4].self_id)  # type: ignore[attr-defined]
+            await me.find_peer(nodes[4].self_id, BOUND)  # found on a walk
+
+    run(main)
+    ops = ["provide", "connect", "find_providers", "get_value", "find_peer", "find_peer"]
+    assert started == ops
+    assert [(op, outcome) for op, outcome, _ in finished] == [(op, "ok") for op in ops]
+    assert [op for op, _ in firsts] == ops[2:]
+    assert all(0 <= s < 60 for _, _, s in finished)
+    assert all(0 <= s < 60 for _, s in firsts)
+
+
+class SlowRemoval(NodeState):
+    """Commits removals the way a database does: they take a while."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+
+    def load(self) -> Loaded:
+        return self.loaded
+
+    async def remove_provided(self, keys: Sequence[bytes]) -> None:
+        await trio.sleep(0.1)
+
+    async def remove_published(self, key: bytes) -> None:
+        await trio.sleep(0.1)
+
+
+def test_concurrent_stops_of_the_same_commitment_both_succeed() -> None:
+    """Two StopProviding (or StopRepublishing) calls for the same key at once, e.g. a
+    client retrying, both end without error, and the commitment is gone."""
+    net = SimNet()
+    me = sim_node(net, "stopper")
+    me.state = SlowRemoval(Loaded(provided={KEY: 0.0}, published={b"/demo/s": (b"v", 0.0)}))
+    stopped: list[int] = []
+    unpublished: list[bool] = []
+
+    async def stop() -> None:
+        stopped.append(await me.stop_providing([KEY]))
+
+    async def unpublish() -> None:
+        unpublished.append(await me.unpublish(b"/demo/s"))
+
+    async def main() -> None:
+        async with running([me]):
+            assert KEY in me.provided and b"/demo/s" in me.published
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):
+                    nursery.start_soon(stop)
+                    nursery.start_soon(unpublish)
+            assert me.provided == {} and me.published == {}
+
+    run(main)
+    assert stopped == [1, 1] and unpublished == [True, True]
+
+
+def _ignore(*_: object) -> None:
+    """An event sink or callback that drops what it is given."""
+
+
+def test_a_walk_dials_only_the_peers_it_is_not_connected_to() -> None:
+    net = SimNet()
+    nodes = star(net, 8)
+    asker = nodes[1]
+    events: list[QueryEvent] = []
+
+    async def main() -> set[bytes]:
+        async with running(nodes):
+            await settle(nodes)
+            for peer in (nodes[5].self_id, nodes[6].self_id):
+                asker.host.disconnect(peer)  # type: ignore[attr-defined]
+            connected = set(asker.host.connected_peers())
+            await asker.query(KEY, events.append, BOUND)
+            return connected
+
+    connected = run(main)
+    assert isinstance(connected, set)
+    asked = {e.peer for e in events if e.type is EventType.SENDING_QUERY}
+    dialed = [e.peer for e in events if e.type is EventType.DIALING_PEER]
+    assert sorted(dialed) == sorted(asked - connected)
+    assert {nodes[5].self_id, nodes[6].self_id} <= set(dialed)
+
+
+def test_a_peer_that_times_out_in_a_walk_is_checked_at_once_and_forgotten() -> None:
+    """A routing-table peer that stops answering mid-walk is pinged right after (not at
+    the next refresh, 10 min away) and leaves the table when the ping times out too."""
+    net = SimNet()
+    nodes = star(net, 5)
+    asker, silent = nodes[1], nodes[3]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            assert silent.self_id in asker.table
+            net.hung.add(silent.self_id)
+            await asker.query(KEY, _ignore, BOUND)  # waits out its 10 s timeout
+            await trio.sleep(1 + 5 + 5)  # grace, ping timeout, a check interval
+            assert silent.self_id not in asker.table
+            assert set(asker.table.peers()) == {n.self_id for n in nodes if n not in (asker, silent)}
+
+    run(main)
+
+
+def test_a_short_reprovide_interval_is_kept_to_the_second() -> None:
+    """With --reprovide-interval 5 a provided key is announced again 5 to 6 s after
+    its last announcement (the check runs every second at least)."""
+    net = SimNet()
+    nodes = star(net, 3)
+    me = nodes[1]
+    me.reprovide_interval = 5.0
+    announced: list[float] = []
+    me.state = RecordingState()
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            await trio.sleep(0.5)  # between two checks
+            await me.provide([KEY], _ignore, BOUND)
+            await trio.sleep(30)
+            announced.extend(t for name, t in me.state.times  # type: ignore[attr-defined]
+                             if name == "announced")
+
+    run(main)
+    gaps = [b - a for a, b in zip(announced, announced[1:], strict=False)]
+    assert len(gaps) >= 4 and all(5.0 <= gap <= 6.0 for gap in gaps)
