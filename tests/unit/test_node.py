@@ -10,6 +10,7 @@ tests/integration; these run in milliseconds and let `./dev mutate` see them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import pairwise
 
 import pytest
 import trio
@@ -1291,7 +1292,8 @@ def test_a_peer_that_times_out_in_a_walk_is_checked_at_once_and_forgotten() -> N
             await asker.query(KEY, _ignore, BOUND)  # waits out its 10 s timeout
             await trio.sleep(1 + 5 + 5)  # grace, ping timeout, a check interval
             assert silent.self_id not in asker.table
-            assert set(asker.table.peers()) == {n.self_id for n in nodes if n not in (asker, silent)}
+            others = {n.self_id for n in nodes if n not in (asker, silent)}
+            assert set(asker.table.peers()) == others
 
     run(main)
 
@@ -1316,5 +1318,5 @@ def test_a_short_reprovide_interval_is_kept_to_the_second() -> None:
                              if name == "announced")
 
     run(main)
-    gaps = [b - a for a, b in zip(announced, announced[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(announced)]
     assert len(gaps) >= 4 and all(5.0 <= gap <= 6.0 for gap in gaps)
