@@ -24,14 +24,14 @@ from dhtd.errors import (
     NotFound,
     Unavailable,
 )
-from dhtd.ids import kad_key, xor_distance
+from dhtd.ids import kad_key, peer_id_to_str, xor_distance
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.state import Loaded, NodeState
 from dhtd.wire.kad_pb2 import Message
 from tests.ipns import Ed25519Identity, ipns_key, ipns_record
-from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_node, star
+from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_addr, sim_id, sim_node, star
 
 # A CID's multihash (sha2-256), the key of provider records.
 KEY = b"\x12\x20" + bytes(range(32))
@@ -333,8 +333,11 @@ def test_find_peer_across_a_hop_and_not_found_for_a_stranger() -> None:
             assert found.addrs == (target.host.listen_addrs()[0],)
             me = await asker.find_peer(asker.self_id, BOUND)
             assert me.addrs == (asker.host.listen_addrs()[0],)
-            with pytest.raises(NotFound):
-                await asker.find_peer(b"\x12\x20" + b"\x77" * 32, BOUND)
+            stranger = b"\x12\x20" + b"\x77" * 32
+            with pytest.raises(NotFound) as err:
+                await asker.find_peer(stranger, BOUND)
+            assert str(err.value) == (
+                f"no peer on the walk knows an address of {peer_id_to_str(stranger)}")
 
     run(main)
 
@@ -475,7 +478,7 @@ def test_connect_adds_a_dht_server_and_reports_a_dead_address() -> None:
     async def main() -> None:
         async with running([a, b, client]):
             record, added = await a.connect(b.self_id, b.host.listen_addrs()[0], BOUND)
-            assert added and record.addrs == (b.host.listen_addrs()[0],)
+            assert added and record == PeerRecord(b.self_id, (b.host.listen_addrs()[0],))
             assert b.self_id in a.table and a.self_id in b.table
             info = a.info()
             assert (info.routing_table_size, info.connected_peers, info.server) == (1, 1, True)
@@ -1320,3 +1323,111 @@ def test_a_short_reprovide_interval_is_kept_to_the_second() -> None:
     run(main)
     gaps = [b - a for a, b in pairwise(announced)]
     assert len(gaps) >= 4 and all(5.0 <= gap <= 6.0 for gap in gaps)
+
+
+def test_find_peer_ends_with_the_first_answer_naming_the_target() -> None:
+    """The walk ends as soon as one answer gives the target's address: the two peers
+    nearest the target never answer, and do not hold it up."""
+    net = SimNet()
+    nodes = star(net, 8)
+    asker, target = nodes[1], nodes[6]
+    silent = nearest([n for n in nodes if n not in (asker, target)], target.self_id, 2)
+
+    async def main() -> float:
+        async with running(nodes):
+            await settle(nodes)
+            asker.host.connected.discard(target.self_id)  # type: ignore[attr-defined]
+            net.hung.update(n.self_id for n in silent)
+            start = trio.current_time()
+            found = await asker.find_peer(target.self_id, BOUND)
+            assert found == PeerRecord(target.self_id, (target.host.listen_addrs()[0],))
+            return trio.current_time() - start
+
+    elapsed = run(main)
+    assert isinstance(elapsed, float) and elapsed < 1.0
+
+
+def test_find_peer_of_a_peer_that_just_dialled_in_waits_for_its_identify() -> None:
+    """A peer connected to this node but not yet identified has no known listen
+    address: FindPeer waits for identify and returns them, without a walk."""
+    net = SimNet()
+    nodes = star(net, 3)
+    me, newcomer = nodes[1], sim_node(net, "newcomer")
+
+    async def main() -> None:
+        async with running(nodes), running([newcomer]):
+            await settle(nodes)
+            await newcomer.host.connect(me.self_id, me.host.listen_addrs()[0])
+            assert me.host.addrs_of(newcomer.self_id) == ()
+            found = await me.find_peer(newcomer.self_id, BOUND)
+            assert found == PeerRecord(newcomer.self_id, (newcomer.host.listen_addrs()[0],))
+
+    run(main)
+
+
+def test_find_providers_answers_from_what_it_holds_when_it_has_no_peers() -> None:
+    """With no peers, FindProvs still answers from this node's provide set and its
+    provider store when they have enough; otherwise it is unavailable."""
+    net = SimNet()
+    lonely = sim_node(net, "alone")
+    lonely.state = RecordingState(Loaded(provided={KEY: 0.0}))
+    other, addr = sim_id("elsewhere"), sim_addr(9)
+
+    async def main() -> None:
+        async with running([lonely]):
+            with pytest.raises(Unavailable, match="no DHT peers"):
+                await lonely.find_providers(KEY, 2, _ignore, BOUND)
+            lonely.providers.add(KEY, other, (addr,), lonely.clock())
+            seen: list[PeerRecord] = []
+            assert await lonely.find_providers(KEY, 2, seen.append, BOUND) == 2
+            assert seen == [PeerRecord(lonely.self_id, (lonely.host.listen_addrs()[0],)),
+                            PeerRecord(other, (addr,))]
+
+    run(main)
+
+
+def test_find_providers_passes_on_the_addresses_a_record_carried() -> None:
+    """A provider record is passed on with the addresses it names, as
+    go-libp2p-kad-dht does: a provider that moved is reported at its new address
+    only, not also at an old one this node knew."""
+    net = SimNet()
+    nodes = star(net, 4)
+    asker, holder = nodes[1], nodes[2]
+    moved, old, new = sim_id("moved"), sim_addr(7), sim_addr(8)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            asker.host.learn([PeerRecord(moved, (old,))])
+            holder.providers.add(KEY, moved, (new,), holder.clock())
+            seen: list[PeerRecord] = []
+            assert await asker.find_providers(KEY, 1, seen.append, BOUND) == 1
+            assert seen == [PeerRecord(moved, (new,))]
+
+    run(main)
+
+
+def test_a_peer_that_dies_again_after_rejoining_is_checked_again_at_once() -> None:
+    """A peer that failed its liveness check, came back, and died again is checked
+    as soon as its connection drops, not only after the 30 s between checks of one
+    peer: its past check was forgotten with it."""
+    net = SimNet()
+    nodes = star(net, 12)  # not a thin table: no refresh walks in between
+    me, flaky = nodes[0], nodes[3]
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hung.add(flaky.self_id)
+            me.host.disconnect(flaky.self_id)  # type: ignore[attr-defined]
+            await trio.sleep(1 + 5 + 0.5)  # grace, ping timeout
+            assert flaky.self_id not in me.table
+            net.hung.clear()
+            await me.query(KEY, _ignore, BOUND)  # it answers: back in the table
+            assert flaky.self_id in me.table
+            net.hung.add(flaky.self_id)
+            me.host.disconnect(flaky.self_id)  # type: ignore[attr-defined]
+            await trio.sleep(1 + 5 + 0.5)
+            assert flaky.self_id not in me.table
+
+    run(main)
