@@ -107,10 +107,19 @@ PEERSTORE_MAX_PEERS = 4096
 # py-libp2p's hard cap on connections, above the high-water mark.
 CONN_HARD_LIMIT_FACTOR = 2
 
-# How long identify may take before a new connection is judged without its
-# protocol list (py-libp2p's own identify read timeout is 10 s).
+# How long a caller waiting on a connection it just opened (Connect, a bootstrap
+# dial, FindPeer of a connected peer) waits for identify before it goes on without
+# the peer's protocol list.
 IDENTIFY_WAIT = 5.0
+# How long the host keeps watching a new connection for the end of identify, so
+# that a peer that speaks kad joins the routing table even when identify is slow
+# (a loaded node, or many connections at once); go-libp2p's identify gives up
+# after 30 s too (identify.Timeout). The watch ends early if the peer disconnects.
+IDENTIFY_TIMEOUT = 30.0
+# Identify is polled (py-libp2p 0.8.1 signals no event when it completes): first
+# every 20 ms, backing off to every 0.5 s.
 _IDENTIFY_POLL = 0.02
+_IDENTIFY_POLL_MAX = 0.5
 
 # Idle kad streams kept for reuse, per peer and in all. Like go-libp2p-kad-dht's
 # message sender, dhtd sends successive requests to a peer on one stream, which
@@ -498,12 +507,15 @@ class Host:
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
 
-    async def wait_identified(self, peer: bytes) -> bool:
-        """Waits (at most IDENTIFY_WAIT) for identify; True if ``peer`` speaks kad."""
-        with trio.move_on_after(IDENTIFY_WAIT):
-            # py-libp2p 0.8.1 signals no event when identify completes.
-            while not self._identified(peer):  # noqa: ASYNC110
-                await trio.sleep(_IDENTIFY_POLL)
+    async def wait_identified(self, peer: bytes, timeout: float = IDENTIFY_WAIT) -> bool:
+        """Waits (at most ``timeout``) for identify; True if ``peer`` speaks kad.
+
+        Ends early, False, if ``peer`` has no connection left."""
+        poll = _IDENTIFY_POLL
+        with trio.move_on_after(timeout):
+            while not self._identified(peer) and self.is_connected(peer):
+                await trio.sleep(poll)
+                poll = min(poll * 1.5, _IDENTIFY_POLL_MAX)
         return self.speaks_kad(peer)
 
     def _identified(self, peer: bytes) -> bool:
@@ -518,15 +530,26 @@ class Host:
         on_kad_peer: Callable[[bytes], None],
         nursery: trio.Nursery,
     ) -> None:
+        """Passes each newly connected peer to ``on_kad_peer`` once identify says it
+        speaks kad: one watch per peer, however many connections it opens."""
+        watching: set[bytes] = set()
+
         async def check(peer: bytes) -> None:
             try:
-                if await self.wait_identified(peer):
+                if await self.wait_identified(peer, IDENTIFY_TIMEOUT):
                     on_kad_peer(peer)
+                elif not self._identified(peer) and self.is_connected(peer):
+                    log.info("identify of %s did not finish within %gs", ID(peer),
+                             IDENTIFY_TIMEOUT)
             except Exception as exc:  # one peer's trouble must not end the host
                 log.warning("identify check of %s failed: %s", ID(peer), describe(exc))
+            finally:
+                watching.discard(peer)
 
         async for peer in connected:
-            nursery.start_soon(check, peer)
+            if peer not in watching:
+                watching.add(peer)
+                nursery.start_soon(check, peer)
 
     # -- kad requests -------------------------------------------------------
 

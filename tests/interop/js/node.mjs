@@ -54,7 +54,10 @@ const { multiaddr } = await import('@multiformats/multiaddr')
 const { CID } = await import('multiformats/cid')
 
 const MAX_VALUE_BYTES = 64 * 1024 // dhtd's limit for an operator namespace
-const IDENTIFY_WAIT_MS = 5000
+// How long connect waits for identify of the dialled peer (it returns as soon as
+// identify ends): identify can take seconds on a loaded machine, and the wait
+// stays within jsnode.py's CALL_TIMEOUT (30 s) with room for the dial.
+const IDENTIFY_WAIT_MS = 15000
 // Every DHT operation gives up after this; the tests wait longer for an answer.
 const OPERATION_MS = 20_000
 
