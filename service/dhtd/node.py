@@ -22,7 +22,6 @@ from dhtd.handlers import KadHandlers, Peers, Rejected
 from dhtd.ids import kad_key, peer_id_to_str
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, parse_time, read_peers
 from dhtd.lookup import (
-    ALPHA,
     Emit,
     EventType,
     LookupResult,
@@ -612,7 +611,7 @@ class DhtNode:
             message = new_message(MessageType.PUT_VALUE, key)
             message.record.CopyFrom(new_record(key, value))
             stored = await self._store_on(result.closest, emit,
-                                          lambda peer, e: self._put_one(peer, message))
+                                          lambda peer: self._put_one(peer, message))
             if stored == 0:
                 raise Unavailable(
                     f"no peer accepted the record (0 of the {len(result.closest)} closest)"
@@ -631,7 +630,7 @@ class DhtNode:
         self,
         peers: Sequence[PeerRecord],
         emit: Emit,
-        store: Callable[[bytes, Emit], Awaitable[None]],
+        store: Callable[[bytes], Awaitable[None]],
     ) -> int:
         """Runs ``store`` against every peer at once; counts the ones that succeeded."""
         stored = 0
@@ -640,22 +639,18 @@ class DhtNode:
             nonlocal stored
             emit(QueryEvent(EventType.SENDING_QUERY, peer.id))
             try:
-                await store(peer.id, emit)
+                await store(peer.id)
             except Exception as exc:
                 emit(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=describe(exc)))
                 return
             stored += 1
             emit(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
 
-        limiter = trio.CapacityLimiter(ALPHA * 2)
-
-        async def limited(peer: PeerRecord) -> None:
-            async with limiter:
-                await one(peer)
-
+        # No limiter: ``peers`` are a walk's closest, at most k (20), so a Put or an
+        # announcement costs one round trip after its walk.
         async with trio.open_nursery() as nursery:
             for peer in peers:
-                nursery.start_soon(limited, peer)
+                nursery.start_soon(one, peer)
         return stored
 
     async def provide(
@@ -692,7 +687,7 @@ class DhtNode:
                     add_peers(message.providerPeers, [PeerRecord(self.self_id, addrs)],
                               frozenset())
                     counts[index] = await self._store_on(
-                        result.closest, tagged, lambda peer, e: self._send(peer, message)
+                        result.closest, tagged, lambda peer: self._send(peer, message)
                     )
                 if counts[index] and key in self.provided:
                     self.provided[key] = self.clock()
