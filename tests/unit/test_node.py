@@ -1431,3 +1431,83 @@ def test_a_peer_that_dies_again_after_rejoining_is_checked_again_at_once() -> No
             assert flaky.self_id not in me.table
 
     run(main)
+
+
+def test_put_ends_its_events_with_a_store_attempt_then_a_result_per_peer() -> None:
+    """After the walk's events, each closest peer gets SENDING_QUERY (the store sent)
+    and then FINAL_PEER (stored) or QUERY_ERROR, named by its peer ID."""
+    net = SimNet()
+    nodes = star(net, 6)
+    me = nodes[0]
+    events: list[QueryEvent] = []
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[nodes[4].self_id].handler = None  # answers nothing: refuses the store
+            await me.put_value(b"/demo/seq", b"v", events.append, BOUND)
+
+    run(main)
+    for n in nodes[1:]:
+        tail = [e.type for e in events if e.peer == n.self_id][-2:]
+        result = EventType.QUERY_ERROR if n is nodes[4] else EventType.FINAL_PEER
+        assert tail == [EventType.SENDING_QUERY, result], n.self_id.hex()
+    assert {e.peer for e in events} == {n.self_id for n in nodes[1:]}
+
+
+def test_add_provider_names_this_node_with_its_listen_addresses() -> None:
+    """go-libp2p-kad-dht drops a provider record that carries no address, so every
+    ADD_PROVIDER names this node with the addresses it listens on."""
+    net = SimNet()
+    nodes = star(net, 3)
+    me, holder = nodes[1], nodes[2]
+    seen: list[list[PeerRecord]] = []
+
+    async def handler(sender: bytes, request: Message) -> Message | None:
+        if request.type == MessageType.ADD_PROVIDER:
+            seen.append([PeerRecord(p.id, tuple(p.addrs)) for p in request.providerPeers])
+        return await holder._serve(sender, request)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[holder.self_id].handler = handler
+            await me.provide([KEY], _ignore, BOUND)
+
+    run(main)
+    assert seen == [[PeerRecord(me.self_id, (me.host.listen_addrs()[0],))]]
+
+
+def test_a_put_stores_on_the_k_closest_at_once() -> None:
+    """The k stores of a Put go out together: holders that take a second each to
+    answer cost the Put one second after its walk, not one per holder."""
+    net = SimNet()
+    nodes = star(net, 22)
+    me = nodes[0]
+    busy = 0
+    peak = 0
+
+    def slow(node: DhtNode) -> Callable[[bytes, Message], Awaitable[Message | None]]:
+        async def handler(sender: bytes, request: Message) -> Message | None:
+            nonlocal busy, peak
+            if request.type == MessageType.PUT_VALUE:
+                busy += 1
+                peak = max(peak, busy)
+                await trio.sleep(1)
+                busy -= 1
+            return await node._serve(sender, request)
+
+        return handler
+
+    async def main() -> float:
+        async with running(nodes):
+            await settle(nodes)
+            for n in nodes[1:]:
+                net.hosts[n.self_id].handler = slow(n)
+            start = trio.current_time()
+            assert await me.put_value(b"/demo/slow", b"v", _ignore, BOUND) == 20
+            return trio.current_time() - start
+
+    elapsed = run(main)
+    assert peak == 20
+    assert elapsed == pytest.approx(1.0)
