@@ -21,7 +21,8 @@ import trio
 
 from dhtd.app import build_validators
 from dhtd.lookup import PeerRecord, PeerRequestError
-from dhtd.node import Bootstrap, DhtNode
+from dhtd.node import Bootstrap, DhtNode, Observer
+from dhtd.refresh import REFRESH_INTERVAL
 from dhtd.wire.kad_pb2 import Message
 
 PROTOCOL = "/ipfs/kad/1.0.0"
@@ -227,14 +228,20 @@ class SimHost:
 
 
 def sim_node(net: SimNet, name: str, bootstrap: Sequence[DhtNode] = (),
-             server: bool = True, namespaces: tuple[str, ...] = ("demo",)) -> DhtNode:
+             server: bool = True, namespaces: tuple[str, ...] = ("demo",),
+             observer: Observer | None = None,
+             refresh_interval: float = REFRESH_INTERVAL) -> DhtNode:
+    """A node on ``net``; ``observer`` and ``refresh_interval`` are given at construction,
+    as dhtd.app does (the handlers and the maintainer take them from there)."""
     host = net.new_host(name)
     return DhtNode(
         host,  # type: ignore[arg-type]
         build_validators(namespaces),
         server=server,
         bootstrap=[Bootstrap(b.self_id, b.host.listen_addrs()[0]) for b in bootstrap],
+        observer=observer or Observer(),
         clock=lambda: EPOCH + trio.current_time(),
+        refresh_interval=refresh_interval,
     )
 
 

@@ -29,6 +29,7 @@ from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.state import Loaded, NodeState
+from dhtd.stores import ValueStore
 from dhtd.wire.kad_pb2 import Message
 from tests.ipns import Ed25519Identity, ipns_key, ipns_record
 from tests.unit.simnet import EPOCH, SimNet, running, settle, sim_addr, sim_id, sim_node, star
@@ -1511,3 +1512,93 @@ def test_a_put_stores_on_the_k_closest_at_once() -> None:
     elapsed = run(main)
     assert peak == 20
     assert elapsed == pytest.approx(1.0)
+
+
+def test_metrics_hooks_given_at_construction_count_requests_served_and_records_refused() -> None:
+    """dhtd.app hands its metrics hooks to the node it builds: the kad handlers count
+    each request served by kind, and each record refused for lack of room."""
+    net = SimNet()
+    inbound: list[int] = []
+    refused: list[str] = []
+    first = sim_node(net, "m0")
+    holder = sim_node(net, "m1", [first],
+                      observer=Observer(inbound=inbound.append, refused=refused.append))
+    me = sim_node(net, "m2", [first])
+    nodes = [first, holder, me]
+    events: list[QueryEvent] = []
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            holder.values = holder.handlers.values = ValueStore(max_bytes=16, per_peer=16)
+            inbound.clear()
+            await me.put_value(b"/demo/big", b"x" * 64, events.append, BOUND)
+
+    run(main)
+    assert MessageType.FIND_NODE in inbound and MessageType.PUT_VALUE in inbound
+    assert refused == ["value"]
+    assert [e.peer for e in events if e.type is EventType.QUERY_ERROR] == [holder.self_id]
+
+
+def test_liveness_pings_go_only_to_peers_not_heard_from_within_the_refresh_interval() -> None:
+    """With --refresh-interval 100, a routing-table peer nobody hears from is pinged
+    about every 100 s; one that keeps sending requests is never pinged, nor are peers
+    that keep answering this node's lookups, nor a peer that joined less than an
+    interval ago."""
+    net = SimNet()
+    first = sim_node(net, "l0")
+    me = sim_node(net, "l1", [first], refresh_interval=100.0)
+    nodes = [first, me] + [sim_node(net, f"l{i}", [first]) for i in range(2, 12)]
+    talker, silent = nodes[5], nodes[6]
+    ping_times: dict[bytes, list[float]] = {}
+
+    def pings_to(peer: bytes) -> int:
+        return sum(1 for to, sender, kind in net.log
+                   if to == peer and sender == me.self_id and kind == MessageType.PING)
+
+    def recording(node: DhtNode) -> Callable[[bytes, Message], Awaitable[Message | None]]:
+        async def handler(sender: bytes, request: Message) -> Message | None:
+            if sender == me.self_id and request.type == MessageType.PING:
+                ping_times.setdefault(node.self_id, []).append(trio.current_time())
+            return await node._serve(sender, request)
+
+        return handler
+
+    async def answer_anything(sender: bytes, request: Message) -> Message | None:
+        return new_message(request.type, request.key)
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hosts[silent.self_id].handler = recording(silent)
+            ping = new_message(MessageType.PING)
+            for _ in range(15):  # 300 s: the talker sends a request every 20 s
+                await talker.host.request(me.self_id, ping)
+                await trio.sleep(20)
+            assert pings_to(talker.self_id) == 0
+            checks = ping_times[silent.self_id]
+            assert len(checks) == 3
+            assert all(95 <= b - a <= 105 for a, b in pairwise(checks))
+
+            # A new peer (a bare host that answers anything) joins midway between two
+            # checks: it was just heard from, so the next check leaves it alone.
+            check = checks[-1]
+            while check + 50 < trio.current_time():
+                check += 100
+            await trio.sleep(check + 50 - trio.current_time())
+            newcomer = net.new_host("newcomer")
+            async with newcomer.open([newcomer.addr], answer_anything, _ignore):
+                await newcomer.connect(me.self_id, me.host.listen_addrs()[0])
+                await trio.sleep(1)
+                assert newcomer.self_id in me.table
+                await trio.sleep(98)
+                assert pings_to(newcomer.self_id) == 0
+
+                # Peers that answer this node's lookups every 20 s are never pinged.
+                sent = sum(pings_to(n.self_id) for n in nodes)
+                for _ in range(15):
+                    await me.query(KEY, _ignore, BOUND)
+                    await trio.sleep(20)
+                assert sum(pings_to(n.self_id) for n in nodes) == sent
+
+    run(main)
