@@ -1133,8 +1133,11 @@ def test_table_size_is_reported_when_the_first_peer_joins_and_the_last_leaves() 
         async with running(nodes):
             await settle(nodes)
             assert len(me.table) == 3 and sizes == [1]
-            for peer in list(me.table.peers()):
+            *others, last = me.table.peers()
+            for peer in others:
                 me.forget(peer)
+            assert len(me.table) == 1 and sizes == [1]  # one peer left: still serving
+            me.forget(last)
             assert sizes == [1, 0]
             _, added = await me.connect(nodes[2].self_id, nodes[2].host.listen_addrs()[0], BOUND)
             assert added and sizes == [1, 0, 1]
