@@ -631,6 +631,11 @@ def test_only_the_first_40_closer_peers_of_an_answer_are_read() -> None:
             assert (await asker.find_peer(at_40, BOUND)).id == at_40
             with pytest.raises(NotFound):
                 await asker.find_peer(at_41, BOUND)
+            # Nor does any walk hear of it: a query for it never contacts it.
+            events: list[QueryEvent] = []
+            await asker.query(at_41, events.append, BOUND)
+            assert at_40 in {e.peer for e in events}
+            assert at_41 not in {e.peer for e in events}
 
     run(main)
 
