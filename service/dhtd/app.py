@@ -41,6 +41,7 @@ from dhtd.p2p import (
 )
 from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
 from dhtd.state import CorruptDatabase, Database, DataDirLocked, DiskState
+from dhtd.stores import HeldRecords
 
 log = logging.getLogger("dhtd")
 
@@ -107,6 +108,7 @@ async def _run_dht(
             refresh_interval=config.refresh_interval,
             republish_interval=config.republish_interval,
             state=DiskState(db),
+            records=await HeldRecords.open(db),
             on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
         )
         with trio.CancelScope() as scope:

@@ -1,7 +1,9 @@
 """Answers inbound kad requests, dispatched through one table by message type.
 
 Each handler takes the sender and the request and returns the answer, or
-None when the spec says nothing is sent back (ADD_PROVIDER). A handler raises
+None when the spec says nothing is sent back (ADD_PROVIDER). Handlers are
+async: provider records are read and written on the database's writer thread
+(:class:`dhtd.stores.HeldRecords`). A handler raises
 :class:`Rejected` when the request is invalid; the host then resets the
 stream, as the spec asks.
 """
@@ -9,7 +11,7 @@ stream, as the spec asks.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from dhtd.errors import InvalidRecord
@@ -18,7 +20,8 @@ from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, peer_ad
 from dhtd.lookup import PeerRecord
 from dhtd.records import Candidate, Validators
 from dhtd.routing import BUCKET_SIZE, RoutingTable
-from dhtd.stores import ProviderStore, StoreFull, ValueStore
+from dhtd.state import StorageFull, StorageUnavailable
+from dhtd.stores import HeldRecords, StoreFull, ValueStore
 from dhtd.wire.kad_pb2 import Message
 
 # The longest key accepted in GET_VALUE / GET_PROVIDERS / ADD_PROVIDER.
@@ -50,7 +53,7 @@ class Peers:
     connected: Callable[[], frozenset[bytes]]
 
 
-Handler = Callable[["KadHandlers", bytes, Message], Message | None]
+Handler = Callable[["KadHandlers", bytes, Message], Awaitable[Message | None]]
 
 
 @dataclass
@@ -60,7 +63,7 @@ class KadHandlers:
     self_id: bytes
     table: RoutingTable
     values: ValueStore
-    providers: ProviderStore
+    records: HeldRecords
     validators: Validators
     peers: Peers
     clock: Callable[[], float] = time.time
@@ -68,7 +71,7 @@ class KadHandlers:
     # Told of every record a store refused (kind "provider" or "value").
     on_refused: Callable[[str], None] = field(default=lambda _kind: None)
 
-    def handle(self, sender: bytes, request: Message) -> Message | None:
+    async def handle(self, sender: bytes, request: Message) -> Message | None:
         """Answers ``request`` from ``sender``; raises Rejected on invalid input."""
         handler = HANDLERS.get(request.type)
         if handler is None:
@@ -76,7 +79,7 @@ class KadHandlers:
         self.on_request(request.type)
         if len(request.key) > MAX_REQUEST_KEY_BYTES:
             raise Rejected("key too long")
-        return handler(self, sender, request)
+        return await handler(self, sender, request)
 
     def closer_peers(self, key: bytes, exclude: bytes) -> list[PeerRecord]:
         """Up to k known peers nearest to ``key`` that have addresses, minus ``exclude``."""
@@ -100,7 +103,7 @@ class KadHandlers:
         return answer
 
 
-def find_node(h: KadHandlers, sender: bytes, request: Message) -> Message:
+async def find_node(h: KadHandlers, sender: bytes, request: Message) -> Message:
     if not request.key:
         raise Rejected("FIND_NODE without a key")
     answer = h._answer(request, sender)
@@ -118,7 +121,7 @@ def find_node(h: KadHandlers, sender: bytes, request: Message) -> Message:
     return answer
 
 
-def get_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
+async def get_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
     if not request.key:
         raise Rejected("GET_VALUE without a key")
     answer = h._answer(request, sender)
@@ -128,7 +131,7 @@ def get_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
     return answer
 
 
-def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
+async def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
     record = request.record
     if not request.HasField("record") or record.key != request.key or not request.key:
         raise Rejected("PUT_VALUE record key must equal the message key")
@@ -162,30 +165,31 @@ def _provider_key(request: Message) -> bytes:
     return key
 
 
-def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
+async def add_provider(h: KadHandlers, sender: bytes, request: Message) -> None:
     key = _provider_key(request)
     # A peer may only announce itself (go-libp2p-kad-dht handlers.go does the same).
     mine = [p for p in request.providerPeers if p.id == sender][:MAX_PROVIDER_ENTRIES]
     for provider in mine:
         addrs = peer_addrs(sender, provider.addrs) or h.peers.addrs_of(sender)
         try:
-            h.providers.add(key, sender, addrs, h.clock())
-        except StoreFull:
-            # No answer exists to carry a refusal; the stream stays usable.
+            await h.records.add_provider(key, sender, addrs, h.clock())
+        except (StoreFull, StorageFull, StorageUnavailable):
+            # No answer exists to carry a refusal; the stream stays usable. (A
+            # storage failure is logged once by the database.)
             h.on_refused("provider")
     return None
 
 
-def get_providers(h: KadHandlers, sender: bytes, request: Message) -> Message:
+async def get_providers(h: KadHandlers, sender: bytes, request: Message) -> Message:
     _provider_key(request)
     answer = h._answer(request, sender)
-    records = h.providers.get(request.key, h.clock())[:MAX_PROVIDERS_PER_ANSWER]
+    records = (await h.records.providers_of(request.key, h.clock()))[:MAX_PROVIDERS_PER_ANSWER]
     peers = [PeerRecord(r.peer, r.addrs or h.peers.addrs_of(r.peer)) for r in records]
     add_peers(answer.providerPeers, peers, h.peers.connected())
     return answer
 
 
-def ping(h: KadHandlers, sender: bytes, request: Message) -> Message:
+async def ping(h: KadHandlers, sender: bytes, request: Message) -> Message:
     return new_message(MessageType.PING)
 
 

@@ -215,7 +215,7 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily(
             "dht_provider_records",
             "Provider records this node stores for others. Rising steadily: more content "
-            "is announced to this node.", value=len(node.providers))
+            "is announced to this node.", value=node.records.provider_count())
         yield GaugeMetricFamily(
             "dht_value_records",
             "Value records (/pk/, /ipns/, operator namespaces) this node stores.",

@@ -35,8 +35,8 @@ from dhtd.p2p import Host
 from dhtd.records import Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
-from dhtd.state import NodeState
-from dhtd.stores import MAX_PROVIDERS_PER_KEY, ProviderStore, ValueStore
+from dhtd.state import NodeState, StorageFull, StorageUnavailable
+from dhtd.stores import MAX_PROVIDERS_PER_KEY, HeldRecords, ValueStore
 from dhtd.wire.kad_pb2 import Message
 
 log = logging.getLogger("dhtd.node")
@@ -175,18 +175,19 @@ class DhtNode:
     refresh_interval: float = REFRESH_INTERVAL
     republish_interval: float = REPUBLISH_INTERVAL
     state: NodeState = field(default_factory=NodeState)
+    # Provider records held for other peers (in state.db for dhtd's own node).
+    records: HeldRecords = field(default_factory=HeldRecords.in_memory)
 
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
         self.table = RoutingTable(self.self_id)
         self.values = ValueStore()
-        self.providers = ProviderStore()
         self.in_flight: dict[str, int] = {}
         self.handlers = KadHandlers(
             self_id=self.self_id,
             table=self.table,
             values=self.values,
-            providers=self.providers,
+            records=self.records,
             validators=self.validators,
             peers=Peers(addrs_of=self.host.addrs_of, connected=self._connected_set),
             clock=self.clock,
@@ -248,7 +249,7 @@ class DhtNode:
         if sender in self.table:
             self.maintainer.heard_from(sender)
         try:
-            return self.handlers.handle(sender, request)
+            return await self.handlers.handle(sender, request)
         except Rejected as exc:
             log.debug("rejected %s from %s: %s", request.type, peer_id_to_str(sender), exc)
             raise
@@ -347,11 +348,16 @@ class DhtNode:
         """Collects expired records a batch at a time (see GC_INTERVAL)."""
         while True:
             await trio.sleep(GC_INTERVAL)
-            for store in (self.providers, self.values):
-                for _ in range(len(store) // GC_BATCH + 1):
-                    if store.collect(self.clock(), GC_BATCH) < GC_BATCH:
+            for _ in range(len(self.values) // GC_BATCH + 1):
+                if self.values.collect(self.clock(), GC_BATCH) < GC_BATCH:
+                    break
+                await trio.lowlevel.checkpoint()
+            try:
+                for _ in range(self.records.provider_count() // GC_BATCH + 1):
+                    if await self.records.collect_providers(self.clock(), GC_BATCH) < GC_BATCH:
                         break
-                    await trio.lowlevel.checkpoint()
+            except (StorageFull, StorageUnavailable):
+                pass  # logged by the database; collected at the next round
 
     async def _dial_bootstrap(self) -> None:
         async def dial(b: Bootstrap) -> None:
@@ -522,7 +528,7 @@ class DhtNode:
 
             if key in self.provided:
                 found(PeerRecord(self.self_id, tuple(self.host.listen_addrs())))
-            for local in self.providers.get(key, self.clock()):
+            for local in await self.records.providers_of(key, self.clock()):
                 found(PeerRecord(local.peer, local.addrs or self.host.addrs_of(local.peer)))
             if len(seen) < count:
 

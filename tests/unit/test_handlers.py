@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable, Sequence
 
 import pytest
+import trio
 
 from dhtd.errors import InvalidRecord
 from dhtd.handlers import (
@@ -26,7 +28,8 @@ from dhtd.records import (
     peer_id_from_public_key,
 )
 from dhtd.routing import BUCKET_SIZE, RoutingTable
-from dhtd.stores import ProviderStore, ValueStore
+from dhtd.state.db import MemoryDatabase
+from dhtd.stores import HeldRecords, ProviderStore, ValueStore
 from dhtd.wire.kad_pb2 import KeyType, Message, PublicKey
 
 NOW = 1_750_000_000.25
@@ -48,6 +51,12 @@ def addrs(peer: bytes) -> tuple[bytes, ...]:
     return (b"\x04\x7f\x00\x00\x01\x06" + peer[-2:],)
 
 
+def held(make: Callable[[sqlite3.Connection], ProviderStore]) -> HeldRecords:
+    """A provider store made by ``make`` (other limits) on an in-memory database."""
+    db = MemoryDatabase()
+    return HeldRecords(db, make(db.conn))
+
+
 class World:
     """One node's handlers, with a filled routing table and fake host knowledge."""
 
@@ -56,7 +65,7 @@ class World:
         peers: int = 60,
         *,
         values: ValueStore | None = None,
-        providers: ProviderStore | None = None,
+        providers: Callable[[sqlite3.Connection], ProviderStore] | None = None,
         seed: int = 1,
     ) -> None:
         rng = random.Random(seed)
@@ -74,7 +83,7 @@ class World:
             self_id=self.self_id,
             table=self.table,
             values=ValueStore() if values is None else values,
-            providers=ProviderStore() if providers is None else providers,
+            records=HeldRecords.in_memory() if providers is None else held(providers),
             validators=Validators(
                 {"pk": PublicKeyValidator(), "app": LastWriteWinsValidator(1024)}
             ),
@@ -88,7 +97,11 @@ class World:
         self.sender = self.peers[0]
 
     def handle(self, request: Message, sender: bytes | None = None) -> Message | None:
-        return self.h.handle(self.sender if sender is None else sender, request)
+        return trio.run(self.h.handle, self.sender if sender is None else sender, request)
+
+    @property
+    def providers(self) -> ProviderStore:
+        return self.h.records.providers
 
     def answer(self, request: Message, sender: bytes | None = None) -> Message:
         answer = self.handle(request, sender)
@@ -147,7 +160,7 @@ def test_too_long_key_is_rejected(kind: int) -> None:
     with pytest.raises(Rejected, match="key too long"):
         w.handle(request)
     assert len(w.h.values) == 0
-    assert len(w.h.providers) == 0
+    assert len(w.providers) == 0
 
 
 def test_longest_allowed_key_is_answered() -> None:
@@ -414,7 +427,7 @@ def test_add_provider_has_no_answer_and_only_the_sender_may_announce_itself() ->
     other = w.peers[1]
     request = add_provider_request(key, (other, (b"evil",)), (w.sender, (b"mine",)))
     assert w.handle(request) is None
-    records = w.h.providers.get(key, NOW)
+    records = w.providers.get(key, NOW)
     assert [(r.peer, r.addrs) for r in records] == [(w.sender, (b"mine",))]
 
 
@@ -422,14 +435,14 @@ def test_add_provider_for_someone_else_only_stores_nothing() -> None:
     w = World()
     key = b"\x12\x20" + bytes(32)
     assert w.handle(add_provider_request(key, (w.peers[2], addrs(w.peers[2])))) is None
-    assert w.h.providers.get(key, NOW) == []
+    assert w.providers.get(key, NOW) == []
 
 
 def test_add_provider_without_addrs_uses_the_known_ones() -> None:
     w = World()
     key = b"\x12\x20" + bytes(32)
     w.handle(add_provider_request(key, (w.sender, ())))
-    [record] = w.h.providers.get(key, NOW)
+    [record] = w.providers.get(key, NOW)
     assert record.addrs == addrs(w.sender)
 
 
@@ -440,19 +453,19 @@ def test_add_provider_stores_addrs_without_the_senders_own_p2p_suffix() -> None:
     tcp = bytes([0x04, 127, 0, 0, 1, 0x06, 0x0F, 0xA1])
     suffix = b"\xa5\x03" + bytes([len(w.sender)]) + w.sender
     w.handle(add_provider_request(key, (w.sender, (tcp + suffix,))))
-    [record] = w.h.providers.get(key, NOW)
+    [record] = w.providers.get(key, NOW)
     assert record.addrs == (tcp,)
 
 
 def test_add_provider_past_the_senders_share_is_dropped_without_a_reset() -> None:
     refused: list[str] = []
-    w = World(providers=ProviderStore(max_records=10, per_peer=1))
+    w = World(providers=lambda conn: ProviderStore(conn, max_records=10, per_peer=1))
     w.h.on_refused = refused.append
     first, second = b"\x12\x20" + bytes(32), b"\x12\x20" + b"\x01" * 32
     assert w.handle(add_provider_request(first, (w.sender, (b"a",)))) is None
     # Over its share: no answer exists to refuse with, and the stream stays usable.
     assert w.handle(add_provider_request(second, (w.sender, (b"a",)))) is None
-    assert w.h.providers.get(second, NOW) == []
+    assert w.providers.get(second, NOW) == []
     assert refused == ["provider"]
 
 
@@ -468,7 +481,7 @@ def test_provider_keys_must_be_multihashes(key: bytes, kind: int) -> None:
     request.type = kind  # type: ignore[assignment]
     with pytest.raises(Rejected, match="multihash"):
         w.handle(request)
-    assert len(w.h.providers) == 0
+    assert len(w.providers) == 0
 
 
 def test_get_providers() -> None:
@@ -492,7 +505,7 @@ def test_get_providers_fills_in_missing_addrs_and_caps_the_answer() -> None:
     key = b"\x12\x20" + bytes(32)
     for i, peer in enumerate(w.peers):
         w.clock.now = NOW + i
-        w.h.providers.add(key, peer, (), w.clock.now)
+        w.providers.add(key, peer, (), w.clock.now)
     answer = w.answer(new_message(MessageType.GET_PROVIDERS, key))
     got = [(p.id, tuple(p.addrs)) for p in answer.providerPeers]
     assert len(got) == MAX_PROVIDERS_PER_ANSWER
@@ -549,7 +562,7 @@ def test_each_refusal_says_why(request_of: Callable[[], Message], expected: str)
     w = World()
     assert reason(w, request_of()) == expected
     assert len(w.h.values) == 0
-    assert len(w.h.providers) == 0
+    assert len(w.providers) == 0
 
 
 def identity_multihash(length: int) -> bytes:
@@ -567,7 +580,7 @@ def test_provider_keys_are_multihashes_of_at_most_80_bytes(length: int, accepted
     if not accepted:
         assert reason(w, add) == "provider key is not a multihash"
         assert reason(w, get) == "provider key is not a multihash"
-        assert len(w.h.providers) == 0
+        assert len(w.providers) == 0
         return
     assert w.handle(add) is None
     answer = w.answer(get, w.peers[1])

@@ -79,7 +79,8 @@ def test_find_providers_stops_once_it_has_enough(count: int, ends_at: float) -> 
         async with running([s, p, h]):
             await settle([s, p, h])
             await p.provide([KEY], lambda i, e: None, BOUND)
-            assert s.providers.get(KEY, p.clock()) and h.providers.get(KEY, p.clock())
+            assert s.records.providers.get(KEY, p.clock())
+            assert h.records.providers.get(KEY, p.clock())
             async with running([q]):
                 await settle([q])
                 assert set(q.table.peers()) == {s.self_id, p.self_id, h.self_id}
@@ -312,7 +313,7 @@ def test_provide_announces_to_the_k_closest_and_remembers_the_key() -> None:
             return await nodes[0].provide([KEY], lambda i, e: None, BOUND)
 
     assert run(main) == [20]
-    holders = {n.self_id for n in nodes if n.providers.get(KEY, EPOCH + 1000)}
+    holders = {n.self_id for n in nodes if n.records.providers.get(KEY, EPOCH + 1000)}
     others = [n for n in nodes if n is not nodes[0]]
     assert holders == {n.self_id for n in nearest(others, KEY, 20)}
     assert KEY in nodes[0].provided
@@ -438,12 +439,13 @@ def test_expired_records_are_collected_every_minute() -> None:
         async with running(nodes):
             start = holder.clock()
             # Received 48 h - 30 s ago: it expires 30 s from now.
-            holder.providers.add(old, nodes[2].self_id, (), start - 172_800 + 30)
+            holder.records.providers.add(old, nodes[2].self_id, (), start - 172_800 + 30)
             holder.values.put(b"/demo/old", b"v", start - 172_800 + 30, owner=nodes[2].self_id)
             await trio.sleep(59)
-            assert len(holder.providers) == 1 and len(holder.values) == 1  # expired, not yet swept
+            # expired, not yet swept
+            assert len(holder.records.providers) == 1 and len(holder.values) == 1
             await trio.sleep(2)
-            assert len(holder.providers) == 0 and len(holder.values) == 0
+            assert len(holder.records.providers) == 0 and len(holder.values) == 0
 
     run(main)
 
@@ -547,9 +549,9 @@ def test_find_providers_returns_count_distinct_providers_with_addresses() -> Non
         async with running(nodes):
             await settle(nodes)
             now = holder.clock()
-            holder.providers.add(KEY, p1.self_id, (p1.host.listen_addrs()[0],), now)
-            holder.providers.add(KEY, p2.self_id, (), now)  # addrs known to the holder
-            holder.providers.add(KEY, p3.self_id, (), now)
+            holder.records.providers.add(KEY, p1.self_id, (p1.host.listen_addrs()[0],), now)
+            holder.records.providers.add(KEY, p2.self_id, (), now)  # addrs known to the holder
+            holder.records.providers.add(KEY, p3.self_id, (), now)
             seen: list[PeerRecord] = []
             assert await asker.find_providers(KEY, 2, seen.append, BOUND) == 2
             assert len({r.id for r in seen}) == 2
@@ -559,7 +561,7 @@ def test_find_providers_returns_count_distinct_providers_with_addresses() -> Non
                 assert record.addrs == (owner.host.listen_addrs()[0],)
             # From its own store, with addresses it knows.
             mine: list[PeerRecord] = []
-            asker.providers.add(KEY, p2.self_id, (), now)
+            asker.records.providers.add(KEY, p2.self_id, (), now)
             assert await asker.find_providers(KEY, 1, mine.append, BOUND) == 1
             assert mine == [PeerRecord(p2.self_id, (p2.host.listen_addrs()[0],))]
 
@@ -574,7 +576,7 @@ def test_find_providers_fills_in_addresses_the_answer_left_out() -> None:
     async def main() -> None:
         async with running(nodes):
             await settle(nodes)
-            holder.providers.add(KEY, provider.self_id, (), holder.clock())
+            holder.records.providers.add(KEY, provider.self_id, (), holder.clock())
             holder.host.known.pop(provider.self_id)  # type: ignore[attr-defined]
             seen: list[PeerRecord] = []
             await asker.find_providers(KEY, 1, seen.append, BOUND)
@@ -714,9 +716,9 @@ def test_provide_of_several_keys_counts_and_tags_each() -> None:
         assert len(finals) == 7
     assert set(nodes[0].provided) == set(keys)
     for key in keys:
-        holders = [n for n in nodes[1:] if n.providers.get(key, EPOCH + 1000)]
+        holders = [n for n in nodes[1:] if n.records.providers.get(key, EPOCH + 1000)]
         assert len(holders) == 7
-        record = holders[0].providers.get(key, EPOCH + 1000)[0]
+        record = holders[0].records.providers.get(key, EPOCH + 1000)[0]
         assert (record.peer, record.addrs) == (nodes[0].self_id, (nodes[0].host.listen_addrs()[0],))
 
 
@@ -819,7 +821,7 @@ def test_a_restarted_node_resumes_its_commitments_and_dials_saved_peers() -> Non
                 await trio.sleep(30)  # joined from its saved peers
                 assert {p.id for p in saved} <= set(me.table.peers())
                 await trio.sleep(20)  # both due at once (never delivered): at the first check
-                assert any(n.providers.get(key, EPOCH + 1000) for n in others)
+                assert any(n.records.providers.get(key, EPOCH + 1000) for n in others)
                 assert any(n.values.get(b"/demo/r", EPOCH + 1000) for n in others)
                 assert me.provided[key] > 0 and me.published[b"/demo/r"][1] > 0
             assert me.state.calls[-1][0] == "save_peers"  # type: ignore[attr-defined]

@@ -168,7 +168,8 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
                            check=True, timeout=60)
     stats = json.loads(shown.stdout)
     assert (stats["provided"], stats["provided_never_announced"], stats["published"],
-            stats["saved_peers"], stats["schema_version"]) == (100, 99, 1, 0, 1)
+            stats["saved_peers"], stats["provider_records"], stats["schema_version"]
+            ) == (100, 99, 1, 0, 0, 2)
     vacuumed = subprocess.run([*run, "vacuum", str(tmp_path)], capture_output=True, text=True,
                               check=True, timeout=60)
     sizes = json.loads(vacuumed.stdout)

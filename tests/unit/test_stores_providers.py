@@ -1,8 +1,9 @@
 """ProviderStore: provider records held for other peers (dhtd.stores.providers).
 
 The limits are written out as docs/limits.md states them: 48 h validity
-(172,800 s), 5% of 200,000 records per peer (10,000), 100 providers per key,
-32 addresses per provider.
+(172,800 s), 5% of 1,000,000 records per peer (50,000), 100 providers per key,
+32 addresses per provider. The store runs on an in-memory SQLite database here;
+dhtd's own node keeps it in state.db (tests/unit/test_state.py, tests/integration).
 """
 
 from __future__ import annotations
@@ -41,18 +42,18 @@ def test_a_record_lasts_48_hours() -> None:
     assert store.collect(NOW + DAY2, 10) == 1 and len(store) == 0
 
 
-def test_one_peer_holds_at_most_10000_records() -> None:
-    """5% of the 200,000 records the store holds for others."""
+def test_one_peer_holds_at_most_50000_records() -> None:
+    """5% of the 1,000,000 records the store holds for others."""
     store = ProviderStore()
-    for i in range(10_000):
+    for i in range(50_000):
         store.add(key(i), b"flooder", [], NOW)
     with pytest.raises(StoreFull) as refused:
-        store.add(key(10_000), b"flooder", [], NOW)
-    assert str(refused.value) == "this peer's share of the store is used up (10000 units)"
-    assert store.usage(b"flooder") == 10_000 and store.get(key(10_000), NOW) == []
+        store.add(key(50_000), b"flooder", [], NOW)
+    assert str(refused.value) == "this peer's share of the store is used up (50000 units)"
+    assert store.usage(b"flooder") == 50_000 and store.get(key(50_000), NOW) == []
     store.add(key(0), b"flooder", [], NOW + 1)  # refreshing one of its own still works
-    store.add(key(10_000), b"other", [], NOW)
-    assert store.usage(b"flooder") == 10_000 and len(store) == 10_001
+    store.add(key(50_000), b"other", [], NOW)
+    assert store.usage(b"flooder") == 50_000 and len(store) == 50_001
 
 
 def test_a_key_keeps_at_most_100_providers() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord
 from dhtd.state.db import (
     CorruptDatabase,
@@ -29,6 +28,8 @@ from dhtd.state.db import (
     DataDirLocked,
     StorageFull,
     StorageUnavailable,
+    pack_addrs,
+    unpack_addrs,
 )
 
 __all__ = [
@@ -135,17 +136,3 @@ class DiskState(NodeState):
              (p.id, pack_addrs(p.addrs), now))
             for p in peers if p.addrs
         ])
-
-
-def pack_addrs(addrs: Sequence[bytes]) -> bytes:
-    return b"".join(encode_uvarint(len(a)) + a for a in addrs)
-
-
-def unpack_addrs(data: bytes) -> tuple[bytes, ...]:
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        length, pos = decode_uvarint(data, pos)
-        out.append(data[pos:pos + length])
-        pos += length
-    return tuple(out)

@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def stats(db: Database) -> dict[str, object]:
     def count(table: str) -> int:
-        return int(db.read(f"SELECT count(*) FROM {table}")[0][0])  # table: one of three names
+        return int(db.read(f"SELECT count(*) FROM {table}")[0][0])  # table: one of our names
 
     never = db.read("SELECT count(*) FROM provided WHERE announced = 0")[0][0]
     return {
@@ -52,6 +52,7 @@ def stats(db: Database) -> dict[str, object]:
         "provided_never_announced": never,
         "published": count("published"),
         "saved_peers": count("peers"),
+        "provider_records": count("providers"),
         "bytes": _size(db.data_dir),
     }
 

@@ -7,12 +7,16 @@
   The kernel drops the lock when the process dies, even by kill -9.
 - **A schema version** in ``PRAGMA user_version``. Each release migrates older
   files forward (:data:`MIGRATIONS`) and refuses a file from a newer release.
-- **One writer thread.** Writes are queued and committed in batches, one
-  transaction each (synchronous=FULL: a committed batch survives power loss
-  too). :meth:`Database.write` returns once its batch is committed, so the trio
-  loop never blocks on the disk, and "acknowledged" can mean "durable".
-- **Reads** are small indexed queries, run on the caller's thread on their own
-  connection (WAL lets them run beside the writer).
+- **One writer thread** owns the one writing connection. Jobs are queued and run
+  in order, in batches of one transaction each (synchronous=FULL: a committed
+  batch survives power loss too), so the trio loop never blocks on the disk.
+  :meth:`Database.write` returns once its batch is committed: "acknowledged"
+  can mean "durable". :meth:`Database.call` runs a function on the writer's
+  connection and returns its result at once, before the commit: the stores of
+  records held for other peers (:mod:`dhtd.stores`) run there, so each sees
+  its own writes, and a batch of many small ones costs one fsync.
+- **Reads** of this node's commitments are small indexed queries, run on the
+  caller's thread on their own connection (WAL lets them run beside the writer).
 - **Failures.** A full disk is :class:`StorageFull` (RESOURCE_EXHAUSTED), any
   other write failure (read-only dir, I/O error) :class:`StorageUnavailable`
   (UNAVAILABLE); both name the reason, and reads keep working. A file that fails
@@ -34,11 +38,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from dhtd.errors import ResourceExhausted, Unavailable
+from dhtd.ids import decode_uvarint, encode_uvarint
 
 log = logging.getLogger("dhtd.state")
 
@@ -66,6 +71,21 @@ MIGRATIONS: tuple[str, ...] = (
         seen REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: provider records held for other peers (dhtd.stores.providers).
+    """
+    CREATE TABLE providers (
+        key BLOB NOT NULL,              -- multihash the record is for
+        peer BLOB NOT NULL,             -- the provider, who sent it and pays for it
+        received REAL NOT NULL,         -- epoch seconds; the record lasts 48 h from here
+        PRIMARY KEY (key, peer)
+    ) WITHOUT ROWID;
+    CREATE INDEX providers_by_received ON providers (received);
+    CREATE INDEX providers_by_peer ON providers (peer, received);
+    CREATE TABLE provider_addrs (
+        peer BLOB PRIMARY KEY,
+        addrs BLOB NOT NULL             -- binary multiaddrs, varint-length-prefixed
+    ) WITHOUT ROWID;
+    """,
 )
 
 # Writes committed in one transaction at most (ours: a Provide of 1,000 CIDs is
@@ -76,6 +96,7 @@ MAX_BATCH = 512
 CLOSE_TIMEOUT = 10.0
 
 Statement = tuple[str, Sequence[Any]]
+T = TypeVar("T")
 
 
 class StorageFull(ResourceExhausted):
@@ -95,9 +116,13 @@ class DataDirLocked(Exception):
 
 
 @dataclass
-class _Write:
-    statements: Sequence[Statement]
-    done: Callable[[BaseException | None], None]
+class _Job:
+    """``run`` on the writer's connection; ``done`` gets its result or error, after
+    the commit if ``durable``, else at once."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    done: Callable[[Any, BaseException | None], None]
+    durable: bool
 
 
 class Database:
@@ -110,7 +135,10 @@ class Database:
         self._lock_fd = lock_fd
         self._reader = reader
         self._writer = writer
-        self._queue: queue.Queue[_Write | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        # Called on the writer thread after a batch was rolled back, so that what
+        # a job keeps in memory about its tables can be read again from the file.
+        self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
         self._thread = threading.Thread(target=self._write_loop, name="dhtd-db-writer",
                                         daemon=True)
         self._thread.start()
@@ -163,23 +191,39 @@ class Database:
 
         Raises StorageFull or StorageUnavailable. Cancelling the wait does not
         cancel the write."""
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        outcome: list[BaseException | None] = []
-
-        def finished(exc: BaseException | None) -> None:
-            outcome.append(exc)
-            token.run_sync_soon(done.set)
-
-        self._queue.put(_Write(statements, finished))
-        await done.wait()
-        if outcome[0] is not None:
-            raise outcome[0]
+        await self._submit(_executor(statements), durable=True)
 
     def write_soon(self, statements: Sequence[Statement]) -> None:
         """Queues ``statements`` without waiting (bookkeeping whose loss costs at
         most a repeated announcement); a failure is logged and kept in ``broken``."""
-        self._queue.put(_Write(statements, lambda exc: None))
+        self._queue.put(_Job(_executor(statements), lambda result, exc: None, durable=False))
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn`` on the writer's connection, in a savepoint of the current batch,
+        and returns its result without waiting for the commit.
+
+        ``fn`` sees every write queued before it, committed or not. An exception
+        from ``fn`` undoes what it wrote and is raised here; a failed commit
+        later undoes the whole batch (see on_rollback). Cancelling the wait does
+        not cancel the job."""
+        result: T = await self._submit(fn, durable=False)
+        return result
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], Any], durable: bool) -> Any:
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        outcome: list[tuple[Any, BaseException | None]] = []
+
+        def finished(result: Any, exc: BaseException | None) -> None:
+            outcome.append((result, exc))
+            token.run_sync_soon(done.set)
+
+        self._queue.put(_Job(fn, finished, durable))
+        await done.wait()
+        result, exc = outcome[0]
+        if exc is not None:
+            raise exc
+        return result
 
     def _write_loop(self) -> None:
         while True:
@@ -197,44 +241,115 @@ class Database:
                     stop = True
                     break
                 batch.append(more)
-            error = self._commit(batch)
-            for item in batch:
-                # RuntimeError: the trio loop is gone, nobody waits any more.
-                with contextlib.suppress(RuntimeError):
-                    item.done(error)
+            self._run_batch(batch)
             if stop:
                 return
 
-    def _commit(self, batch: list[_Write]) -> BaseException | None:
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """Runs the jobs in one transaction, each in its own savepoint. Every job's
+        ``done`` is called exactly once, whatever fails."""
+        durable: list[tuple[_Job, Any]] = []
+        ran = 0
         try:
-            with self._writer:
-                for item in batch:
-                    for sql, params in item.statements:
-                        self._writer.execute(sql, params)
-        except sqlite3.Error as exc:
-            error = _storage_error(exc, self.data_dir)
-            if self.broken != str(error):
-                log.error("state.db write failed", extra={"error": str(error)})
-            self.broken = str(error)
-            return error
+            self._writer.execute("BEGIN")
+            for job in batch:
+                ok, result = _run_job(self._writer, job, self.data_dir)
+                ran += 1
+                if ok and job.durable:
+                    durable.append((job, result))
+                else:
+                    _deliver(job, result if ok else None, None if ok else result)
+            self._writer.execute("COMMIT")
+        except Exception as exc:
+            # A full disk or an I/O error can end the whole transaction (SQLite
+            # rolls it back itself), even in the middle of a job.
+            error = self._failed(exc)
+            for job, _ in durable:
+                _deliver(job, None, error)
+            for job in batch[ran:]:
+                _deliver(job, None, error)
+            return
         self.broken = None
-        return None
+        for job, result in durable:
+            _deliver(job, result, None)
+
+    def _failed(self, exc: Exception) -> Exception:
+        with contextlib.suppress(sqlite3.Error):
+            self._writer.execute("ROLLBACK")
+        error = _storage_error(exc, self.data_dir)
+        if self.broken != str(error):
+            log.error("state.db write failed", extra={"error": str(error)})
+        self.broken = str(error)
+        for hook in self.on_rollback:
+            try:
+                hook(self._writer)
+            except Exception as hook_exc:  # a hook's failure must not stop the writer
+                log.error("state.db rollback hook failed", extra={"error": str(hook_exc)})
+        return error
 
     def vacuum(self) -> None:
         """Rewrites the file to its smallest size (offline use: python -m dhtd.state)."""
-        self._queue.put(_Write([], lambda exc: None))  # let queued writes finish first
+        self._queue.put(_Job(lambda conn: None, lambda result, exc: None, durable=False))
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._writer.isolation_level = None
-        try:
-            self._writer.execute("VACUUM")
-        finally:
-            self._writer.isolation_level = "DEFERRED"
+        self._writer.execute("VACUUM")
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading ------------------------------------------------------------------
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._reader.execute(sql, params).fetchall()
+
+
+class MemoryDatabase:
+    """The job interface of :class:`Database` over an in-memory SQLite file, run on
+    the caller's thread: for in-process dev peers and unit tests, which keep
+    nothing and must not wait on a thread (trio's MockClock would jump past it)."""
+
+    def __init__(self) -> None:
+        self.data_dir = Path(":memory:")
+        self.conn = memory_connection()
+        self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        await trio.lowlevel.checkpoint()
+        ok, result = _run_job(self.conn, _Job(fn, lambda r, e: None, durable=False),
+                              self.data_dir)
+        if not ok:
+            raise result
+        value: T = result
+        return value
+
+
+def _executor(statements: Sequence[Statement]) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        for sql, params in statements:
+            conn.execute(sql, params)
+
+    return run
+
+
+def _run_job(conn: sqlite3.Connection, job: _Job, data_dir: Path) -> tuple[bool, Any]:
+    """(True, result) or (False, the error); a failed job's writes are undone.
+    An SQLite error is translated (StorageFull, StorageUnavailable)."""
+    conn.execute("SAVEPOINT job")
+    try:
+        result = job.run(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            # SQLite ended the whole transaction (a full disk, an I/O error): the
+            # batch fails with this error.
+            raise
+        conn.execute("ROLLBACK TO job")
+        conn.execute("RELEASE job")
+        return False, _storage_error(exc, data_dir) if isinstance(exc, sqlite3.Error) else exc
+    conn.execute("RELEASE job")
+    return True, result
+
+
+def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    # RuntimeError: the trio loop is gone, nobody waits any more.
+    with contextlib.suppress(RuntimeError):
+        job.done(result, error)
 
 
 def _lock(data_dir: Path) -> int:
@@ -269,7 +384,6 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         writer.execute("PRAGMA journal_mode=WAL")
         writer.execute("PRAGMA synchronous=FULL")
         _migrate(writer, path)
-        writer.isolation_level = "DEFERRED"
     except BaseException:
         writer.close()
         raise
@@ -295,8 +409,34 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
-def _storage_error(exc: sqlite3.Error, data_dir: Path) -> Exception:
+def _storage_error(exc: Exception, data_dir: Path) -> Exception:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "full" in text:
         return StorageFull(f"the disk under the data dir {data_dir} is full: {text}")
     return StorageUnavailable(f"the data dir {data_dir} cannot be written: {text}")
+
+
+def memory_connection() -> sqlite3.Connection:
+    """An in-memory database with the current schema, in autocommit mode (each
+    statement its own transaction unless a job's savepoint is open)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    _migrate(conn, Path(":memory:"))
+    return conn
+
+
+# -- column encodings -------------------------------------------------------------
+
+
+def pack_addrs(addrs: Sequence[bytes]) -> bytes:
+    """Binary multiaddrs in one BLOB, each prefixed with its length as a uvarint."""
+    return b"".join(encode_uvarint(len(a)) + a for a in addrs)
+
+
+def unpack_addrs(data: bytes) -> tuple[bytes, ...]:
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        length, pos = decode_uvarint(data, pos)
+        out.append(data[pos:pos + length])
+        pos += length
+    return tuple(out)

@@ -1,25 +1,37 @@
-"""Provider records held for other peers (ADD_PROVIDER / GET_PROVIDERS)."""
+"""Provider records held for other peers (ADD_PROVIDER / GET_PROVIDERS), in SQLite.
+
+The records live in the ``providers`` and ``provider_addrs`` tables of state.db
+(:mod:`dhtd.state.db`, migration 2); memory holds only each peer's count of
+records (:class:`dhtd.stores.shares.Usage`) and SQLite's bounded page cache, so
+a million records cost about as much RAM as a thousand. Every method runs on
+the thread that owns the connection: in dhtd, the database's writer thread
+(through :class:`dhtd.stores.HeldRecords`), so a read sees every write before
+it, committed or not.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dhtd.errors import InvalidRecord
-from dhtd.stores.shares import Shares, StoreFull
+from dhtd.state.db import memory_connection, pack_addrs, unpack_addrs
+from dhtd.stores.shares import StoreFull, Usage
 
 # go-libp2p-kad-dht amino.DefaultProvideValidity (48 h): how long a provider
 # record lasts before it must be re-provided.
 PROVIDE_VALIDITY = 48 * 3600.0
 
 # Ours (go-libp2p-kad-dht's datastore is unbounded): the most provider records held
-# for other peers. A record costs ~200 bytes here, so about 40 MB at the cap. A node
-# among N receives about 20/N of every provider's keys: 200,000 covers a provider
-# of 100 M keys in a 10,000-node network.
-MAX_PROVIDER_RECORDS = 200_000
+# for other peers. On disk a record costs about 250 bytes with its indexes, so
+# about 250 MB at the cap, and no more RAM than a small store. A node among N
+# receives about 20/N of every provider's keys: 1 M covers providers of 500 M
+# keys in a 10,000-node network.
+MAX_PROVIDER_RECORDS = 1_000_000
 
 # Ours: the share of one peer, 5% of the store, so at least 20 peers are needed to
-# fill it, and a full store then evicts from the biggest of them (dhtd.stores.shares).
+# fill it, and a full store then evicts from the biggest of them.
 MAX_PROVIDER_RECORDS_PER_PEER = MAX_PROVIDER_RECORDS // 20
 
 # Ours (upstream is unbounded): the most providers remembered per key; five
@@ -49,17 +61,19 @@ class ProviderRecord:
 
 
 class ProviderStore:
-    """Provider records: key multihash -> provider peer -> record, bounded and fair.
+    """Provider records: key multihash -> provider peer -> received time, bounded and fair.
 
     A record is live while ``now < received + validity``. Each peer may hold at most
     ``per_peer`` records, the store at most ``max_records``; a full store evicts the
-    oldest records of its biggest holder to admit a smaller one, else refuses
-    (:class:`StoreFull`). A key keeps at most ``max_per_key`` providers. Addresses
-    are kept once per peer, at most MAX_PROVIDER_ADDRS of them.
+    oldest record of its biggest holder to admit a peer that holds fewer, else
+    refuses (:class:`StoreFull`). A key keeps at most ``max_per_key`` providers.
+    Addresses are kept once per peer, at most MAX_PROVIDER_ADDRS of them, while the
+    peer holds a record.
     """
 
     def __init__(
         self,
+        conn: sqlite3.Connection | None = None,
         validity: float = PROVIDE_VALIDITY,
         max_records: int = MAX_PROVIDER_RECORDS,
         per_peer: int = MAX_PROVIDER_RECORDS_PER_PEER,
@@ -67,14 +81,23 @@ class ProviderStore:
     ) -> None:
         if max_per_key < 1:
             raise ValueError("max_per_key must be at least 1")
-        self._shares: Shares[tuple[bytes, bytes]] = Shares(max_records, per_peer, validity)
+        if max_records < 1 or per_peer < 1:
+            raise ValueError("capacity and per_owner must be at least 1")
+        if not validity > 0:
+            raise ValueError("max_age must be positive")
+        self._db = conn if conn is not None else memory_connection()
+        self.validity = validity
+        self._max_records = max_records
+        self._per_peer = per_peer
         self._max_per_key = max_per_key
-        self._keys: dict[bytes, dict[bytes, None]] = {}
-        self._addrs: dict[bytes, tuple[bytes, ...]] = {}
+        self._usage = Usage()
+        self.reload()
 
-    @property
-    def validity(self) -> float:
-        return self._shares.max_age
+    def reload(self) -> None:
+        """Reads every peer's count of records again (at start, and after the
+        database rolled back a batch)."""
+        rows = self._db.execute("SELECT peer, count(*) FROM providers GROUP BY peer")
+        self._usage.reset({bytes(peer): int(n) for peer, n in rows})
 
     def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes], now: float
             ) -> ProviderRecord:
@@ -88,78 +111,108 @@ class ProviderStore:
             raise InvalidRecord("provider key is empty")
         if not peer:
             raise InvalidRecord("provider peer ID is empty")
-        for entry in self._shares.collect(now, COLLECT_PER_ADD):
-            self._forget(entry)
-        peers = self._keys.get(key)
-        entry = (key, peer)
-        known = peers is not None and peer in peers
-        if not known and peers is not None and len(peers) >= self._max_per_key:
-            self._expire_key(key, now)
-            peers = self._keys.get(key)
-            if peers is not None and len(peers) >= self._max_per_key:
-                raise StoreFull("too many providers for this key")
-        for evicted in self._shares.admit(entry, peer, 1, now):
-            self._forget(evicted)
-        peers = self._keys.setdefault(key, {})
-        peers.pop(peer, None)
-        peers[peer] = None  # most recently added last
+        db = self._db
+        self.collect(now, COLLECT_PER_ADD)
+        known = db.execute("SELECT 1 FROM providers WHERE key = ? AND peer = ?",
+                           (key, peer)).fetchone() is not None
+        if not known:
+            self._admit(key, peer, now)
+        db.execute("INSERT INTO providers (key, peer, received) VALUES (?, ?, ?) "
+                   "ON CONFLICT (key, peer) DO UPDATE SET received = excluded.received",
+                   (key, peer, now))
+        if not known:
+            self._usage.charge(peer, 1)
         if addrs:
-            self._addrs[peer] = tuple(addrs[:MAX_PROVIDER_ADDRS])
-        return ProviderRecord(peer, self._addrs.get(peer, ()), now + self.validity)
+            kept = tuple(addrs[:MAX_PROVIDER_ADDRS])
+            db.execute("INSERT INTO provider_addrs (peer, addrs) VALUES (?, ?) "
+                       "ON CONFLICT (peer) DO UPDATE SET addrs = excluded.addrs",
+                       (peer, pack_addrs(kept)))
+        else:
+            kept = self._addrs_of(peer)
+        return ProviderRecord(peer, kept, now + self.validity)
+
+    def _admit(self, key: bytes, peer: bytes, now: float) -> None:
+        """Makes room for a new record of ``peer`` under ``key``, or raises StoreFull."""
+        db = self._db
+        count = db.execute("SELECT count(*) FROM providers WHERE key = ?", (key,)).fetchone()[0]
+        if count >= self._max_per_key:
+            self._expire_key(key, now)
+            count = db.execute("SELECT count(*) FROM providers WHERE key = ?",
+                               (key,)).fetchone()[0]
+            if count >= self._max_per_key:
+                raise StoreFull("too many providers for this key")
+        after = self._usage[peer] + 1
+        if after > self._per_peer:
+            raise StoreFull(f"this peer's share of the store is used up ({self._per_peer} units)")
+        if self._usage.total + 1 <= self._max_records:
+            return
+        # Full: the oldest record of the biggest holder goes, if it holds more than
+        # this peer would after admission (so a flooder pays for room).
+        victim = next(self._usage.biggest_first(), None)
+        if victim is None or victim == peer or self._usage[victim] <= after:
+            raise StoreFull("the store is full and no peer holds more than this one")
+        oldest = db.execute(
+            "SELECT key FROM providers WHERE peer = ? ORDER BY received LIMIT 1", (victim,)
+        ).fetchone()
+        self._remove(bytes(oldest[0]), victim)
 
     def get(self, key: bytes, now: float) -> list[ProviderRecord]:
         """The live providers of ``key``, most recently added first."""
-        peers = self._keys.get(key)
-        if not peers:
-            return []
-        out = []
-        for peer in reversed(peers):
-            found = self._shares.get((key, peer))
-            if found is not None and now - found.received_at < self.validity:
-                out.append(ProviderRecord(peer, self._addrs.get(peer, ()),
-                                          found.received_at + self.validity))
-        return out
+        rows = self._db.execute(
+            "SELECT p.peer, p.received, a.addrs FROM providers p "
+            "LEFT JOIN provider_addrs a ON a.peer = p.peer "
+            "WHERE p.key = ? AND p.received > ? ORDER BY p.received DESC",
+            (key, now - self.validity),
+        ).fetchall()
+        return [ProviderRecord(bytes(peer), unpack_addrs(bytes(addrs)) if addrs else (),
+                               received + self.validity)
+                for peer, received, addrs in rows]
+
+    def _addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
+        row = self._db.execute("SELECT addrs FROM provider_addrs WHERE peer = ?",
+                               (peer,)).fetchone()
+        return unpack_addrs(bytes(row[0])) if row else ()
 
     def _expire_key(self, key: bytes, now: float) -> None:
-        for peer in list(self._keys.get(key, ())):
-            if not self._shares.live((key, peer), now):
-                self._shares.remove((key, peer))
-                self._forget((key, peer))
+        rows = self._db.execute(
+            "SELECT peer FROM providers WHERE key = ? AND received <= ?",
+            (key, now - self.validity),
+        ).fetchall()
+        for (peer,) in rows:
+            self._remove(key, bytes(peer))
 
-    def _forget(self, entry: tuple[bytes, bytes]) -> None:
-        key, peer = entry
-        peers = self._keys.get(key)
-        if peers is not None:
-            peers.pop(peer, None)
-            if not peers:
-                del self._keys[key]
-        if self._shares.usage(peer) == 0:
-            self._addrs.pop(peer, None)
+    def _remove(self, key: bytes, peer: bytes) -> None:
+        self._db.execute("DELETE FROM providers WHERE key = ? AND peer = ?", (key, peer))
+        if self._usage.charge(peer, -1) <= 0:
+            self._db.execute("DELETE FROM provider_addrs WHERE peer = ?", (peer,))
 
     def collect(self, now: float, budget: int) -> int:
-        """Removes up to ``budget`` expired records; returns how many."""
-        gone = self._shares.collect(now, budget)
-        for entry in gone:
-            self._forget(entry)
-        return len(gone)
+        """Removes up to ``budget`` expired records, oldest first; returns how many."""
+        rows = self._db.execute(
+            "SELECT key, peer FROM providers WHERE received <= ? ORDER BY received LIMIT ?",
+            (now - self.validity, budget),
+        ).fetchall()
+        for key, peer in rows:
+            self._remove(bytes(key), bytes(peer))
+        return len(rows)
 
     def expire(self, now: float) -> int:
         """Removes every record expired at ``now`` (tests and shutdown; the node
         collects incrementally with :meth:`collect`)."""
-        return self.collect(now, len(self._shares))
+        return self.collect(now, len(self))
 
     def usage(self, peer: bytes) -> int:
         """Records paid for by ``peer``."""
-        return self._shares.usage(peer)
+        return self._usage[peer]
 
     @property
     def keys_count(self) -> int:
-        """Keys with at least one record held."""
-        return len(self._keys)
+        """Keys with at least one record held (a scan: for tests and tools)."""
+        return int(self._db.execute("SELECT count(DISTINCT key) FROM providers").fetchone()[0])
 
     def __len__(self) -> int:
-        """Records held, including expired ones not yet collected."""
-        return len(self._shares)
+        """Records held, including expired ones not yet collected (from memory)."""
+        return self._usage.total
 
 
 __all__ = ["ProviderRecord", "ProviderStore", "StoreFull"]

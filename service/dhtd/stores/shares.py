@@ -41,6 +41,74 @@ class Entry:
     received_at: float
 
 
+class Usage:
+    """What each owner holds, and the owners biggest first, in O(log owners).
+
+    ``total`` is the sum over owners. The biggest owner comes from a heap of
+    (-usage, owner) pairs pushed at every change; stale pairs are skipped when
+    popped and dropped when they dominate."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._usage: dict[bytes, int] = {}
+        self._heap: list[tuple[int, bytes]] = []
+
+    def __getitem__(self, owner: bytes) -> int:
+        return self._usage.get(owner, 0)
+
+    def __len__(self) -> int:
+        """Owners holding anything."""
+        return len(self._usage)
+
+    def charge(self, owner: bytes, delta: int) -> int:
+        """Adds ``delta`` to ``owner``'s usage (negative to refund); returns the new usage."""
+        usage = self._usage.get(owner, 0) + delta
+        self.total += delta
+        if usage > 0:
+            self._usage[owner] = usage
+            heapq.heappush(self._heap, (-usage, owner))
+            self._compact()
+        else:
+            self._usage.pop(owner, None)
+        return usage
+
+    def reset(self, usage: dict[bytes, int]) -> None:
+        """Replaces every owner's usage (e.g. as read back from a file)."""
+        self._usage = {o: u for o, u in usage.items() if u > 0}
+        self.total = sum(self._usage.values())
+        self._heap = [(-u, o) for o, u in self._usage.items()]
+        heapq.heapify(self._heap)
+
+    def biggest_first(self) -> Iterator[bytes]:
+        """Owners by usage, biggest first. Usage may change between yields (an
+        eviction): the heap is repaired when the iteration ends."""
+        seen: set[bytes] = set()
+        popped: list[tuple[int, bytes]] = []
+        try:
+            while self._heap:
+                neg, owner = heapq.heappop(self._heap)
+                if owner in seen or self._usage.get(owner, 0) != -neg:
+                    continue  # stale
+                seen.add(owner)
+                popped.append((neg, owner))
+                yield owner
+        finally:
+            for pair in popped:
+                if self._usage.get(pair[1], 0) == -pair[0]:
+                    heapq.heappush(self._heap, pair)
+            for owner in seen:
+                usage = self._usage.get(owner, 0)
+                if usage:
+                    heapq.heappush(self._heap, (-usage, owner))
+            self._compact()
+
+    def _compact(self) -> None:
+        # Stale heap pairs accumulate with every change; rebuild when they dominate.
+        if len(self._heap) > 4 * len(self._usage) + 64:
+            self._heap = [(-u, o) for o, u in self._usage.items()]
+            heapq.heapify(self._heap)
+
+
 class Shares(Generic[K]):
     """Owners, costs and reception times of a store's entries (see the module doc)."""
 
@@ -52,13 +120,14 @@ class Shares(Generic[K]):
         self.capacity = capacity
         self.per_owner = per_owner
         self.max_age = max_age
-        self.total = 0
         # Every entry, oldest reception first: the head expires first.
         self._entries: OrderedDict[K, Entry] = OrderedDict()
         self._by_owner: dict[bytes, OrderedDict[K, None]] = {}
-        self._usage: dict[bytes, int] = {}
-        # (-usage, owner) pushed at every change; stale pairs are skipped on pop.
-        self._heap: list[tuple[int, bytes]] = []
+        self._usage = Usage()
+
+    @property
+    def total(self) -> int:
+        return self._usage.total
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -67,7 +136,7 @@ class Shares(Generic[K]):
         return self._entries.get(entry)
 
     def usage(self, owner: bytes) -> int:
-        return self._usage.get(owner, 0)
+        return self._usage[owner]
 
     def live(self, entry: K, now: float) -> bool:
         found = self._entries.get(entry)
@@ -108,9 +177,9 @@ class Shares(Generic[K]):
         # What the plan takes from each victim: O(victims), never a copy of every
         # owner's usage (a full store may have 200,000 owners).
         taken: dict[bytes, int] = {}
-        for victim in self._biggest_first():
+        for victim in self._usage.biggest_first():
             while needed - freed > self.capacity:
-                left = self._usage.get(victim, 0) - taken.get(victim, 0)
+                left = self._usage[victim] - taken.get(victim, 0)
                 if victim == owner or left <= newcomer:
                     raise StoreFull("the store is full and no peer holds more than this one")
                 queue = self._by_owner[victim]
@@ -133,44 +202,9 @@ class Shares(Generic[K]):
             self._drop(victim_entry)
         return plan
 
-    def _biggest_first(self) -> Iterator[bytes]:
-        """Owners by usage, biggest first, from the heap (stale pairs are discarded)."""
-        seen: set[bytes] = set()
-        popped: list[tuple[int, bytes]] = []
-        try:
-            while self._heap:
-                neg, owner = heapq.heappop(self._heap)
-                if owner in seen or self._usage.get(owner, 0) != -neg:
-                    continue  # stale
-                seen.add(owner)
-                popped.append((neg, owner))
-                yield owner
-        finally:
-            for pair in popped:
-                if self._usage.get(pair[1], 0) == -pair[0]:
-                    heapq.heappush(self._heap, pair)
-            for owner in seen:
-                usage = self._usage.get(owner, 0)
-                if usage:
-                    heapq.heappush(self._heap, (-usage, owner))
-            self._compact()
-
     def _charge(self, owner: bytes, delta: int) -> None:
-        usage = self._usage.get(owner, 0) + delta
-        self.total += delta
-        if usage > 0:
-            self._usage[owner] = usage
-            heapq.heappush(self._heap, (-usage, owner))
-            self._compact()
-        else:
-            self._usage.pop(owner, None)
+        if self._usage.charge(owner, delta) <= 0:
             self._by_owner.pop(owner, None)
-
-    def _compact(self) -> None:
-        # Stale heap pairs accumulate with every change; rebuild when they dominate.
-        if len(self._heap) > 4 * len(self._usage) + 64:
-            self._heap = [(-u, o) for o, u in self._usage.items()]
-            heapq.heapify(self._heap)
 
     def _drop(self, entry: K) -> Entry | None:
         found = self._entries.pop(entry, None)
