@@ -41,7 +41,7 @@ from dhtd.p2p import (
 )
 from dhtd.records import IpnsValidator, LastWriteWinsValidator, PublicKeyValidator, Validators
 from dhtd.state import CorruptDatabase, Database, DataDirLocked, DiskState
-from dhtd.stores import HeldRecords
+from dhtd.stores import HeldRecords, RecordsDb
 
 log = logging.getLogger("dhtd")
 
@@ -88,14 +88,15 @@ class _Trio:
 async def _run_dht(
     config: Config,
     db: Database,
+    records_db: RecordsDb,
     metrics: Metrics,
     bridge: Bridge,
     on_ready: Callable[[_Trio], None],
     on_table_change: Callable[[int], None],
 ) -> None:
     """The trio side: the node, its dev peers, and the nursery RPC work runs in.
-    Closes ``db`` when it ends."""
-    with closing(db):
+    Closes ``records_db`` and ``db`` (the lock last) when it ends."""
+    with closing(db), closing(records_db):
         budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
         host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
         node = DhtNode(
@@ -108,7 +109,7 @@ async def _run_dht(
             refresh_interval=config.refresh_interval,
             republish_interval=config.republish_interval,
             state=DiskState(db),
-            records=await HeldRecords.open(db),
+            records=await HeldRecords.open(records_db),
             on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
         )
         with trio.CancelScope() as scope:
@@ -128,16 +129,26 @@ async def _run_dht(
                 await trio.sleep_forever()
 
 
-def open_database(config: Config) -> Database:
-    """state.db in the data dir; StartupError with one line if it cannot be used."""
+def open_database(config: Config) -> tuple[Database, RecordsDb]:
+    """state.db (which locks the data dir) and records.db; StartupError with one
+    line if they cannot be used."""
+    hint = " (start with --db-recover true to move it aside and start empty)"
     try:
-        return Database.open(config.data_dir, recover=config.db_recover)
-    except (DataDirLocked, CorruptDatabase) as exc:
-        hint = "" if isinstance(exc, DataDirLocked) else (
-            " (start with --db-recover true to move it aside and start empty)")
+        db = Database.open(config.data_dir, recover=config.db_recover)
+    except DataDirLocked as exc:
+        raise StartupError(str(exc)) from None
+    except CorruptDatabase as exc:
         raise StartupError(f"{exc}{hint}") from None
     except (OSError, sqlite3.Error) as exc:
         raise StartupError(f"cannot open state.db in {config.data_dir}: {exc}") from None
+    try:
+        return db, RecordsDb.open(config.data_dir, recover=config.db_recover)
+    except CorruptDatabase as exc:
+        db.close()
+        raise StartupError(f"{exc}{hint}") from None
+    except (OSError, sqlite3.Error) as exc:
+        db.close()
+        raise StartupError(f"cannot open records.db in {config.data_dir}: {exc}") from None
 
 
 async def _run_dev_peer(
@@ -168,9 +179,10 @@ async def serve(config: Config) -> None:
         if not ready.done():
             ready.set_result(t)
 
-    db = open_database(config)
+    db, records_db = open_database(config)
     trio_done = start_guest(
-        loop, lambda: _run_dht(config, db, metrics, bridge, on_ready, table_sizes.put_nowait)
+        loop, lambda: _run_dht(config, db, records_db, metrics, bridge, on_ready,
+                               table_sizes.put_nowait)
     )
     first: set[asyncio.Future[Any]] = {ready, trio_done}
     started = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)

@@ -11,7 +11,7 @@ stream, as the spec asks.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from dhtd.errors import InvalidRecord
@@ -21,7 +21,8 @@ from dhtd.lookup import PeerRecord
 from dhtd.records import Candidate, Validators
 from dhtd.routing import BUCKET_SIZE, RoutingTable
 from dhtd.state import StorageFull, StorageUnavailable
-from dhtd.stores import HeldRecords, StoreFull, ValueStore
+from dhtd.stores import BetterRecordHeld, HeldRecords, StoredRecord, StoreFull
+from dhtd.stores.values import Select
 from dhtd.wire.kad_pb2 import Message
 
 # The longest key accepted in GET_VALUE / GET_PROVIDERS / ADD_PROVIDER.
@@ -62,7 +63,6 @@ class KadHandlers:
 
     self_id: bytes
     table: RoutingTable
-    values: ValueStore
     records: HeldRecords
     validators: Validators
     peers: Peers
@@ -125,7 +125,7 @@ async def get_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
     if not request.key:
         raise Rejected("GET_VALUE without a key")
     answer = h._answer(request, sender)
-    stored = h.values.get(request.key, h.clock())
+    stored = await h.records.value_of(request.key, h.clock())
     if stored is not None:
         answer.record.CopyFrom(new_record(stored.key, stored.value, stored.received_at))
     return answer
@@ -139,21 +139,27 @@ async def put_value(h: KadHandlers, sender: bytes, request: Message) -> Message:
         h.validators.validate(record.key, record.value)
     except InvalidRecord as exc:
         raise Rejected(str(exc)) from None
-    now = h.clock()
-    existing = h.values.get(record.key, now)
-    if existing is not None and existing.value != record.value:
-        candidates = [Candidate(existing.value, existing.received_at), Candidate(record.value, now)]
-        if h.validators.select(record.key, candidates) == 0:
-            raise Rejected("a better record is already stored")
     try:
-        h.values.put(record.key, record.value, now, owner=sender)
-    except (InvalidRecord, StoreFull) as exc:
+        await h.records.put_value(record.key, record.value, h.clock(), sender,
+                                  record_selector(h.validators))
+    except BetterRecordHeld as exc:
+        raise Rejected(str(exc)) from None
+    except (InvalidRecord, StoreFull, StorageFull, StorageUnavailable) as exc:
         h.on_refused("value")
         raise Rejected(str(exc)) from None
     # The spec: the answer echoes the request.
     answer = Message()
     answer.CopyFrom(request)
     return answer
+
+
+def record_selector(validators: Validators) -> Select:
+    """``validators.select`` over stored records (dhtd.stores.values.Select)."""
+
+    def select(key: bytes, records: Sequence[StoredRecord]) -> int:
+        return validators.select(key, [Candidate(r.value, r.received_at) for r in records])
+
+    return select
 
 
 def _provider_key(request: Message) -> bytes:

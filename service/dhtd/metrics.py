@@ -219,4 +219,4 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily(
             "dht_value_records",
             "Value records (/pk/, /ipns/, operator namespaces) this node stores.",
-            value=len(node.values))
+            value=node.records.value_count())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dhtd.errors import DeadlineExceeded, FailedPrecondition, InvalidRecord, NotFound, Unavailable
-from dhtd.handlers import KadHandlers, Peers, Rejected
+from dhtd.handlers import KadHandlers, Peers, Rejected, record_selector
 from dhtd.ids import kad_key, peer_id_to_str
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, parse_time, read_peers
 from dhtd.lookup import (
@@ -36,7 +36,13 @@ from dhtd.records import Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
 from dhtd.state import NodeState, StorageFull, StorageUnavailable
-from dhtd.stores import MAX_PROVIDERS_PER_KEY, HeldRecords, ValueStore
+from dhtd.stores import (
+    MAX_PROVIDERS_PER_KEY,
+    BetterRecordHeld,
+    HeldRecords,
+    ProviderStore,
+    ValueStore,
+)
 from dhtd.wire.kad_pb2 import Message
 
 log = logging.getLogger("dhtd.node")
@@ -175,18 +181,16 @@ class DhtNode:
     refresh_interval: float = REFRESH_INTERVAL
     republish_interval: float = REPUBLISH_INTERVAL
     state: NodeState = field(default_factory=NodeState)
-    # Provider records held for other peers (in state.db for dhtd's own node).
+    # Records held for other peers (in state.db for dhtd's own node).
     records: HeldRecords = field(default_factory=HeldRecords.in_memory)
 
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
         self.table = RoutingTable(self.self_id)
-        self.values = ValueStore()
         self.in_flight: dict[str, int] = {}
         self.handlers = KadHandlers(
             self_id=self.self_id,
             table=self.table,
-            values=self.values,
             records=self.records,
             validators=self.validators,
             peers=Peers(addrs_of=self.host.addrs_of, connected=self._connected_set),
@@ -215,6 +219,16 @@ class DhtNode:
             refresh_interval=self.refresh_interval,
         )
 
+    @property
+    def providers(self) -> ProviderStore:
+        """The provider records held for others (records.db is used from this thread)."""
+        return self.records.providers
+
+    @property
+    def values(self) -> ValueStore:
+        """The value records held for others."""
+        return self.records.values
+
     # -- lifetime -----------------------------------------------------------
 
     @asynccontextmanager
@@ -237,6 +251,7 @@ class DhtNode:
             nursery.start_soon(self._reprovide)
             nursery.start_soon(self._republish)
             nursery.start_soon(self._collect)
+            nursery.start_soon(self.records.run)
             nursery.start_soon(self._save_table)
             try:
                 yield self
@@ -348,11 +363,10 @@ class DhtNode:
         """Collects expired records a batch at a time (see GC_INTERVAL)."""
         while True:
             await trio.sleep(GC_INTERVAL)
-            for _ in range(len(self.values) // GC_BATCH + 1):
-                if self.values.collect(self.clock(), GC_BATCH) < GC_BATCH:
-                    break
-                await trio.lowlevel.checkpoint()
             try:
+                for _ in range(self.records.value_count() // GC_BATCH + 1):
+                    if await self.records.collect_values(self.clock(), GC_BATCH) < GC_BATCH:
+                        break
                 for _ in range(self.records.provider_count() // GC_BATCH + 1):
                     if await self.records.collect_providers(self.clock(), GC_BATCH) < GC_BATCH:
                         break
@@ -553,7 +567,7 @@ class DhtNode:
         self.validators.namespace_of(key)  # InvalidRecord for a malformed key
         async with self._operation("get_value", timeout) as op:
             answers: list[tuple[bytes | None, Candidate]] = []
-            local = self.values.get(key, self.clock())
+            local = await self.records.value_of(key, self.clock())
             if local is not None:
                 answers.append((None, Candidate(local.value, local.received_at)))
 
@@ -599,15 +613,14 @@ class DhtNode:
         self.validators.validate(key, value)
         async with self._operation("put_value", timeout):
             now = self.clock()
-            existing = self.values.get(key, now)
-            if existing is not None and existing.value != value:
-                pair = [Candidate(existing.value, existing.received_at), Candidate(value, now)]
-                if self.validators.select(key, pair) == 0:
-                    raise FailedPrecondition(
-                        "this node already holds a better record under this key "
-                        "(e.g. a higher IPNS sequence number)"
-                    )
-            self.values.put(key, value, now)
+            try:
+                await self.records.put_value(key, value, now, None,
+                                             record_selector(self.validators))
+            except BetterRecordHeld:
+                raise FailedPrecondition(
+                    "this node already holds a better record under this key "
+                    "(e.g. a higher IPNS sequence number)"
+                ) from None
             if key not in self.published or self.published[key][0] != value:
                 # Committed before the first event: an acknowledged Put is kept.
                 await self.state.add_published(key, value, now)

@@ -110,6 +110,43 @@ def list_all(call: object, field: str, size: int) -> list[object]:
     raise AssertionError("paging did not end")
 
 
+def test_records_held_for_others_survive_a_restart(tmp_path: Path) -> None:
+    """B provides a CID and puts a record; A, its only peer, holds both. Every node
+    but A stops; A restarts (SIGKILL first: the records were never acknowledged
+    to anyone, and must survive anyway), and a new peer C that knows only A gets
+    B as the provider, with B's address, and gets the value."""
+    cid = cid_for("held-for-others")
+    key, value = b"/demo/held-for-others", b"B's value"
+    a = start_node("a", tmp_path / "a", ["--namespace", "demo"])
+    b = start_node("b", tmp_path / "b", ["--bootstrap", a.p2p_addr, "--namespace", "demo"])
+    b_id, b_addr = b.peer_id, b.p2p_addr.rsplit("/p2p/", 1)[0]
+    with nodes(a, b):
+        wait_until(lambda: b.node_info().routing_table_size >= 1, 10, "b to join")
+        provided = list(b.dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
+        assert any(e.event.type == pb.QUERY_EVENT_TYPE_FINAL_PEER and e.event.id == a.peer_id
+                   for e in provided)
+        put = list(b.dht.Put(pb.PutRequest(key=key, value=value), timeout=20))
+        assert any(e.event.type == pb.QUERY_EVENT_TYPE_FINAL_PEER and e.event.id == a.peer_id
+                   for e in put)
+        # A holds B's provider record (its FindProvs answers from its store first)...
+        assert found_provider(a, cid, b_id)
+        # ...and an acknowledged Provide of A's own commits everything its writer
+        # ran before (records held for others otherwise commit within
+        # dhtd.state.db.COMMIT_DELAY): no wait on a clock.
+        list(a.dht.Provide(pb.ProvideRequest(cids=[cid_for("a-own")]), timeout=20))
+        b.stop()
+        a.stop(signal.SIGKILL)
+
+    a = start_node("a", tmp_path / "a", ["--namespace", "demo"])
+    c = start_node("c", tmp_path / "c", ["--bootstrap", a.p2p_addr, "--namespace", "demo"])
+    with nodes(a, c):
+        wait_until(lambda: c.node_info().routing_table_size >= 1, 10, "c to join")
+        found = list(c.dht.FindProvs(pb.FindProvsRequest(cid=cid, num_providers=1), timeout=10))
+        assert [f.provider.id for f in found] == [b_id]
+        assert b_addr in found[0].provider.addrs
+        assert c.dht.Get(pb.GetRequest(key=key), timeout=10).value == value
+
+
 def test_the_provide_and_put_sets_are_listed_paged_stopped_and_kept(tmp_path: Path) -> None:
     from tests.swarm import dev_node
 

@@ -28,8 +28,7 @@ from dhtd.records import (
     peer_id_from_public_key,
 )
 from dhtd.routing import BUCKET_SIZE, RoutingTable
-from dhtd.state.db import MemoryDatabase
-from dhtd.stores import HeldRecords, ProviderStore, ValueStore
+from dhtd.stores import HeldRecords, ProviderStore, RecordsDb, ValueStore
 from dhtd.wire.kad_pb2 import KeyType, Message, PublicKey
 
 NOW = 1_750_000_000.25
@@ -51,10 +50,11 @@ def addrs(peer: bytes) -> tuple[bytes, ...]:
     return (b"\x04\x7f\x00\x00\x01\x06" + peer[-2:],)
 
 
-def held(make: Callable[[sqlite3.Connection], ProviderStore]) -> HeldRecords:
-    """A provider store made by ``make`` (other limits) on an in-memory database."""
-    db = MemoryDatabase()
-    return HeldRecords(db, make(db.conn))
+def held(providers: Callable[[sqlite3.Connection], ProviderStore],
+         values: Callable[[sqlite3.Connection], ValueStore]) -> HeldRecords:
+    """Stores made by ``providers`` and ``values`` (other limits) on an in-memory database."""
+    db = RecordsDb.memory()
+    return HeldRecords(db, providers(db.conn), values(db.conn))
 
 
 class World:
@@ -64,7 +64,7 @@ class World:
         self,
         peers: int = 60,
         *,
-        values: ValueStore | None = None,
+        values: Callable[[sqlite3.Connection], ValueStore] | None = None,
         providers: Callable[[sqlite3.Connection], ProviderStore] | None = None,
         seed: int = 1,
     ) -> None:
@@ -82,8 +82,7 @@ class World:
         self.h = KadHandlers(
             self_id=self.self_id,
             table=self.table,
-            values=ValueStore() if values is None else values,
-            records=HeldRecords.in_memory() if providers is None else held(providers),
+            records=held(providers or ProviderStore, values or ValueStore),
             validators=Validators(
                 {"pk": PublicKeyValidator(), "app": LastWriteWinsValidator(1024)}
             ),
@@ -159,7 +158,7 @@ def test_too_long_key_is_rejected(kind: int) -> None:
     request = put_request(key, b"v") if kind == MessageType.PUT_VALUE else new_message(kind, key)
     with pytest.raises(Rejected, match="key too long"):
         w.handle(request)
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
     assert len(w.providers) == 0
 
 
@@ -287,7 +286,7 @@ def test_put_then_get_value() -> None:
     request = put_request(key, b"hello")
     echo = w.answer(request)
     assert echo == request
-    stored = w.h.values.get(key, NOW)
+    stored = w.h.records.values.get(key, NOW)
     assert stored is not None
     assert (stored.value, stored.received_at) == (b"hello", NOW)
 
@@ -316,7 +315,7 @@ def test_put_value_last_write_wins() -> None:
     w.answer(put_request(key, b"one"))
     w.clock.now = NOW + 5
     assert w.answer(put_request(key, b"two")).record.value == b"two"
-    stored = w.h.values.get(key, w.clock.now)
+    stored = w.h.records.values.get(key, w.clock.now)
     assert stored is not None
     assert (stored.value, stored.received_at) == (b"two", NOW + 5)
 
@@ -327,7 +326,7 @@ def test_put_value_same_value_again_refreshes_it() -> None:
     w.answer(put_request(key, b"v"))
     w.clock.now = NOW + 100
     w.answer(put_request(key, b"v"))
-    stored = w.h.values.get(key, w.clock.now)
+    stored = w.h.records.values.get(key, w.clock.now)
     assert stored is not None
     assert stored.received_at == NOW + 100
 
@@ -340,7 +339,7 @@ def test_put_value_refuses_to_replace_a_better_record() -> None:
     w.clock.now = NOW  # the clock stepped back: the stored record is the newer one
     with pytest.raises(Rejected, match="better record"):
         w.handle(put_request(key, b"older"))
-    stored = w.h.values.get(key, NOW)
+    stored = w.h.records.values.get(key, NOW)
     assert stored is not None
     assert stored.value == b"newer"
 
@@ -353,7 +352,7 @@ def test_put_value_key_mismatch_is_rejected(request_key: bytes, record_key: byte
     w = World()
     with pytest.raises(Rejected, match="must equal"):
         w.handle(put_request(request_key, b"v", record_key))
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
 
 
 def test_put_value_without_a_record_is_rejected() -> None:
@@ -366,7 +365,7 @@ def test_put_value_unknown_namespace_is_rejected() -> None:
     w = World()
     with pytest.raises(Rejected, match="no validator for namespace 'other'"):
         w.handle(put_request(b"/other/a", b"v"))
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
 
 
 @pytest.mark.parametrize("value", [b"", b"x" * 1025])
@@ -374,14 +373,14 @@ def test_put_value_invalid_app_value_is_rejected(value: bytes) -> None:
     w = World()
     with pytest.raises(Rejected):
         w.handle(put_request(b"/app/a", value))
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
 
 
 def test_put_value_pk() -> None:
     w = World()
     key, value = pk_record()
     assert w.answer(put_request(key, value)).record.value == value
-    stored = w.h.values.get(key, NOW)
+    stored = w.h.records.values.get(key, NOW)
     assert stored is not None
     assert stored.value == value
 
@@ -399,11 +398,11 @@ def test_put_value_invalid_pk_is_rejected(value: bytes) -> None:
     key, _ = pk_record()
     with pytest.raises(Rejected):
         w.handle(put_request(key, value))
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
 
 
 def test_put_value_into_a_full_store_is_rejected() -> None:
-    w = World(values=ValueStore(max_bytes=300, per_peer=300))
+    w = World(values=lambda conn: ValueStore(conn, max_bytes=300, per_peer=300))
     w.answer(put_request(b"/app/a", b"1"))
     with pytest.raises(Rejected, match="share"):
         w.handle(put_request(b"/app/b", b"2"))
@@ -561,7 +560,7 @@ def with_type(kind: int, request: Message) -> Message:
 def test_each_refusal_says_why(request_of: Callable[[], Message], expected: str) -> None:
     w = World()
     assert reason(w, request_of()) == expected
-    assert len(w.h.values) == 0
+    assert len(w.h.records.values) == 0
     assert len(w.providers) == 0
 
 
@@ -629,14 +628,14 @@ def test_put_value_keeps_the_record_the_namespace_prefers() -> None:
     w.clock.now = NOW + 10
     assert reason(w, put_request(key, b"4")) == "a better record is already stored"
     w.answer(put_request(key, b"6"))
-    stored = w.h.values.get(key, w.clock.now)
+    stored = w.h.records.values.get(key, w.clock.now)
     assert stored is not None
     assert (stored.value, stored.received_at) == (b"6", NOW + 10)
 
 
 def test_a_value_the_store_refuses_is_counted_and_rejected() -> None:
     refused: list[str] = []
-    w = World(values=ValueStore(max_bytes=300, per_peer=300))
+    w = World(values=lambda conn: ValueStore(conn, max_bytes=300, per_peer=300))
     w.h.on_refused = refused.append
     w.answer(put_request(b"/app/a", b"1"))
     assert refused == []

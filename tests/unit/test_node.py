@@ -196,7 +196,7 @@ def test_get_stops_at_a_quorum_of_16_answers() -> None:
         async with running(nodes):
             await settle(nodes)
             for n in nodes[1:]:
-                n.values.put(key, b"v", n.clock())
+                n.records.values.put(key, b"v", n.clock())
             return await nodes[0].get_value(key, BOUND)
 
     assert run(main) == b"v"
@@ -215,13 +215,13 @@ def test_get_returns_the_best_record_and_corrects_stale_holders() -> None:
             await settle(nodes)
             stale, fresh = nodes[1:8], nodes[8:]
             for n in stale:
-                n.values.put(key, b"old", EPOCH + 1)
+                n.records.values.put(key, b"old", EPOCH + 1)
             for n in fresh:
-                n.values.put(key, b"new", EPOCH + 2)
+                n.records.values.put(key, b"new", EPOCH + 2)
             got = await nodes[0].get_value(key, BOUND)
             await trio.sleep(1)  # corrections run in the background
             for n in nodes[1:]:
-                held = n.values.get(key, n.clock())
+                held = n.records.values.get(key, n.clock())
                 assert held is not None and held.value == b"new", n.host.self_id.hex()
             return got
 
@@ -260,7 +260,7 @@ def test_put_stores_on_the_k_closest_and_here() -> None:
             return await nodes[0].put_value(key, b"hello", events.append, BOUND)
 
     assert run(main) == 20
-    holders = {n.self_id for n in nodes if n.values.get(key, EPOCH + 1000) is not None}
+    holders = {n.self_id for n in nodes if n.records.values.get(key, EPOCH + 1000) is not None}
     others = [n for n in nodes if n is not nodes[0]]
     assert holders == {nodes[0].self_id} | {n.self_id for n in nearest(others, key, 20)}
     assert types(events).count(EventType.FINAL_PEER) == 20
@@ -296,7 +296,7 @@ def test_put_refuses_to_replace_a_better_record_held_here() -> None:
         async with running(nodes):
             await settle(nodes)
             await nodes[0].put_value(b"/demo/k", b"first", lambda e: None, BOUND)
-            nodes[0].values.put(b"/demo/k", b"future", EPOCH + 10**9)
+            nodes[0].records.values.put(b"/demo/k", b"future", EPOCH + 10**9)
             with pytest.raises(FailedPrecondition, match="better record"):
                 await nodes[0].put_value(b"/demo/k", b"second", lambda e: None, BOUND)
 
@@ -440,12 +440,13 @@ def test_expired_records_are_collected_every_minute() -> None:
             start = holder.clock()
             # Received 48 h - 30 s ago: it expires 30 s from now.
             holder.records.providers.add(old, nodes[2].self_id, (), start - 172_800 + 30)
-            holder.values.put(b"/demo/old", b"v", start - 172_800 + 30, owner=nodes[2].self_id)
+            holder.records.values.put(b"/demo/old", b"v", start - 172_800 + 30,
+                                      owner=nodes[2].self_id)
             await trio.sleep(59)
             # expired, not yet swept
-            assert len(holder.records.providers) == 1 and len(holder.values) == 1
+            assert len(holder.records.providers) == 1 and len(holder.records.values) == 1
             await trio.sleep(2)
-            assert len(holder.records.providers) == 0 and len(holder.values) == 0
+            assert len(holder.records.providers) == 0 and len(holder.records.values) == 0
 
     run(main)
 
@@ -523,7 +524,7 @@ def test_get_forgets_a_peer_that_answers_with_an_invalid_record(
         async with running(nodes):
             await settle(nodes)
             liar = nodes[2]
-            liar.values.put(key, b"not a public key", liar.clock())
+            liar.records.values.put(key, b"not a public key", liar.clock())
             asker = nodes[3]
             with pytest.raises(NotFound):
                 await asker.get_value(key, BOUND)
@@ -671,7 +672,7 @@ def test_get_answers_from_its_own_store_when_it_has_no_peers() -> None:
         async with running([lonely]):
             with pytest.raises(Unavailable, match="no DHT peers"):
                 await lonely.get_value(b"/demo/k", BOUND)
-            lonely.values.put(b"/demo/k", b"mine", lonely.clock())
+            lonely.records.values.put(b"/demo/k", b"mine", lonely.clock())
             assert await lonely.get_value(b"/demo/k", BOUND) == b"mine"
 
     run(main)
@@ -822,7 +823,7 @@ def test_a_restarted_node_resumes_its_commitments_and_dials_saved_peers() -> Non
                 assert {p.id for p in saved} <= set(me.table.peers())
                 await trio.sleep(20)  # both due at once (never delivered): at the first check
                 assert any(n.records.providers.get(key, EPOCH + 1000) for n in others)
-                assert any(n.values.get(b"/demo/r", EPOCH + 1000) for n in others)
+                assert any(n.records.values.get(b"/demo/r", EPOCH + 1000) for n in others)
                 assert me.provided[key] > 0 and me.published[b"/demo/r"][1] > 0
             assert me.state.calls[-1][0] == "save_peers"  # type: ignore[attr-defined]
             assert set(me.state.calls[-1][1]) == set(me.table.peers())  # type: ignore[attr-defined]
@@ -893,7 +894,7 @@ def test_what_callers_read_in_errors_and_events() -> None:
                 await me.find_providers(KEY, 1, lambda r: None, BOUND)
             assert str(err.value) == "no provider found for this CID"
             await me.put_value(b"/demo/k", b"first", lambda e: None, BOUND)
-            me.values.put(b"/demo/k", b"future", EPOCH + 10**9)
+            me.records.values.put(b"/demo/k", b"future", EPOCH + 10**9)
             with pytest.raises(FailedPrecondition) as refused:
                 await me.put_value(b"/demo/k", b"second", lambda e: None, BOUND)
             assert str(refused.value) == ("this node already holds a better record under this "

@@ -21,6 +21,7 @@ from dhtd.state import (
     StorageUnavailable,
 )
 from dhtd.state.db import MIGRATIONS
+from dhtd.stores import HeldRecords, RecordsDb
 
 KEY_A, KEY_B = b"\x12\x20" + b"\x01" * 32, b"\x12\x20" + b"\x02" * 32
 
@@ -169,7 +170,7 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
     stats = json.loads(shown.stdout)
     assert (stats["provided"], stats["provided_never_announced"], stats["published"],
             stats["saved_peers"], stats["provider_records"], stats["schema_version"]
-            ) == (100, 99, 1, 0, 0, 2)
+            ) == (100, 99, 1, 0, 0, 1)
     vacuumed = subprocess.run([*run, "vacuum", str(tmp_path)], capture_output=True, text=True,
                               check=True, timeout=60)
     sizes = json.loads(vacuumed.stdout)
@@ -184,3 +185,113 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
         assert busy.stderr.startswith("dhtd.state: another dhtd")
     finally:
         db.close()
+
+
+# --- jobs on the writer thread, and the records held for others ------------------------------
+
+
+def test_held_records_survive_reopening_with_their_accounting(tmp_path: Path) -> None:
+    from dhtd.handlers import record_selector
+    from tests.unit.test_handlers import World
+
+    peer, other = b"\x00\x24" + b"\x01" * 36, b"\x00\x24" + b"\x02" * 36
+    select = record_selector(World().h.validators)
+
+    async def fill() -> None:
+        db = RecordsDb.open(tmp_path)
+        held = await HeldRecords.open(db)
+        await held.add_provider(KEY_A, peer, [b"\x04\x7f\x00\x00\x01\x06\x10\x00"], 1000.0)
+        await held.add_provider(KEY_B, peer, [], 1001.0)
+        await held.put_value(b"/app/k", b"v1", 1002.0, other, select)
+        db.close()
+
+    async def reopen() -> None:
+        db = RecordsDb.open(tmp_path)
+        held = await HeldRecords.open(db)
+        assert held.provider_count() == 2 and held.value_count() == 1
+        assert held.providers.usage(peer) == 2
+        assert held.values.usage(other) == len(b"/app/k") + len(b"v1") + 256
+        [record] = await held.providers_of(KEY_A, 1010.0)
+        assert (record.peer, record.addrs) == (peer, (b"\x04\x7f\x00\x00\x01\x06\x10\x00",))
+        assert record.expires_at == 1000.0 + 48 * 3600
+        stored = await held.value_of(b"/app/k", 1010.0)
+        assert stored is not None and (stored.value, stored.received_at) == (b"v1", 1002.0)
+        # Past 48 h: neither served nor kept.
+        assert await held.providers_of(KEY_A, 1000.0 + 48 * 3600) == []
+        assert await held.collect_providers(1001.0 + 48 * 3600, 10) == 2
+        assert await held.value_of(b"/app/k", 1002.0 + 48 * 3600) is None
+        assert held.provider_count() == 0 and held.value_count() == 0
+        db.close()
+        db = RecordsDb.open(tmp_path)
+        for table in ("providers", "records", "provider_addrs"):
+            assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        db.close()
+
+    trio.run(fill)
+    trio.run(reopen)
+
+
+def test_a_commit_lost_to_a_full_disk_is_forgotten_by_the_counts_too(tmp_path: Path) -> None:
+    peer = b"\x00\x24" + b"\x01" * 36
+
+    async def main() -> None:
+        db = RecordsDb.open(tmp_path)
+        held = await HeldRecords.open(db)
+        await held.add_provider(KEY_A, peer, [], 1000.0)
+        db.commit()
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages}")  # as if the disk were full
+        with pytest.raises(StorageFull, match="is full"):
+            for i in range(5000):  # until the file cannot grow
+                await held.add_provider(b"\x12\x20" + i.to_bytes(32, "big"), peer,
+                                        [b"\x04" + bytes(200)], 1000.0)
+        db.commit()
+        # What the failed transaction had added is gone from the file and the counts.
+        committed = db.conn.execute("SELECT count(*) FROM providers").fetchone()[0]
+        assert held.providers.usage(peer) == held.provider_count() == committed == 1
+        assert db.broken is not None
+        db.conn.execute("PRAGMA max_page_count = 1000000")
+        await held.add_provider(KEY_B, peer, [], 1001.0)  # writes resume once there is room
+        db.commit()
+        assert held.providers.usage(peer) == 2 and db.broken is None
+        db.close()
+
+    trio.run(main)
+
+
+def test_a_corrupt_records_file_is_refused_or_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "records.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(CorruptDatabase, match=r"records\.db"):
+        RecordsDb.open(tmp_path)
+    db = RecordsDb.open(tmp_path, recover=True)
+    assert db.conn.execute("SELECT count(*) FROM providers").fetchone() == (0,)
+    db.close()
+    moved = [p.name.split("-")[0] for p in tmp_path.glob("records.db.corrupt-*")]
+    assert moved == ["records.db.corrupt"]
+
+
+def test_records_are_committed_in_the_background_and_checkpointed_off_the_loop(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        db = RecordsDb.open(tmp_path)
+        held = await HeldRecords.open(db)
+        reader = sqlite3.connect(tmp_path / "records.db")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held.run)
+            await held.add_provider(KEY_A, b"\x00\x24" + b"\x01" * 36, [], 1000.0)
+            assert reader.execute("SELECT count(*) FROM providers").fetchone() == (0,)
+            with trio.fail_after(5):  # committed within COMMIT_DELAY (50 ms)
+                while reader.execute("SELECT count(*) FROM providers").fetchone() != (1,):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            await db.checkpoint()
+            # The log was copied into the file: a copy of the file alone holds the record.
+            copy = tmp_path / "copy.db"
+            copy.write_bytes((tmp_path / "records.db").read_bytes())
+            copied = sqlite3.connect(copy)
+            assert copied.execute("SELECT count(*) FROM providers").fetchone() == (1,)
+            copied.close()
+            nursery.cancel_scope.cancel()
+        reader.close()
+        db.close()
+
+    trio.run(main)

@@ -1,7 +1,7 @@
-"""Inspect and compact a data dir's state.db: python -m dhtd.state stats|vacuum DATA_DIR
+"""Inspect and compact a data dir's files: python -m dhtd.state stats|vacuum DATA_DIR
 
-``stats`` prints what the file holds (one JSON object). ``vacuum`` rewrites it
-to its smallest size. Both take the data dir's lock, so they refuse to run
+``stats`` prints what state.db and records.db hold (one JSON object). ``vacuum``
+rewrites both to their smallest size. Both take the data dir's lock, so they refuse to run
 beside a dhtd that uses it (stop dhtd first); neither changes what is kept.
 """
 
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from dhtd.state.db import DB_FILE, CorruptDatabase, Database, DataDirLocked
+from dhtd.stores.db import RECORDS_FILE, RecordsDb
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,20 +32,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dhtd.state: {exc}", file=sys.stderr)
         return 1
     try:
+        records = RecordsDb.open(args.data_dir)
+    except (CorruptDatabase, OSError, sqlite3.Error) as exc:
+        db.close()
+        print(f"dhtd.state: {exc}", file=sys.stderr)
+        return 1
+    try:
         if args.command == "vacuum":
             before = _size(args.data_dir)
             db.vacuum()
+            records.conn.execute("VACUUM")
+            records.close()
             print(json.dumps({"bytes_before": before, "bytes_after": _size(args.data_dir)}))
         else:
-            print(json.dumps(stats(db)))
+            print(json.dumps(stats(db, records)))
     finally:
+        records.close()
         db.close()
     return 0
 
 
-def stats(db: Database) -> dict[str, object]:
+def stats(db: Database, records: RecordsDb) -> dict[str, object]:
     def count(table: str) -> int:
         return int(db.read(f"SELECT count(*) FROM {table}")[0][0])  # table: one of our names
+
+    def held(table: str) -> int:
+        return int(records.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     never = db.read("SELECT count(*) FROM provided WHERE announced = 0")[0][0]
     return {
@@ -52,14 +66,15 @@ def stats(db: Database) -> dict[str, object]:
         "provided_never_announced": never,
         "published": count("published"),
         "saved_peers": count("peers"),
-        "provider_records": count("providers"),
+        "provider_records": held("providers"),
+        "value_records": held("records"),
         "bytes": _size(db.data_dir),
     }
 
 
 def _size(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.glob(DB_FILE + "*") if p.is_file()
-               and ".corrupt-" not in p.name)
+    return sum(p.stat().st_size for name in (DB_FILE, RECORDS_FILE)
+               for p in data_dir.glob(name + "*") if p.is_file() and ".corrupt-" not in p.name)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@
   in order, in batches of one transaction each (synchronous=FULL: a committed
   batch survives power loss too), so the trio loop never blocks on the disk.
   :meth:`Database.write` returns once its batch is committed: "acknowledged"
-  can mean "durable". :meth:`Database.call` runs a function on the writer's
-  connection and returns its result at once, before the commit: the stores of
-  records held for other peers (:mod:`dhtd.stores`) run there, so each sees
-  its own writes, and a batch of many small ones costs one fsync.
+  can mean "durable". Bookkeeping queued with :meth:`Database.write_soon`
+  waits up to COMMIT_DELAY for company, so a stream of it costs few fsyncs.
+  (Records held for other peers are in their own file: :mod:`dhtd.stores.db`.)
 - **Reads** of this node's commitments are small indexed queries, run on the
   caller's thread on their own connection (WAL lets them run beside the writer).
 - **Failures.** A full disk is :class:`StorageFull` (RESOURCE_EXHAUSTED), any
@@ -38,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -71,32 +70,22 @@ MIGRATIONS: tuple[str, ...] = (
         seen REAL NOT NULL
     ) WITHOUT ROWID;
     """,
-    # 2: provider records held for other peers (dhtd.stores.providers).
-    """
-    CREATE TABLE providers (
-        key BLOB NOT NULL,              -- multihash the record is for
-        peer BLOB NOT NULL,             -- the provider, who sent it and pays for it
-        received REAL NOT NULL,         -- epoch seconds; the record lasts 48 h from here
-        PRIMARY KEY (key, peer)
-    ) WITHOUT ROWID;
-    CREATE INDEX providers_by_received ON providers (received);
-    CREATE INDEX providers_by_peer ON providers (peer, received);
-    CREATE TABLE provider_addrs (
-        peer BLOB PRIMARY KEY,
-        addrs BLOB NOT NULL             -- binary multiaddrs, varint-length-prefixed
-    ) WITHOUT ROWID;
-    """,
 )
 
-# Writes committed in one transaction at most (ours: a Provide of 1,000 CIDs is
-# one write; a batch of many small writes costs one fsync).
-MAX_BATCH = 512
+# Jobs committed in one transaction at most (ours: a Provide of 1,000 CIDs is
+# one job; a batch of many small writes costs one fsync).
+MAX_BATCH = 2048
+
+# Ours: how long an open transaction of jobs nobody waits on (records held for
+# other peers, bookkeeping) waits for more before it commits. A stream of
+# ADD_PROVIDERs then costs one fsync per COMMIT_DELAY, not one per message; a
+# crash loses at most this much of them. A durable write commits at once.
+COMMIT_DELAY = 0.05
 
 # How long the writer thread gets to commit what is queued when dhtd stops.
 CLOSE_TIMEOUT = 10.0
 
 Statement = tuple[str, Sequence[Any]]
-T = TypeVar("T")
 
 
 class StorageFull(ResourceExhausted):
@@ -136,9 +125,6 @@ class Database:
         self._reader = reader
         self._writer = writer
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        # Called on the writer thread after a batch was rolled back, so that what
-        # a job keeps in memory about its tables can be read again from the file.
-        self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
         self._thread = threading.Thread(target=self._write_loop, name="dhtd-db-writer",
                                         daemon=True)
         self._thread.start()
@@ -157,19 +143,8 @@ class Database:
         lock_fd = _lock(data_dir)
         try:
             path = data_dir / DB_FILE
-            try:
-                reader, writer = _connect(path)
-            except CorruptDatabase as exc:
-                if not recover:
-                    raise
-                aside = path.with_name(f"{DB_FILE}.corrupt-{int(time.time())}")
-                for suffix in ("", "-wal", "-shm"):
-                    src = Path(str(path) + suffix)
-                    if src.exists():
-                        src.rename(Path(str(aside) + suffix))
-                log.warning("state.db was corrupt: moved aside, starting empty",
-                            extra={"moved_to": str(aside), "error": str(exc)})
-                reader, writer = _connect(path)
+            writer = open_checked(path, MIGRATIONS, "FULL", recover)
+            reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             return cls(data_dir, lock_fd, reader, writer)
         except BaseException:
             os.close(lock_fd)
@@ -198,17 +173,6 @@ class Database:
         most a repeated announcement); a failure is logged and kept in ``broken``."""
         self._queue.put(_Job(_executor(statements), lambda result, exc: None, durable=False))
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs ``fn`` on the writer's connection, in a savepoint of the current batch,
-        and returns its result without waiting for the commit.
-
-        ``fn`` sees every write queued before it, committed or not. An exception
-        from ``fn`` undoes what it wrote and is raised here; a failed commit
-        later undoes the whole batch (see on_rollback). Cancelling the wait does
-        not cancel the job."""
-        result: T = await self._submit(fn, durable=False)
-        return result
-
     async def _submit(self, fn: Callable[[sqlite3.Connection], Any], durable: bool) -> Any:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
@@ -228,37 +192,40 @@ class Database:
     def _write_loop(self) -> None:
         while True:
             first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            self._run_batch(batch)
-            if stop:
+            if first is None or self._run_batch(first):
                 return
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        """Runs the jobs in one transaction, each in its own savepoint. Every job's
-        ``done`` is called exactly once, whatever fails."""
+    def _run_batch(self, first: _Job) -> bool:
+        """Runs ``first`` and the jobs that follow it in one transaction, each in its
+        own savepoint, then commits: as soon as the queue is empty if a durable
+        job waits, else once no job came for COMMIT_DELAY, or at MAX_BATCH jobs.
+        Every job's ``done`` is called exactly once, whatever fails. Returns True
+        if close() asked the writer to stop."""
         durable: list[tuple[_Job, Any]] = []
+        current: _Job | None = first
         ran = 0
+        stop = False
         try:
             self._writer.execute("BEGIN")
-            for job in batch:
-                ok, result = _run_job(self._writer, job, self.data_dir)
+            while current is not None:
+                ok, result = _run_job(self._writer, current, self.data_dir)
                 ran += 1
-                if ok and job.durable:
-                    durable.append((job, result))
+                if ok and current.durable:
+                    durable.append((current, result))
                 else:
-                    _deliver(job, result if ok else None, None if ok else result)
+                    _deliver(current, result if ok else None, None if ok else result)
+                current = None
+                if ran >= MAX_BATCH:
+                    break
+                try:
+                    if durable:
+                        current = self._queue.get_nowait()
+                    else:
+                        current = self._queue.get(timeout=COMMIT_DELAY)
+                except queue.Empty:
+                    break
+                if current is None:
+                    stop = True
             self._writer.execute("COMMIT")
         except Exception as exc:
             # A full disk or an I/O error can end the whole transaction (SQLite
@@ -266,30 +233,30 @@ class Database:
             error = self._failed(exc)
             for job, _ in durable:
                 _deliver(job, None, error)
-            for job in batch[ran:]:
-                _deliver(job, None, error)
-            return
+            if current is not None:
+                _deliver(current, None, error)
+            return stop
         self.broken = None
         for job, result in durable:
             _deliver(job, result, None)
+        return stop
 
     def _failed(self, exc: Exception) -> Exception:
         with contextlib.suppress(sqlite3.Error):
             self._writer.execute("ROLLBACK")
-        error = _storage_error(exc, self.data_dir)
+        error = storage_error(exc, self.data_dir)
         if self.broken != str(error):
             log.error("state.db write failed", extra={"error": str(error)})
         self.broken = str(error)
-        for hook in self.on_rollback:
-            try:
-                hook(self._writer)
-            except Exception as hook_exc:  # a hook's failure must not stop the writer
-                log.error("state.db rollback hook failed", extra={"error": str(hook_exc)})
         return error
 
     def vacuum(self) -> None:
         """Rewrites the file to its smallest size (offline use: python -m dhtd.state)."""
-        self._queue.put(_Job(lambda conn: None, lambda result, exc: None, durable=False))
+        # Let what is queued commit, then use the writer's connection while its
+        # thread waits for the next job.
+        idle = threading.Event()
+        self._queue.put(_Job(lambda conn: None, lambda result, exc: idle.set(), durable=True))
+        idle.wait(CLOSE_TIMEOUT)
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._writer.execute("VACUUM")
         self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -298,26 +265,6 @@ class Database:
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._reader.execute(sql, params).fetchall()
-
-
-class MemoryDatabase:
-    """The job interface of :class:`Database` over an in-memory SQLite file, run on
-    the caller's thread: for in-process dev peers and unit tests, which keep
-    nothing and must not wait on a thread (trio's MockClock would jump past it)."""
-
-    def __init__(self) -> None:
-        self.data_dir = Path(":memory:")
-        self.conn = memory_connection()
-        self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        await trio.lowlevel.checkpoint()
-        ok, result = _run_job(self.conn, _Job(fn, lambda r, e: None, durable=False),
-                              self.data_dir)
-        if not ok:
-            raise result
-        value: T = result
-        return value
 
 
 def _executor(statements: Sequence[Statement]) -> Callable[[sqlite3.Connection], None]:
@@ -341,7 +288,7 @@ def _run_job(conn: sqlite3.Connection, job: _Job, data_dir: Path) -> tuple[bool,
             raise
         conn.execute("ROLLBACK TO job")
         conn.execute("RELEASE job")
-        return False, _storage_error(exc, data_dir) if isinstance(exc, sqlite3.Error) else exc
+        return False, storage_error(exc, data_dir) if isinstance(exc, sqlite3.Error) else exc
     conn.execute("RELEASE job")
     return True, result
 
@@ -368,12 +315,32 @@ def _lock(data_dir: Path) -> int:
     return fd
 
 
-def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-    """The reader and writer connections of an integrity-checked, migrated state.db."""
-    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+def open_checked(path: Path, migrations: Sequence[str], synchronous: str,
+                 recover: bool = False) -> sqlite3.Connection:
+    """A connection (autocommit, WAL) to the integrity-checked, migrated file at ``path``.
+
+    Raises CorruptDatabase, unless ``recover``: then the bad file is renamed to
+    <name>.corrupt-<time> and an empty one is created."""
+    try:
+        return _connect(path, migrations, synchronous)
+    except CorruptDatabase as exc:
+        if not recover:
+            raise
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(path) + suffix)
+            if src.exists():
+                src.rename(Path(str(aside) + suffix))
+        log.warning("%s was corrupt: moved aside, starting empty", path.name,
+                    extra={"moved_to": str(aside), "error": str(exc)})
+        return _connect(path, migrations, synchronous)
+
+
+def _connect(path: Path, migrations: Sequence[str], synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         try:
-            ok = writer.execute("PRAGMA quick_check").fetchone()[0]
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorname", "") in _CORRUPT:
                 raise CorruptDatabase(f"{path} is not a readable SQLite database ({exc})"
@@ -381,47 +348,40 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
             raise  # an I/O error, a full disk: the file may be fine, never move it aside
         if ok != "ok":
             raise CorruptDatabase(f"{path} failed its integrity check: {ok}")
-        writer.execute("PRAGMA journal_mode=WAL")
-        writer.execute("PRAGMA synchronous=FULL")
-        _migrate(writer, path)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")  # one of our constants
+        migrate(conn, path, migrations)
     except BaseException:
-        writer.close()
+        conn.close()
         raise
-    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    return reader, writer
+    return conn
 
 
 # SQLite result codes that mean the file itself is bad (not the disk, not access).
 _CORRUPT = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str]) -> None:
+    """Runs the steps of ``migrations`` the file has not had yet."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
+    if version > len(migrations):
         raise CorruptDatabase(
             f"{path} has schema version {version}, newer than this dhtd knows "
-            f"({len(MIGRATIONS)}): run the newer dhtd, or another --data-dir"
+            f"({len(migrations)}): run the newer dhtd, or another --data-dir"
         )
-    for number in range(version, len(MIGRATIONS)):
+    for number in range(version, len(migrations)):
         # One transaction per step: a crash mid-migration leaves the old version.
         conn.executescript(
-            f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
+            f"BEGIN IMMEDIATE;\n{migrations[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"
         )
 
 
-def _storage_error(exc: Exception, data_dir: Path) -> Exception:
+def storage_error(exc: Exception, data_dir: Path) -> Exception:
+    """StorageFull or StorageUnavailable for an SQLite failure to write."""
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "full" in text:
         return StorageFull(f"the disk under the data dir {data_dir} is full: {text}")
     return StorageUnavailable(f"the data dir {data_dir} cannot be written: {text}")
-
-
-def memory_connection() -> sqlite3.Connection:
-    """An in-memory database with the current schema, in autocommit mode (each
-    statement its own transaction unless a job's savepoint is open)."""
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    _migrate(conn, Path(":memory:"))
-    return conn
 
 
 # -- column encodings -------------------------------------------------------------

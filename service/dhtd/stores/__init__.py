@@ -5,18 +5,17 @@ more than its share, a full store makes room by evicting from its biggest holder
 and every cap check costs O(log owners). Records expire by age and are collected
 a few at a time (never by a sweep over the whole store).
 
-Provider records live in state.db (:mod:`dhtd.stores.providers`) and are reached
-through :class:`HeldRecords`, which runs each call on the database's writer
-thread; value records are held in memory (:mod:`dhtd.stores.values`).
+Both live in records.db (:mod:`dhtd.stores.db`: why a file of its own, used
+inline from the trio thread) and are reached through :class:`HeldRecords`: a
+call sees every write before it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
 
-from dhtd.state.db import MemoryDatabase
+from dhtd.stores.db import RecordsDb
 from dhtd.stores.providers import (
     MAX_PROVIDER_ADDRS,
     MAX_PROVIDER_RECORDS,
@@ -25,49 +24,58 @@ from dhtd.stores.providers import (
     ProviderRecord,
     ProviderStore,
 )
-from dhtd.stores.shares import StoreFull
-from dhtd.stores.values import MAX_RECORD_AGE, MAX_VALUE_STORE_BYTES, StoredRecord, ValueStore
-
-T = TypeVar("T")
-
-
-class JobRunner(Protocol):
-    """Where the stores' SQL runs: dhtd.state.db.Database (its writer thread) or
-    MemoryDatabase (inline)."""
-
-    on_rollback: list[Callable[[sqlite3.Connection], None]]
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+from dhtd.stores.shares import Owner, StoreFull
+from dhtd.stores.values import (
+    MAX_RECORD_AGE,
+    MAX_VALUE_STORE_BYTES,
+    BetterRecordHeld,
+    Select,
+    StoredRecord,
+    ValueStore,
+)
 
 
 class HeldRecords:
-    """The provider records held for other peers, each call run in order where the
-    database's connection lives. A call sees every call before it.
+    """The provider and value records held for other peers. Open with :meth:`open`
+    (or :meth:`in_memory`), keep :meth:`run` running while in use, then close
+    the database."""
 
-    Open with :meth:`open`."""
-
-    def __init__(self, db: JobRunner, providers: ProviderStore) -> None:
+    def __init__(self, db: RecordsDb, providers: ProviderStore, values: ValueStore) -> None:
         self._db = db
         self.providers = providers
+        self.values = values
+
+    def _reload(self) -> None:
+        self.providers.reload()
+        self.values.reload()
 
     @classmethod
     def in_memory(cls) -> HeldRecords:
         """Stores that keep nothing past the process (dev peers, tests)."""
-        db = MemoryDatabase()
-        providers = ProviderStore(db.conn)
-        db.on_rollback.append(lambda conn: providers.reload())
-        return cls(db, providers)
+        db = RecordsDb.memory()
+        held = cls(db, ProviderStore(db.conn), ValueStore(db.conn))
+        db.on_rollback.append(lambda conn: held._reload())
+        return held
 
     @classmethod
     async def open(
-        cls, db: JobRunner,
+        cls, db: RecordsDb,
         make_providers: Callable[[sqlite3.Connection], ProviderStore] = ProviderStore,
+        make_values: Callable[[sqlite3.Connection], ValueStore] = ValueStore,
     ) -> HeldRecords:
-        """Reads the stores' accounting from ``db`` (``make_providers``: a
-        ProviderStore with other limits, for tests)."""
+        """Reads the stores' accounting from ``db`` (``make_*``: stores with other
+        limits, for tests)."""
         providers = await db.call(make_providers)
-        db.on_rollback.append(lambda conn: providers.reload())
-        return cls(db, providers)
+        values = await db.call(make_values)
+        held = cls(db, providers, values)
+        db.on_rollback.append(lambda conn: held._reload())
+        return held
+
+    async def run(self) -> None:
+        """Commits the writes in the background (RecordsDb.run)."""
+        await self._db.run()
+
+    # -- provider records ------------------------------------------------------
 
     async def add_provider(self, key: bytes, peer: bytes, addrs: Sequence[bytes], now: float
                            ) -> ProviderRecord:
@@ -84,6 +92,24 @@ class HeldRecords:
         """Provider records held (from memory, at once)."""
         return len(self.providers)
 
+    # -- value records -----------------------------------------------------------
+
+    async def put_value(self, key: bytes, value: bytes, now: float, owner: Owner,
+                        select: Select) -> StoredRecord:
+        """ValueStore.put: raises BetterRecordHeld, StoreFull, InvalidRecord, or a
+        storage error."""
+        return await self._db.call(lambda _: self.values.put(key, value, now, owner, select))
+
+    async def value_of(self, key: bytes, now: float) -> StoredRecord | None:
+        return await self._db.call(lambda _: self.values.get(key, now))
+
+    async def collect_values(self, now: float, budget: int) -> int:
+        return await self._db.call(lambda _: self.values.collect(now, budget))
+
+    def value_count(self) -> int:
+        """Value records held (from memory, at once)."""
+        return len(self.values)
+
 
 __all__ = [
     "MAX_PROVIDERS_PER_KEY",
@@ -92,10 +118,11 @@ __all__ = [
     "MAX_RECORD_AGE",
     "MAX_VALUE_STORE_BYTES",
     "PROVIDE_VALIDITY",
+    "BetterRecordHeld",
     "HeldRecords",
-    "JobRunner",
     "ProviderRecord",
     "ProviderStore",
+    "RecordsDb",
     "StoreFull",
     "StoredRecord",
     "ValueStore",

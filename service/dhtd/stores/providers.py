@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dhtd.errors import InvalidRecord
-from dhtd.state.db import memory_connection, pack_addrs, unpack_addrs
+from dhtd.state.db import pack_addrs, unpack_addrs
+from dhtd.stores.db import memory_connection
 from dhtd.stores.shares import StoreFull, Usage
 
 # go-libp2p-kad-dht amino.DefaultProvideValidity (48 h): how long a provider
@@ -120,8 +121,6 @@ class ProviderStore:
         db.execute("INSERT INTO providers (key, peer, received) VALUES (?, ?, ?) "
                    "ON CONFLICT (key, peer) DO UPDATE SET received = excluded.received",
                    (key, peer, now))
-        if not known:
-            self._usage.charge(peer, 1)
         if addrs:
             kept = tuple(addrs[:MAX_PROVIDER_ADDRS])
             db.execute("INSERT INTO provider_addrs (peer, addrs) VALUES (?, ?) "
@@ -129,6 +128,8 @@ class ProviderStore:
                        (peer, pack_addrs(kept)))
         else:
             kept = self._addrs_of(peer)
+        if not known:  # charged once every write went through
+            self._usage.charge(peer, 1)
         return ProviderRecord(peer, kept, now + self.validity)
 
     def _admit(self, key: bytes, peer: bytes, now: float) -> None:
