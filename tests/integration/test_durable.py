@@ -17,7 +17,7 @@ import pytest
 
 from dht.v1 import dht_pb2 as pb
 from tests.integration.test_swarm import cid_for
-from tests.swarm import Node, start_node, wait_until
+from tests.swarm import Node, spawn_node, start_node, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +219,23 @@ def test_a_full_disk_fails_new_commitments_clearly_and_reads_go_on(tmp_path: Pat
                                                             num_providers=1), timeout=10))
         assert [f.provider.id for f in found] == [node.peer_id]
         assert node.proc.poll() is None  # and the node is still up
+
+
+def test_a_read_only_data_dir_stops_dhtd_at_start_with_one_line(tmp_path: Path) -> None:
+    """The data dir is bind-mounted read-only in a mount namespace of dhtd's own (a
+    chmod would not stop root): dhtd refuses to start, in one line naming the dir."""
+    from tests.swarm import dev_node
+
+    data = tmp_path / "ro"
+    with dev_node("writable", data):  # identity.key, state.db, records.db
+        pass
+    read_only = (f"mount --bind {data} {data} && mount -o remount,bind,ro {data} "
+                 '&& exec "$@"')
+    node = spawn_node("ro", data, wrap=["unshare", "--mount", "--propagation", "private",
+                                        "sh", "-c", read_only, "sh"])
+    assert node.proc.wait(30) != 0
+    node.stop()
+    errors = [line for line in node.lines if line.get("level") in ("error", "critical")]
+    assert len(errors) == 1, node.log_text()
+    assert str(data) in str(errors[0]["msg"]) and "Read-only file system" in str(
+        errors[0]["msg"]), errors
