@@ -141,6 +141,8 @@ class Metrics:
             self.inbound.labels(name)
         for event in EventType:
             self.events.labels(event.name)
+        for store in ("provider", "value"):
+            self.refusals.labels(store)
         r.register(_LibraryLogCollector())
 
     def observer(self) -> Observer:
