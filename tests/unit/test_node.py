@@ -1549,7 +1549,7 @@ def test_metrics_hooks_given_at_construction_count_requests_served_and_records_r
     async def main() -> None:
         async with running(nodes):
             await settle(nodes)
-            holder.values = holder.handlers.values = ValueStore(max_bytes=16, per_peer=16)
+            holder.records.values = ValueStore(max_bytes=16, per_peer=16)
             inbound.clear()
             await me.put_value(b"/demo/big", b"x" * 64, events.append, BOUND)
 
