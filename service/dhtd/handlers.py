@@ -2,8 +2,8 @@
 
 Each handler takes the sender and the request and returns the answer, or
 None when the spec says nothing is sent back (ADD_PROVIDER). Handlers are
-async: provider records are read and written on the database's writer thread
-(:class:`dhtd.stores.HeldRecords`). A handler raises
+async: the records held for others are reached through
+:class:`dhtd.stores.HeldRecords`. A handler raises
 :class:`Rejected` when the request is invalid; the host then resets the
 stream, as the spec asks.
 """

@@ -1,12 +1,12 @@
 """Provider records held for other peers (ADD_PROVIDER / GET_PROVIDERS), in SQLite.
 
-The records live in the ``providers`` and ``provider_addrs`` tables of state.db
-(:mod:`dhtd.state.db`, migration 2); memory holds only each peer's count of
+The records live in the ``providers`` and ``provider_addrs`` tables of
+records.db (:mod:`dhtd.stores.db`); memory holds only each peer's count of
 records (:class:`dhtd.stores.shares.Usage`) and SQLite's bounded page cache, so
-a million records cost about as much RAM as a thousand. Every method runs on
-the thread that owns the connection: in dhtd, the database's writer thread
-(through :class:`dhtd.stores.HeldRecords`), so a read sees every write before
-it, committed or not.
+a million records cost about as much RAM as a thousand. The methods run their
+SQL inline, on the one connection (dhtd: from the trio thread, through
+:class:`dhtd.stores.HeldRecords`), so a read sees every write before it,
+committed or not.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Value records held for other peers (PUT_VALUE / GET_VALUE), in SQLite.
 
-The records live in the ``records`` table of state.db (:mod:`dhtd.state.db`,
-migration 2); memory holds each owner's bytes (:class:`dhtd.stores.shares.Usage`)
-and SQLite's bounded page cache. Like :mod:`dhtd.stores.providers`, every method
-runs on the thread that owns the connection (dhtd: the database's writer thread).
+The records live in the ``records`` table of records.db (:mod:`dhtd.stores.db`);
+memory holds each owner's bytes (:class:`dhtd.stores.shares.Usage`) and SQLite's
+bounded page cache. Like :mod:`dhtd.stores.providers`, the methods run their SQL
+inline on the one connection.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class BetterRecordHeld(Exception):
     """A put lost to the record already held under its key (see ValueStore.put)."""
 
 
-# Chooses among candidate records: (key, [(value, received_at), ...]) -> index of the
-# best; dhtd.records.Validators.select, given the candidates as Candidate objects.
+# Chooses among candidate records of one key: the index of the best
+# (dhtd.handlers.record_selector wraps dhtd.records.Validators.select).
 Select = Callable[[bytes, Sequence[StoredRecord]], int]
 
 
