@@ -14,6 +14,7 @@ import pytest
 
 from dhtd.errors import InvalidRecord
 from dhtd.stores import ProviderRecord, ProviderStore, StoreFull
+from dhtd.stores.db import memory_connection
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -232,3 +233,42 @@ def test_an_evicted_record_is_gone_from_its_key() -> None:
     assert peers_of(store, key(0), NOW + 10) == [b"honest"]
     assert store.get(key(1), NOW + 10)[0].addrs == (b"/f",)
     assert store.usage(b"flooder") == 2 and len(store) == 4 and store.keys_count == 4
+
+
+def test_a_full_store_refuses_a_newcomer_when_no_holder_has_more_than_it_would() -> None:
+    store = ProviderStore(max_records=2, per_peer=2)
+    store.add(key(1), b"a", [], NOW)
+    store.add(key(2), b"b", [], NOW)
+    with pytest.raises(StoreFull) as refused:  # a and b hold 1 each; c would hold 1
+        store.add(key(3), b"c", [], NOW)
+    assert str(refused.value) == "the store is full and no peer holds more than this one"
+    assert sorted(store.usage(p) for p in (b"a", b"b", b"c")) == [0, 1, 1]
+    with pytest.raises(StoreFull):  # a would hold 2: nobody holds more
+        store.add(key(4), b"a", [], NOW + 1)
+    # A holder with more than the newcomer would hold pays with its oldest record.
+    store = ProviderStore(max_records=3, per_peer=3)
+    store.add(key(1), b"a", [], NOW)
+    store.add(key(2), b"a", [], NOW + 1)
+    store.add(key(3), b"b", [], NOW)
+    store.add(key(4), b"c", [], NOW + 2)
+    assert [store.usage(p) for p in (b"a", b"b", b"c")] == [1, 1, 1]
+    assert store.get(key(1), NOW + 2) == [] and len(store.get(key(2), NOW + 2)) == 1
+
+
+def test_the_limits_must_be_positive() -> None:
+    for bad in ({"max_records": 0}, {"per_peer": 0}):
+        with pytest.raises(ValueError, match=r"^capacity and per_owner must be at least 1$"):
+            ProviderStore(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^max_age must be positive$"):
+        ProviderStore(validity=0)
+    tiny = ProviderStore(max_records=1, per_peer=1, validity=0.5)
+    tiny.add(key(1), b"p", [], NOW)
+    assert len(tiny.get(key(1), NOW + 0.4)) == 1 and tiny.get(key(1), NOW + 0.5) == []
+
+
+def test_records_go_to_the_connection_given() -> None:
+    conn = memory_connection()
+    ProviderStore(conn).add(key(1), b"p", [b"/a"], NOW)
+    assert conn.execute("SELECT peer FROM providers").fetchall() == [(b"p",)]
+    again = ProviderStore(conn)  # counts read back from the file
+    assert again.usage(b"p") == 1 and len(again) == 1 and again.keys_count == 1

@@ -7,10 +7,13 @@ record costing its key, its value and 256 bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from dhtd.errors import InvalidRecord
-from dhtd.stores import StoredRecord, StoreFull, ValueStore
+from dhtd.stores import BetterRecordHeld, StoredRecord, StoreFull, ValueStore
+from dhtd.stores.db import memory_connection
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -169,3 +172,88 @@ def test_expire_removes_every_expired_record_and_only_those() -> None:
     assert len(store) == 3 and store.usage(b"p") == 3 * (6 + 1 + 256)
     assert store.expire(NOW + HOUR + 6.5) == 0
     assert store.expire(NOW + 2 * HOUR) == 3 and len(store) == 0
+
+
+# --- replacing a record: who pays, and what competes ---------------------------------------
+
+
+def test_a_peer_replacing_its_own_record_pays_for_the_new_one_only() -> None:
+    """At its share's limit, a peer can still replace a record of its own: the old
+    one's bytes are freed by the replacement, in the share and in a full store."""
+    store = ValueStore(max_bytes=1_000, per_peer=1_000, max_age=HOUR)
+    store.put(b"/app/k", value_costing(b"/app/k", 600), NOW, owner=b"p")
+    store.put(b"/app/j", value_costing(b"/app/j", 400), NOW, owner=b"p")  # store full
+    store.put(b"/app/k", value_costing(b"/app/k", 500), NOW + 1, owner=b"p")
+    assert store.usage(b"p") == 900 and len(store) == 2
+    store.put(b"/app/k", value_costing(b"/app/k", 600), NOW + 2, owner=b"p")
+    assert store.usage(b"p") == 1_000
+    with pytest.raises(StoreFull, match=r"^this peer's share of the store is used up"):
+        store.put(b"/app/k", value_costing(b"/app/k", 601), NOW + 3, owner=b"p")
+    assert store.usage(b"p") == 1_000
+
+
+def test_a_peer_taking_over_anothers_record_moves_the_cost() -> None:
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    store.put(b"/app/k", value_costing(b"/app/k", 400), NOW, owner=b"p")
+    store.put(b"/app/k", value_costing(b"/app/k", 300), NOW + 1, owner=b"q")
+    assert (store.usage(b"p"), store.usage(b"q"), len(store)) == (0, 300, 1)
+    store.put(b"/app/k", value_costing(b"/app/k", 350), NOW + 2)  # this node: exempt
+    assert (store.usage(b"q"), len(store)) == (0, 1)
+    store.put(b"/app/k", value_costing(b"/app/k", 320), NOW + 3, owner=b"p")
+    assert (store.usage(b"p"), len(store)) == (320, 1)
+
+
+def test_taking_over_a_record_in_a_full_store_needs_room_for_the_difference_only() -> None:
+    """The replaced record's bytes count as freed when a full store makes room."""
+    store = ValueStore(max_bytes=1_000, per_peer=1_000, max_age=HOUR)
+    store.put(b"/app/k", value_costing(b"/app/k", 500), NOW, owner=b"p")
+    store.put(b"/app/j", value_costing(b"/app/j", 500), NOW, owner=b"p")
+    store.put(b"/app/k", value_costing(b"/app/k", 400), NOW + 1, owner=b"q")  # no eviction
+    assert (store.usage(b"p"), store.usage(b"q"), len(store)) == (500, 400, 2)
+    store.put(b"/app/k", value_costing(b"/app/k", 500), NOW + 2)  # this node: exempt
+    assert (store.usage(b"q"), len(store)) == (0, 2)
+
+
+def test_a_held_record_competes_with_a_different_live_value_only() -> None:
+    """``select`` sees the held record and the new one, by key, and may keep the held
+    one; the same value again, or a held record that expired, never competes."""
+    seen: list[tuple[bytes, list[StoredRecord]]] = []
+
+    def keep_held(key: bytes, records: Sequence[StoredRecord]) -> int:
+        seen.append((key, list(records)))
+        return 0
+
+    store = ValueStore(max_age=HOUR)
+    store.put(b"/app/k", b"v1", NOW, owner=b"p", select=keep_held)
+    assert seen == []
+    store.put(b"/app/k", b"v1", NOW + 1, owner=b"p", select=keep_held)  # the same value
+    assert seen == []
+    with pytest.raises(BetterRecordHeld, match=r"^a better record is already stored$"):
+        store.put(b"/app/k", b"v2", NOW + 2, owner=b"q", select=keep_held)
+    assert seen == [(b"/app/k", [StoredRecord(b"/app/k", b"v1", NOW + 1),
+                                 StoredRecord(b"/app/k", b"v2", NOW + 2)])]
+    held = store.get(b"/app/k", NOW + 2)
+    assert held is not None and held.value == b"v1" and store.usage(b"q") == 0
+    # Expired exactly at NOW + 1 + HOUR: the new value goes in without competing.
+    store.put(b"/app/k", b"v3", NOW + 1 + HOUR, owner=b"q", select=keep_held)
+    assert len(seen) == 1
+    got = store.get(b"/app/k", NOW + 1 + HOUR)
+    assert got is not None and got.value == b"v3"
+
+
+def test_the_limits_must_be_positive() -> None:
+    for bad in ({"max_bytes": 0}, {"per_peer": 0}):
+        with pytest.raises(ValueError, match=r"^capacity and per_owner must be at least 1$"):
+            ValueStore(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^max_age must be positive$"):
+        ValueStore(max_age=0)
+    tiny = ValueStore(max_bytes=1, per_peer=1, max_age=0.5)
+    tiny.put(b"/app/k", b"", NOW)  # exempt: fits whatever the caps
+    assert tiny.get(b"/app/k", NOW + 0.4) is not None and tiny.get(b"/app/k", NOW + 0.5) is None
+
+
+def test_records_go_to_the_connection_given() -> None:
+    conn = memory_connection()
+    ValueStore(conn).put(b"/app/k", b"v", NOW, owner=b"p")
+    assert conn.execute("SELECT key, owner FROM records").fetchall() == [(b"/app/k", b"p")]
+    assert ValueStore(conn).usage(b"p") == len(b"/app/k") + 1 + OVERHEAD  # read back

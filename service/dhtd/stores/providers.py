@@ -50,6 +50,26 @@ MAX_PROVIDER_ADDRS = 32
 COLLECT_PER_ADD = 4
 
 
+# The SQL, named (case and spacing are SQLite's business, not the logic's).
+_USAGE = "SELECT peer, count(*) FROM providers GROUP BY peer"
+_HELD = "SELECT 1 FROM providers WHERE key = ? AND peer = ?"
+_UPSERT = ("INSERT INTO providers (key, peer, received) VALUES (?, ?, ?) "
+           "ON CONFLICT (key, peer) DO UPDATE SET received = excluded.received")
+_UPSERT_ADDRS = ("INSERT INTO provider_addrs (peer, addrs) VALUES (?, ?) "
+                 "ON CONFLICT (peer) DO UPDATE SET addrs = excluded.addrs")
+_KEY_COUNT = "SELECT count(*) FROM providers WHERE key = ?"
+_OLDEST_OF = "SELECT key FROM providers WHERE peer = ? ORDER BY received LIMIT 1"
+_LIVE = ("SELECT p.peer, p.received, a.addrs FROM providers p "
+         "LEFT JOIN provider_addrs a ON a.peer = p.peer "
+         "WHERE p.key = ? AND p.received > ? ORDER BY p.received DESC")
+_ADDRS = "SELECT addrs FROM provider_addrs WHERE peer = ?"
+_EXPIRED_OF_KEY = "SELECT peer FROM providers WHERE key = ? AND received <= ?"
+_DELETE = "DELETE FROM providers WHERE key = ? AND peer = ?"
+_DELETE_ADDRS = "DELETE FROM provider_addrs WHERE peer = ?"
+_EXPIRED = "SELECT key, peer FROM providers WHERE received <= ? ORDER BY received LIMIT ?"
+_KEYS = "SELECT count(DISTINCT key) FROM providers"
+
+
 @dataclass(frozen=True)
 class ProviderRecord:
     """One peer providing one key, until ``expires_at`` (epoch seconds).
@@ -97,7 +117,7 @@ class ProviderStore:
     def reload(self) -> None:
         """Reads every peer's count of records again (at start, and after the
         database rolled back a batch)."""
-        rows = self._db.execute("SELECT peer, count(*) FROM providers GROUP BY peer")
+        rows = self._db.execute(_USAGE)
         self._usage.reset({bytes(peer): int(n) for peer, n in rows})
 
     def add(self, key: bytes, peer: bytes, addrs: Sequence[bytes], now: float
@@ -114,17 +134,15 @@ class ProviderStore:
             raise InvalidRecord("provider peer ID is empty")
         db = self._db
         self.collect(now, COLLECT_PER_ADD)
-        known = db.execute("SELECT 1 FROM providers WHERE key = ? AND peer = ?",
+        known = db.execute(_HELD,
                            (key, peer)).fetchone() is not None
         if not known:
             self._admit(key, peer, now)
-        db.execute("INSERT INTO providers (key, peer, received) VALUES (?, ?, ?) "
-                   "ON CONFLICT (key, peer) DO UPDATE SET received = excluded.received",
+        db.execute(_UPSERT,
                    (key, peer, now))
         if addrs:
             kept = tuple(addrs[:MAX_PROVIDER_ADDRS])
-            db.execute("INSERT INTO provider_addrs (peer, addrs) VALUES (?, ?) "
-                       "ON CONFLICT (peer) DO UPDATE SET addrs = excluded.addrs",
+            db.execute(_UPSERT_ADDRS,
                        (peer, pack_addrs(kept)))
         else:
             kept = self._addrs_of(peer)
@@ -135,12 +153,9 @@ class ProviderStore:
     def _admit(self, key: bytes, peer: bytes, now: float) -> None:
         """Makes room for a new record of ``peer`` under ``key``, or raises StoreFull."""
         db = self._db
-        count = db.execute("SELECT count(*) FROM providers WHERE key = ?", (key,)).fetchone()[0]
-        if count >= self._max_per_key:
+        if db.execute(_KEY_COUNT, (key,)).fetchone()[0] >= self._max_per_key:
             self._expire_key(key, now)
-            count = db.execute("SELECT count(*) FROM providers WHERE key = ?",
-                               (key,)).fetchone()[0]
-            if count >= self._max_per_key:
+            if db.execute(_KEY_COUNT, (key,)).fetchone()[0] >= self._max_per_key:
                 raise StoreFull("too many providers for this key")
         after = self._usage[peer] + 1
         if after > self._per_peer:
@@ -149,50 +164,38 @@ class ProviderStore:
             return
         # Full: the oldest record of the biggest holder goes, if it holds more than
         # this peer would after admission (so a flooder pays for room).
-        victim = next(self._usage.biggest_first(), None)
-        if victim is None or victim == peer or self._usage[victim] <= after:
+        # (This peer itself is never the victim: it holds fewer than ``after``.)
+        victim = self._usage.biggest()
+        if victim is None or self._usage[victim] <= after:
             raise StoreFull("the store is full and no peer holds more than this one")
-        oldest = db.execute(
-            "SELECT key FROM providers WHERE peer = ? ORDER BY received LIMIT 1", (victim,)
-        ).fetchone()
+        assert victim is not None
+        oldest = db.execute(_OLDEST_OF, (victim,)).fetchone()
         self._remove(bytes(oldest[0]), victim)
 
     def get(self, key: bytes, now: float) -> list[ProviderRecord]:
         """The live providers of ``key``, most recently added first."""
-        rows = self._db.execute(
-            "SELECT p.peer, p.received, a.addrs FROM providers p "
-            "LEFT JOIN provider_addrs a ON a.peer = p.peer "
-            "WHERE p.key = ? AND p.received > ? ORDER BY p.received DESC",
-            (key, now - self.validity),
-        ).fetchall()
+        rows = self._db.execute(_LIVE, (key, now - self.validity)).fetchall()
         return [ProviderRecord(bytes(peer), unpack_addrs(bytes(addrs)) if addrs else (),
                                received + self.validity)
                 for peer, received, addrs in rows]
 
     def _addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
-        row = self._db.execute("SELECT addrs FROM provider_addrs WHERE peer = ?",
-                               (peer,)).fetchone()
+        row = self._db.execute(_ADDRS, (peer,)).fetchone()
         return unpack_addrs(bytes(row[0])) if row else ()
 
     def _expire_key(self, key: bytes, now: float) -> None:
-        rows = self._db.execute(
-            "SELECT peer FROM providers WHERE key = ? AND received <= ?",
-            (key, now - self.validity),
-        ).fetchall()
+        rows = self._db.execute(_EXPIRED_OF_KEY, (key, now - self.validity)).fetchall()
         for (peer,) in rows:
             self._remove(key, bytes(peer))
 
     def _remove(self, key: bytes, peer: bytes) -> None:
-        self._db.execute("DELETE FROM providers WHERE key = ? AND peer = ?", (key, peer))
+        self._db.execute(_DELETE, (key, peer))
         if self._usage.charge(peer, -1) <= 0:
-            self._db.execute("DELETE FROM provider_addrs WHERE peer = ?", (peer,))
+            self._db.execute(_DELETE_ADDRS, (peer,))
 
     def collect(self, now: float, budget: int) -> int:
         """Removes up to ``budget`` expired records, oldest first; returns how many."""
-        rows = self._db.execute(
-            "SELECT key, peer FROM providers WHERE received <= ? ORDER BY received LIMIT ?",
-            (now - self.validity, budget),
-        ).fetchall()
+        rows = self._db.execute(_EXPIRED, (now - self.validity, budget)).fetchall()
         for key, peer in rows:
             self._remove(bytes(key), bytes(peer))
         return len(rows)
@@ -209,7 +212,7 @@ class ProviderStore:
     @property
     def keys_count(self) -> int:
         """Keys with at least one record held (a scan: for tests and tools)."""
-        return int(self._db.execute("SELECT count(DISTINCT key) FROM providers").fetchone()[0])
+        return int(self._db.execute(_KEYS).fetchone()[0])
 
     def __len__(self) -> int:
         """Records held, including expired ones not yet collected (from memory)."""

@@ -79,6 +79,12 @@ class Usage:
         self._heap = [(-u, o) for o, u in self._usage.items()]
         heapq.heapify(self._heap)
 
+    def biggest(self) -> bytes | None:
+        """The owner holding the most (None if nobody holds anything)."""
+        for owner in self.biggest_first():
+            return owner
+        return None
+
     def biggest_first(self) -> Iterator[bytes]:
         """Owners by usage, biggest first. Usage may change between yields (an
         eviction): the heap is repaired when the iteration ends."""

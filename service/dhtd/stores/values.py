@@ -35,6 +35,19 @@ RECORD_OVERHEAD_BYTES = 256
 COLLECT_PER_PUT = 4
 
 
+# The SQL, named (case and spacing are SQLite's business, not the logic's).
+_USAGE = "SELECT owner, sum(cost) FROM records WHERE owner IS NOT NULL GROUP BY owner"
+_COUNT = "SELECT count(*) FROM records"
+_HELD = "SELECT value, owner, cost, received FROM records WHERE key = ?"
+_UPSERT = ("INSERT INTO records (key, value, owner, received, cost) VALUES (?, ?, ?, ?, ?) "
+           "ON CONFLICT (key) DO UPDATE SET value = excluded.value, owner = excluded.owner, "
+           "received = excluded.received, cost = excluded.cost")
+_OLDEST_OF = "SELECT key, cost FROM records WHERE owner = ? ORDER BY received"
+_GET = "SELECT value, received FROM records WHERE key = ?"
+_DELETE = "DELETE FROM records WHERE key = ? RETURNING owner, cost"
+_EXPIRED = "SELECT key FROM records WHERE received <= ? ORDER BY received LIMIT ?"
+
+
 @dataclass(frozen=True)
 class StoredRecord:
     """A value record as held here; ``received_at`` is epoch seconds."""
@@ -86,10 +99,9 @@ class ValueStore:
 
     def reload(self) -> None:
         """Reads the owners' usage and the count again (at start, after a rollback)."""
-        rows = self._db.execute(
-            "SELECT owner, sum(cost) FROM records WHERE owner IS NOT NULL GROUP BY owner")
+        rows = self._db.execute(_USAGE)
         self._usage.reset({bytes(owner): int(cost) for owner, cost in rows})
-        self._count = int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])
+        self._count = int(self._db.execute(_COUNT).fetchone()[0])
 
     def put(self, key: bytes, value: bytes, now: float, owner: Owner = None,
             select: Select | None = None) -> StoredRecord:
@@ -102,8 +114,7 @@ class ValueStore:
             raise InvalidRecord("record key is empty")
         db = self._db
         self.collect(now, COLLECT_PER_PUT)
-        old = db.execute("SELECT value, owner, cost, received FROM records WHERE key = ?",
-                         (key,)).fetchone()
+        old = db.execute(_HELD, (key,)).fetchone()
         if (old is not None and select is not None and bytes(old[0]) != value
                 and now - old[3] < self.max_age):
             held = StoredRecord(key, bytes(old[0]), float(old[3]))
@@ -122,12 +133,7 @@ class ValueStore:
             evicted = self._plan_room(self._usage.total - freed + cost, after, owner, key)
         for victim in evicted:
             self.remove(victim)
-        db.execute(
-            "INSERT INTO records (key, value, owner, received, cost) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, owner = excluded.owner, "
-            "received = excluded.received, cost = excluded.cost",
-            (key, value, owner, now, cost),
-        )
+        db.execute(_UPSERT, (key, value, owner, now, cost))
         if old is None:
             self._count += 1
         elif old_owner is not None:
@@ -146,8 +152,7 @@ class ValueStore:
         freed = 0
         for victim in self._usage.biggest_first():
             left = self._usage[victim]
-            rows = self._db.execute(
-                "SELECT key, cost FROM records WHERE owner = ? ORDER BY received", (victim,))
+            rows = self._db.execute(_OLDEST_OF, (victim,))
             for key, cost in rows:
                 if needed - freed <= self.max_bytes:
                     break
@@ -166,8 +171,7 @@ class ValueStore:
 
     def get(self, key: bytes, now: float) -> StoredRecord | None:
         """The live record for ``key``, or None; an expired one is removed."""
-        row = self._db.execute("SELECT value, received FROM records WHERE key = ?",
-                               (key,)).fetchone()
+        row = self._db.execute(_GET, (key,)).fetchone()
         if row is None:
             return None
         if now - row[1] >= self.max_age:
@@ -177,8 +181,7 @@ class ValueStore:
 
     def remove(self, key: bytes) -> None:
         """Forgets ``key``; no error if absent."""
-        row = self._db.execute("DELETE FROM records WHERE key = ? RETURNING owner, cost",
-                               (key,)).fetchone()
+        row = self._db.execute(_DELETE, (key,)).fetchone()
         if row is None:
             return
         self._count -= 1
@@ -187,10 +190,7 @@ class ValueStore:
 
     def collect(self, now: float, budget: int) -> int:
         """Removes up to ``budget`` expired records, oldest first; returns how many."""
-        rows = self._db.execute(
-            "SELECT key FROM records WHERE received <= ? ORDER BY received LIMIT ?",
-            (now - self.max_age, budget),
-        ).fetchall()
+        rows = self._db.execute(_EXPIRED, (now - self.max_age, budget)).fetchall()
         for (key,) in rows:
             self.remove(bytes(key))
         return len(rows)
