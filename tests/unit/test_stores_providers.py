@@ -272,3 +272,16 @@ def test_records_go_to_the_connection_given() -> None:
     assert conn.execute("SELECT peer FROM providers").fetchall() == [(b"p",)]
     again = ProviderStore(conn)  # counts read back from the file
     assert again.usage(b"p") == 1 and len(again) == 1 and again.keys_count == 1
+
+
+def test_after_reopening_a_full_store_its_biggest_holder_still_pays() -> None:
+    """The counts read back from the file rank the holders again (dhtd restarted)."""
+    conn = memory_connection()
+    store = ProviderStore(conn, max_records=3, per_peer=3)
+    store.add(key(1), b"a", [], NOW)
+    store.add(key(2), b"a", [], NOW + 1)
+    store.add(key(3), b"b", [], NOW)
+    again = ProviderStore(conn, max_records=3, per_peer=3)
+    again.add(key(4), b"c", [], NOW + 2)
+    assert again.get(key(1), NOW + 2) == []
+    assert [again.usage(p) for p in (b"a", b"b", b"c")] == [1, 1, 1]

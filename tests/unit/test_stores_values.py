@@ -257,3 +257,56 @@ def test_records_go_to_the_connection_given() -> None:
     ValueStore(conn).put(b"/app/k", b"v", NOW, owner=b"p")
     assert conn.execute("SELECT key, owner FROM records").fetchall() == [(b"/app/k", b"p")]
     assert ValueStore(conn).usage(b"p") == len(b"/app/k") + 1 + OVERHEAD  # read back
+
+
+# --- a full store makes room: the oldest records of the biggest owners ----------------------
+
+
+def costing(store: ValueStore, owner: bytes, *costs: int, at: float = NOW) -> list[bytes]:
+    keys = []
+    for i, cost in enumerate(costs):
+        k = b"/%s/%d" % (owner, i)
+        store.put(k, value_costing(k, cost), at + i, owner=owner)
+        keys.append(k)
+    return keys
+
+
+def held_keys(store: ValueStore, keys: list[bytes]) -> list[bytes]:
+    return [k for k in keys if store.get(k, NOW + 10) is not None]
+
+
+def test_room_is_made_exactly_and_a_victim_pays_only_while_it_holds_more() -> None:
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    a = costing(store, b"a", 1000, 5000)
+    b = costing(store, b"b", 4000)  # full: 10,000
+    q = costing(store, b"q", 3000, at=NOW + 5)  # needs 3,000: a's 1,000, then its 5,000
+    assert held_keys(store, a) == [] and held_keys(store, b) == b and held_keys(store, q) == q
+    assert (store.usage(b"a"), store.usage(b"b"), store.usage(b"q")) == (0, 4_000, 3_000)
+
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    a = costing(store, b"a", 3000, 3000)
+    b = costing(store, b"b", 4000)
+    costing(store, b"q", 3000, at=NOW + 5)  # a's oldest frees exactly enough: no more goes
+    assert held_keys(store, a) == a[1:] and held_keys(store, b) == b
+
+
+def test_a_victim_that_would_drop_to_the_newcomers_size_stops_paying() -> None:
+    """a holds 6,000 and pays 2,000 down to 4,000, the newcomer's size; b holds 3,900:
+    nobody can pay the rest, so the put is refused and nothing is evicted."""
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    a = costing(store, b"a", 2000, 2000, 2000)
+    b = costing(store, b"b", 3900)
+    full = r"^the store is full and no peer holds more than this one$"
+    with pytest.raises(StoreFull, match=full):
+        costing(store, b"q", 4000, at=NOW + 5)
+    assert held_keys(store, a) == a and held_keys(store, b) == b and store.usage(b"q") == 0
+
+
+def test_taking_over_a_record_never_evicts_that_record() -> None:
+    """q takes over p's /p/0 in a full store: p's other record makes the room."""
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    p = costing(store, b"p", 5000, 5000)
+    store.put(p[0], value_costing(p[0], 6_000), NOW + 5, owner=b"q")
+    got = store.get(p[0], NOW + 5)
+    assert got is not None and len(got.value) + len(p[0]) + OVERHEAD == 6_000
+    assert held_keys(store, p[1:]) == [] and (store.usage(b"p"), store.usage(b"q")) == (0, 6_000)

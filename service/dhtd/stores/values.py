@@ -94,7 +94,7 @@ class ValueStore:
         self.per_peer = per_peer
         self.max_age = max_age
         self._usage = Usage()
-        self._count = 0
+        self._count: int  # set by reload
         self.reload()
 
     def reload(self) -> None:
@@ -130,7 +130,7 @@ class ValueStore:
                 raise StoreFull(
                     f"this peer's share of the store is used up ({self.per_peer} units)")
             freed = old_cost if old_owner is not None else 0
-            evicted = self._plan_room(self._usage.total - freed + cost, after, owner, key)
+            evicted = self._plan_room(self._usage.total - freed + cost, after, key)
         for victim in evicted:
             self.remove(victim)
         db.execute(_UPSERT, (key, value, owner, now, cost))
@@ -142,10 +142,12 @@ class ValueStore:
             self._usage.charge(owner, cost)
         return StoredRecord(key=key, value=value, received_at=now)
 
-    def _plan_room(self, needed: int, newcomer: int, owner: bytes, keep: bytes) -> list[bytes]:
+    def _plan_room(self, needed: int, newcomer: int, keep: bytes) -> list[bytes]:
         """The keys to evict so that ``needed`` fits; StoreFull if it cannot (then
         nothing is evicted). Takes the oldest records of the biggest owners, each
-        only while it holds more than ``newcomer`` (the admitted owner's usage)."""
+        only while it holds more than ``newcomer`` (the admitted owner's usage
+        after the put, so never the admitted owner itself), and never ``keep``
+        (the record being replaced)."""
         if needed <= self.max_bytes:
             return []
         plan: list[bytes] = []
@@ -156,7 +158,7 @@ class ValueStore:
             for key, cost in rows:
                 if needed - freed <= self.max_bytes:
                     break
-                if victim == owner or left <= newcomer:
+                if left <= newcomer:
                     raise StoreFull("the store is full and no peer holds more than this one")
                 if bytes(key) == keep:
                     continue
