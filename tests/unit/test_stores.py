@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from dhtd.errors import InvalidRecord
 from dhtd.stores import MAX_PROVIDER_ADDRS, ProviderStore, StoreFull, ValueStore
-from dhtd.stores.shares import Shares
+from dhtd.stores.shares import Usage
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
@@ -18,77 +16,36 @@ def key(i: int) -> bytes:
     return b"\x12\x20" + i.to_bytes(32, "big")
 
 
-# --- Shares ---------------------------------------------------------------------------
+# --- Usage: each owner's total, biggest first -------------------------------------------
 
 
-def test_an_owner_cannot_take_more_than_its_share() -> None:
-    shares: Shares[int] = Shares(capacity=100, per_owner=10, max_age=HOUR)
-    for i in range(10):
-        shares.admit(i, b"flood", 1, NOW)
-    with pytest.raises(StoreFull, match="share"):
-        shares.admit(10, b"flood", 1, NOW)
-    shares.admit(11, b"honest", 1, NOW)
-    assert shares.usage(b"flood") == 10 and shares.usage(b"honest") == 1
+def test_usage_ranks_owners_biggest_first_and_follows_every_change() -> None:
+    usage = Usage()
+    for owner, delta in ((b"a", 3), (b"b", 5), (b"c", 1)):
+        usage.charge(owner, delta)
+    assert list(usage.biggest_first()) == [b"b", b"a", b"c"] and usage.total == 9
+    assert usage.charge(b"b", -4) == 1
+    assert usage.biggest() == b"a" == next(iter(usage.biggest_first()))
+    assert usage.charge(b"a", -3) == 0  # refunded to nothing: no longer an owner
+    assert (usage[b"a"], len(usage), usage.total) == (0, 2, 2)
+    assert sorted(usage.biggest_first()) == [b"b", b"c"]
+    assert Usage().biggest() is None
 
 
-def test_a_full_store_evicts_the_oldest_of_its_biggest_owner() -> None:
-    shares: Shares[int] = Shares(capacity=10, per_owner=6, max_age=HOUR)
-    for i in range(6):
-        shares.admit(i, b"big", 1, NOW + i)
-    for i in range(6, 10):
-        shares.admit(i, b"mid", 1, NOW + i)
-    assert shares.total == 10
-    evicted = shares.admit(100, b"new", 1, NOW + 20)
-    assert evicted == [0]  # big's oldest
-    assert shares.total == 10 and shares.usage(b"big") == 5
+def test_usage_read_back_ranks_the_owners_again() -> None:
+    usage = Usage()
+    usage.charge(b"old", 100)
+    usage.reset({b"x": 2, b"y": 7})
+    assert list(usage.biggest_first()) == [b"y", b"x"] and usage.total == 9
+    assert usage[b"old"] == 0
 
 
-def test_a_full_store_of_equal_owners_refuses_and_evicts_nothing() -> None:
-    shares: Shares[int] = Shares(capacity=4, per_owner=2, max_age=HOUR)
-    for i, owner in enumerate((b"a", b"a", b"b", b"b")):
-        shares.admit(i, owner, 1, NOW)
-    shares.admit(10, b"c", 1, NOW)  # c has 0: evicts from a (2 > 1)
-    with pytest.raises(StoreFull, match="full"):
-        shares.admit(11, b"c", 1, NOW)  # now nobody holds more than c would (2)
-    assert len(shares) == 4 and shares.total == 4
-
-
-def test_exempt_entries_are_never_refused_nor_counted() -> None:
-    shares: Shares[int] = Shares(capacity=1, per_owner=1, max_age=HOUR)
-    shares.admit(0, b"a", 1, NOW)
-    for i in range(1, 5):
-        assert shares.admit(i, None, 1, NOW) == []
-    assert shares.total == 1 and len(shares) == 5
-
-
-def test_collect_removes_expired_entries_a_budget_at_a_time() -> None:
-    shares: Shares[int] = Shares(capacity=1000, per_owner=1000, max_age=HOUR)
-    for i in range(10):
-        shares.admit(i, b"a", 1, NOW + i)
-    assert shares.collect(NOW + HOUR + 4.5, budget=3) == [0, 1, 2]
-    assert shares.collect(NOW + HOUR + 4.5, budget=100) == [3, 4]
-    assert shares.collect(NOW + HOUR + 4.5, budget=100) == []
-    assert shares.usage(b"a") == 5
-
-
-def test_the_cap_check_costs_the_same_in_a_full_store() -> None:
-    """Refusing past a share or a full store is O(1) in the store's size: no sweep."""
-
-    def refusal_cost(size: int) -> float:
-        shares: Shares[int] = Shares(capacity=size, per_owner=size // 20 or 1, max_age=HOUR)
-        owner = 0
-        for i in range(size):
-            if shares.usage(b"%d" % owner) >= shares.per_owner:
-                owner += 1
-            shares.admit(i, b"%d" % owner, 1, NOW)
-        t0 = time.perf_counter()
-        for i in range(2000):
-            with pytest.raises(StoreFull):
-                shares.admit(size + i, b"0", 1, NOW)
-        return time.perf_counter() - t0
-
-    small, large = refusal_cost(1000), refusal_cost(100_000)
-    assert large < small * 5, (small, large)
+def test_usage_keeps_its_heap_bounded_through_many_changes() -> None:
+    usage = Usage()
+    for i in range(10_000):
+        usage.charge(b"abc"[i % 3:i % 3 + 1], 1 if i % 2 else 2)
+    assert len(usage._heap) <= 4 * len(usage) + 64 + 1
+    assert list(usage.biggest_first()) == sorted((b"a", b"b", b"c"), key=lambda o: -usage[o])
 
 
 # --- ProviderStore ------------------------------------------------------------------------

@@ -310,3 +310,32 @@ def test_taking_over_a_record_never_evicts_that_record() -> None:
     got = store.get(p[0], NOW + 5)
     assert got is not None and len(got.value) + len(p[0]) + OVERHEAD == 6_000
     assert held_keys(store, p[1:]) == [] and (store.usage(b"p"), store.usage(b"q")) == (0, 6_000)
+
+
+def test_eviction_stops_as_soon_as_the_record_fits() -> None:
+    """a would still hold more than the newcomer, but two of its records make room:
+    its third stays."""
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    a = costing(store, b"a", 1000, 1000, 5000)
+    costing(store, b"b", 3000)
+    costing(store, b"q", 2000, at=NOW + 5)
+    assert held_keys(store, a) == a[2:] and store.usage(b"a") == 5000
+
+
+def test_when_a_victim_reaches_the_newcomers_size_the_next_biggest_pays() -> None:
+    store = ValueStore(max_bytes=11_000, per_peer=11_000, max_age=HOUR)
+    a = costing(store, b"a", 2000, 2000, 2000)
+    b = costing(store, b"b", 5000)
+    costing(store, b"q", 4000, at=NOW + 5)  # a pays 2,000 (down to 4,000), then b
+    assert held_keys(store, a) == a[1:] and held_keys(store, b) == []
+    assert (store.usage(b"a"), store.usage(b"b"), store.usage(b"q")) == (4000, 0, 4000)
+
+
+def test_a_take_over_that_no_victim_can_make_room_for_is_refused() -> None:
+    """p's other records are not enough once the record taken over is set aside."""
+    store = ValueStore(max_bytes=7_000, per_peer=7_000, max_age=HOUR)
+    p = costing(store, b"p", 5000, 1000, 1000)
+    full = r"^the store is full and no peer holds more than this one$"
+    with pytest.raises(StoreFull, match=full):
+        store.put(p[0], value_costing(p[0], 6500), NOW + 5, owner=b"q")
+    assert held_keys(store, p) == p and store.usage(b"q") == 0
