@@ -339,3 +339,10 @@ def test_a_take_over_that_no_victim_can_make_room_for_is_refused() -> None:
     with pytest.raises(StoreFull, match=full):
         store.put(p[0], value_costing(p[0], 6500), NOW + 5, owner=b"q")
     assert held_keys(store, p) == p and store.usage(b"q") == 0
+
+
+def test_one_byte_over_the_store_is_one_byte_too_many() -> None:
+    store = ValueStore(max_bytes=10_000, per_peer=10_000, max_age=HOUR)
+    a = costing(store, b"a", 6000)
+    costing(store, b"q", 4001, at=NOW + 5)
+    assert held_keys(store, a) == [] and store.usage(b"q") == 4001
