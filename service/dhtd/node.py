@@ -202,6 +202,9 @@ class DhtNode:
         # Keys this node announced as a provider, and when it last did. This node
         # answers for them itself; they never compete for the provider store.
         self.provided: dict[bytes, float] = {}
+        # Keys a Provide is announcing right now: not due for a reprovide meanwhile
+        # (a new key's time is 0 until its first announcement ends).
+        self._announcing: set[bytes] = set()
         # Records this node Put and keeps putting: key -> (value, when it last reached a peer).
         self.published: dict[bytes, tuple[bytes, float]] = {}
         # Peers saved by the last run, dialled like bootstrap peers while the table is empty.
@@ -315,7 +318,8 @@ class DhtNode:
         while True:
             await trio.sleep(check)
             due_before = self.clock() - self.reprovide_interval
-            due = [k for k, at in self.provided.items() if at <= due_before]
+            due = [k for k, at in self.provided.items()
+                   if at <= due_before and k not in self._announcing]
             if not due or not self.table:
                 continue
             try:
@@ -714,9 +718,14 @@ class DhtNode:
 
             # A key given twice is announced once (its events carry the first index).
             first = {key: i for i, key in reversed(list(enumerate(keys)))}
-            async with trio.open_nursery() as nursery:
-                for i in first.values():
-                    nursery.start_soon(announce, i)
+            mine = set(first) - self._announcing
+            self._announcing |= mine
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i in first.values():
+                        nursery.start_soon(announce, i)
+            finally:
+                self._announcing -= mine
             counts = [counts[first[key]] for key in keys]
             missed = [i for i, n in enumerate(counts) if n == 0]
             if missed:

@@ -1759,3 +1759,29 @@ def test_every_expired_record_is_collected_in_one_sweep_however_many() -> None:
             assert len(holder.providers) == 0
 
     run(main)
+
+
+def test_a_key_is_not_reprovided_while_its_first_provide_is_still_announcing_it() -> None:
+    """A new key's time is 0 until its first announcement ends; a reprovide check
+    in the meantime must not start a second announcement of it."""
+    net = SimNet()
+    first = sim_node(net, "ra0")
+    nodes = [first] + [sim_node(net, f"ra{i}", [first]) for i in range(1, 6)]
+    me = nodes[1]
+    me.reprovide_interval = 10.0  # checked every second
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            net.hung.add(nodes[5].self_id)  # the first walk waits 10 s for it
+            started = trio.current_time()
+            [stored] = await me.provide([KEY], lambda i, e: None, BOUND)
+            assert trio.current_time() - started >= PEER_TIMEOUT
+            # A second announcement started by a check during the first would send
+            # its ADD_PROVIDERs one peer timeout later; the next due one (10 s after
+            # the first ended) would only start walking by then.
+            await trio.sleep(PEER_TIMEOUT + 1)
+            sent = sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes)
+            assert sent == stored
+
+    run(main)
