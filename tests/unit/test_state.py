@@ -295,3 +295,32 @@ def test_records_are_committed_in_the_background_and_checkpointed_off_the_loop(
         db.close()
 
     trio.run(main)
+
+
+def test_records_commit_once_after_a_write_and_an_idle_store_never_wakes() -> None:
+    import trio.testing
+
+    db = RecordsDb.memory()
+    commits: list[float] = []
+    real_commit = db.commit
+
+    def commit() -> None:
+        commits.append(trio.current_time())
+        real_commit()
+
+    db.commit = commit  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run)
+            await trio.sleep(100)
+            assert commits == []  # idle: no wake-ups at all
+            for _ in range(3):  # three writes, one transaction, one commit
+                await db.call(lambda c: c.execute(
+                    "INSERT OR REPLACE INTO provider_addrs VALUES (x'01', x'')"))
+            await trio.sleep(1)
+            assert commits == [pytest.approx(100.05)]
+            assert not db.conn.in_transaction
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

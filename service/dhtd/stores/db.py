@@ -98,7 +98,8 @@ class RecordsDb:
         # Called after SQLite undid writes that a store counted (a failed commit),
         # so that the stores read their counts again.
         self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
-        self._since_checkpoint = 0.0
+        self._written = trio.Event()  # set when a transaction opens
+        self._checkpointed_at = 0.0  # trio time
         self._closed = False
 
     @classmethod
@@ -126,6 +127,7 @@ class RecordsDb:
         try:
             if not conn.in_transaction:
                 conn.execute("BEGIN")
+                self._written.set()
             conn.execute("SAVEPOINT job")
         except sqlite3.Error as exc:
             raise self._failed(exc) from None
@@ -171,14 +173,17 @@ class RecordsDb:
         return error
 
     async def run(self) -> None:
-        """Commits every COMMIT_DELAY and checkpoints on a worker thread now and then."""
+        """Commits COMMIT_DELAY after a transaction opens, and checkpoints on a worker
+        thread now and then. An idle store never wakes."""
         while True:
+            await self._written.wait()
             await trio.sleep(COMMIT_DELAY)
+            self._written = trio.Event()
             self.commit()
-            self._since_checkpoint += COMMIT_DELAY
-            if self.path is not None and (self._since_checkpoint >= CHECKPOINT_INTERVAL
+            now = trio.current_time()
+            if self.path is not None and (now - self._checkpointed_at >= CHECKPOINT_INTERVAL
                                           or self._wal_pages() >= CHECKPOINT_PAGES):
-                self._since_checkpoint = 0.0
+                self._checkpointed_at = now
                 await self.checkpoint()
 
     async def checkpoint(self) -> None:
