@@ -12,8 +12,8 @@ commitments (state.db, :mod:`dhtd.state.db`) go through a writer thread:
   and no automatic checkpoint: a COMMIT only appends to the write-ahead log
   (no fsync). Checkpoints, which fsync, run on a worker thread through their
   own connection. Reads are indexed lookups, mostly from the page cache.
-- **Group commit.** Writes go into one open transaction, committed every
-  COMMIT_DELAY. These records are not promises of this node: a peer re-sends
+- **Group commit.** Writes go into one open transaction, committed
+  COMMIT_DELAY after it opened (an idle store never wakes). These records are not promises of this node: a peer re-sends
   them (reprovide, republish), so a crash may lose the last COMMIT_DELAY of
   them, never the file.
 - **Memory is bounded** by the stores' in-memory counts (per owner) and
