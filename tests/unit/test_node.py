@@ -1744,19 +1744,26 @@ def test_an_idle_node_starts_no_operations() -> None:
 
 def test_every_expired_record_is_collected_in_one_sweep_however_many() -> None:
     """Collection goes a batch (1000) at a time, but one sweep takes every expired
-    record: 2500 are all gone a minute later."""
+    record: 2500 provider and 2500 value records are all gone a minute later, and
+    the next minute's sweep takes those that expired since."""
     net = SimNet()
     nodes = star(net, 2)
     holder = nodes[1]
 
+    def fill(received: float, offset: int) -> None:
+        for i in range(offset, offset + 2500):
+            holder.providers.add(b"\x12\x20" + i.to_bytes(32, "big"), nodes[0].self_id,
+                                 (), received)
+            holder.values.put(b"/demo/%d" % i, b"v", received, owner=nodes[0].self_id)
+
     async def main() -> None:
         async with running(nodes):
-            old = holder.clock() - 172_800 - 1  # expired 1 s ago
-            for i in range(2500):
-                holder.providers.add(b"\x12\x20" + i.to_bytes(32, "big"), nodes[0].self_id,
-                                     (), old)
+            fill(holder.clock() - 172_800 - 1, 0)  # expired 1 s ago
             await trio.sleep(61)
-            assert len(holder.providers) == 0
+            assert len(holder.providers) == len(holder.values) == 0
+            fill(holder.clock() - 172_800 + 30, 2500)  # expires in 30 s
+            await trio.sleep(60)
+            assert len(holder.providers) == len(holder.values) == 0
 
     run(main)
 
@@ -1775,13 +1782,20 @@ def test_a_key_is_not_reprovided_while_its_first_provide_is_still_announcing_it(
             await settle(nodes)
             net.hung.add(nodes[5].self_id)  # the first walk waits 10 s for it
             started = trio.current_time()
-            [stored] = await me.provide([KEY], lambda i, e: None, BOUND)
+            counts: list[int] = []
+
+            async def provide(key: bytes) -> None:
+                counts.extend(await me.provide([key], lambda i, e: None, BOUND))
+
+            async with trio.open_nursery() as nursery:  # two calls at once, keys of each
+                nursery.start_soon(provide, KEY)
+                nursery.start_soon(provide, KEY[:-1] + b"\x01")
             assert trio.current_time() - started >= PEER_TIMEOUT
             # A second announcement started by a check during the first would send
             # its ADD_PROVIDERs one peer timeout later; the next due one (10 s after
             # the first ended) would only start walking by then.
             await trio.sleep(PEER_TIMEOUT + 1)
             sent = sum(net.received(n.self_id, MessageType.ADD_PROVIDER) for n in nodes)
-            assert sent == stored
+            assert sent == sum(counts)
 
     run(main)
