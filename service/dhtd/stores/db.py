@@ -13,9 +13,9 @@ commitments (state.db, :mod:`dhtd.state.db`) go through a writer thread:
   (no fsync). Checkpoints, which fsync, run on a worker thread through their
   own connection. Reads are indexed lookups, mostly from the page cache.
 - **Group commit.** Writes go into one open transaction, committed
-  COMMIT_DELAY after it opened (an idle store never wakes). These records are not promises of this node: a peer re-sends
-  them (reprovide, republish), so a crash may lose the last COMMIT_DELAY of
-  them, never the file.
+  COMMIT_DELAY after it opened (an idle store never wakes). These records
+  are not promises of this node: a peer re-sends them (reprovide, republish),
+  so a crash may lose the last COMMIT_DELAY of them, never the file.
 - **Memory is bounded** by the stores' in-memory counts (per owner) and
   SQLite's page cache (CACHE_KIB), whatever the number of records.
 
