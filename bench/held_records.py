@@ -229,7 +229,7 @@ def store_figures(data_dir: Path, records: int, seconds: float) -> tuple[list[fl
 
     async def main() -> tuple[list[float], float]:
         db = RecordsDb.open(data_dir)
-        held = await HeldRecords.open(db)
+        held = HeldRecords.open(db)
         took = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(held.run)

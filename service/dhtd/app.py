@@ -109,7 +109,7 @@ async def _run_dht(
             refresh_interval=config.refresh_interval,
             republish_interval=config.republish_interval,
             state=DiskState(db),
-            records=await HeldRecords.open(records_db),
+            records=HeldRecords.open(records_db),
             on_table_change=lambda size: bridge.to_asyncio(on_table_change, size),
         )
         with trio.CancelScope() as scope:

@@ -199,7 +199,7 @@ def test_held_records_survive_reopening_with_their_accounting(tmp_path: Path) ->
 
     async def fill() -> None:
         db = RecordsDb.open(tmp_path)
-        held = await HeldRecords.open(db)
+        held = HeldRecords.open(db)
         await held.add_provider(KEY_A, peer, [b"\x04\x7f\x00\x00\x01\x06\x10\x00"], 1000.0)
         await held.add_provider(KEY_B, peer, [], 1001.0)
         await held.put_value(b"/app/k", b"v1", 1002.0, other, select)
@@ -207,7 +207,7 @@ def test_held_records_survive_reopening_with_their_accounting(tmp_path: Path) ->
 
     async def reopen() -> None:
         db = RecordsDb.open(tmp_path)
-        held = await HeldRecords.open(db)
+        held = HeldRecords.open(db)
         assert held.provider_count() == 2 and held.value_count() == 1
         assert held.providers.usage(peer) == 2
         assert held.values.usage(other) == len(b"/app/k") + len(b"v1") + 256
@@ -236,7 +236,7 @@ def test_a_commit_lost_to_a_full_disk_is_forgotten_by_the_counts_too(tmp_path: P
 
     async def main() -> None:
         db = RecordsDb.open(tmp_path)
-        held = await HeldRecords.open(db)
+        held = HeldRecords.open(db)
         await held.add_provider(KEY_A, peer, [], 1000.0)
         db.commit()
         pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
@@ -274,7 +274,7 @@ def test_records_are_committed_in_the_background_and_checkpointed_off_the_loop(
         tmp_path: Path) -> None:
     async def main() -> None:
         db = RecordsDb.open(tmp_path)
-        held = await HeldRecords.open(db)
+        held = HeldRecords.open(db)
         reader = sqlite3.connect(tmp_path / "records.db")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(held.run)

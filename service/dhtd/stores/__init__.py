@@ -12,8 +12,7 @@ call sees every write before it.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from dhtd.stores.db import RecordsDb
 from dhtd.stores.providers import (
@@ -44,6 +43,7 @@ class HeldRecords:
         self._db = db
         self.providers = providers
         self.values = values
+        db.on_rollback.append(lambda conn: self._reload())
 
     def _reload(self) -> None:
         self.providers.reload()
@@ -52,24 +52,12 @@ class HeldRecords:
     @classmethod
     def in_memory(cls) -> HeldRecords:
         """Stores that keep nothing past the process (dev peers, tests)."""
-        db = RecordsDb.memory()
-        held = cls(db, ProviderStore(db.conn), ValueStore(db.conn))
-        db.on_rollback.append(lambda conn: held._reload())
-        return held
+        return cls.open(RecordsDb.memory())
 
     @classmethod
-    async def open(
-        cls, db: RecordsDb,
-        make_providers: Callable[[sqlite3.Connection], ProviderStore] = ProviderStore,
-        make_values: Callable[[sqlite3.Connection], ValueStore] = ValueStore,
-    ) -> HeldRecords:
-        """Reads the stores' accounting from ``db`` (``make_*``: stores with other
-        limits, for tests)."""
-        providers = await db.call(make_providers)
-        values = await db.call(make_values)
-        held = cls(db, providers, values)
-        db.on_rollback.append(lambda conn: held._reload())
-        return held
+    def open(cls, db: RecordsDb) -> HeldRecords:
+        """The stores in ``db``, their accounting read from it."""
+        return cls(db, ProviderStore(db.conn), ValueStore(db.conn))
 
     async def run(self) -> None:
         """Commits the writes in the background (RecordsDb.run)."""
