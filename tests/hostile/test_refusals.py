@@ -2,7 +2,7 @@
 
 The only DHT peer of the dhtd under test is a kad peer on a real libp2p host. For
 Put it answers every request but never stores a record (its PUT_VALUE answer does
-not echo the record back); for Provide it resets every kad stream it is sent.
+not echo the record back); for Provide it resets every kad stream about the provided CID.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from dht.v1 import dht_pb2 as pb
+from dhtd.ids import parse_cid
 from dhtd.kadmsg import new_message
 from dhtd.wire.kad_pb2 import Message
 from tests.hostile.peer import Handler, Peer, run
@@ -70,8 +71,14 @@ def test_put_is_unavailable_when_no_peer_stores_the_record(tmp_path: Path) -> No
 def test_provide_is_unavailable_when_no_peer_takes_the_record(tmp_path: Path) -> None:
     node = start_node("lonely", tmp_path / "lonely")
 
+    key = parse_cid(CID).multihash
+
     async def reset(peer: bytes, request: Message) -> Message:
-        raise RuntimeError("this peer resets every kad stream")
+        # Only requests for this CID: the node's own refresh walks (other keys) get an
+        # answer, so the peer stays in the table until the Provide reaches it.
+        if request.key == key:
+            raise RuntimeError("this peer resets every stream about the CID")
+        return new_message(request.type, request.key)
 
     code, details, events = stream_against(
         node, reset, lambda: node.dht.Provide(pb.ProvideRequest(cids=[CID]), timeout=10))

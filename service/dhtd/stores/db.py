@@ -186,14 +186,17 @@ class RecordsDb:
                 self._checkpointed_at = now
                 await self.checkpoint()
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self) -> bool:
         """Copies the committed log into the file on a worker thread (PASSIVE: never
-        waits for the writer). A failure is logged; the log waits for the next one."""
+        waits for the writer or a reader). True when the whole log was copied; False
+        when another checkpoint or a reader held part of it back, or it failed (logged):
+        the rest waits for the next one."""
         path = self.path
-        if path is not None:
-            # (trio 0.35's decorated signature hides its keyword arguments from mypy)
-            await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                lambda: _checkpoint(path, "PASSIVE"), abandon_on_cancel=True)
+        if path is None:
+            return True
+        # (trio 0.35's decorated signature hides its keyword arguments from mypy)
+        return await trio.to_thread.run_sync(  # type: ignore[call-arg]
+            lambda: _checkpoint(path, "PASSIVE"), abandon_on_cancel=True)
 
     def _wal_pages(self) -> int:
         assert self.path is not None
@@ -215,16 +218,19 @@ class RecordsDb:
         self.conn.close()
 
 
-def _checkpoint(path: Path, mode: str) -> None:
+def _checkpoint(path: Path, mode: str) -> bool:
     """Copies the write-ahead log into the file (and fsyncs it), from its own
-    connection, beside the connection that writes."""
+    connection, beside the connection that writes. True when all of it was copied."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.execute(f"PRAGMA wal_checkpoint({mode})")  # mode: one of our constants
+        # One row: (busy, frames in the log, frames copied into the file).
+        busy, logged, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
     except sqlite3.Error as exc:
         log.warning("records.db checkpoint failed", extra={"error": str(exc)})
+        return False
     finally:
         conn.close()
+    return bool(busy == 0 and logged == copied)
 
 
 def memory_connection() -> sqlite3.Connection:
