@@ -24,7 +24,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.tools.anyio_service import background_trio_service
 
-# The same dial setting dhtd uses (dhtd/p2p.py), so both pay the same dial cost.
+# The same dial setting dhtd uses (dhtd/p2p/), so both pay the same dial cost.
 _swarm._HAPPY_EYEBALLS_DELAY = 0.0
 
 

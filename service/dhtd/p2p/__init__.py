@@ -1,4 +1,4 @@
-"""The libp2p edge: the only module that imports py-libp2p.
+"""The libp2p edge: the only package that imports py-libp2p.
 
 It turns py-libp2p's host into the small surface the core needs: send a kad
 request to a peer, serve kad requests under a protocol id, learn and look up
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import libp2p.network.swarm as _swarm
+import libp2p.stream_muxer.muxer_multistream as _muxer_multistream
 import multiaddr
 import trio
 from libp2p import new_host
@@ -36,6 +37,7 @@ from libp2p.security.secure_session import SecureSession
 from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
+from dhtd.p2p.yamux import Yamux, YamuxStream
 from dhtd.wire.kad_pb2 import Message
 
 log = logging.getLogger("dhtd.p2p")
@@ -70,6 +72,10 @@ async def _whole_write(self: SecureSession, data: bytes) -> None:
 
 
 SecureSession.write = _whole_write  # type: ignore[method-assign]
+
+# py-libp2p's muxer negotiation builds its own Yamux class for /yamux/1.0.0 whatever
+# the muxer options say; dhtd's (dhtd.p2p.yamux) takes its place.
+_muxer_multistream.Yamux = Yamux  # type: ignore[attr-defined, assignment]
 
 # The largest kad answer read from a peer (go-libp2p network.MessageSizeMax, 4 MiB).
 MAX_MESSAGE_BYTES = 4 << 20
@@ -144,6 +150,9 @@ KadHandler = Callable[[bytes, Message], Awaitable[Message | None]]
 
 # The protection tag of peers a request is in flight to.
 _BUSY_TAG = "dhtd-busy"
+# Ours: how long a peer stays protected from connection trimming after its last
+# request ended (well within the connection manager's grace period).
+BUSY_HOLD = 10.0
 
 
 class _StaleStream(Exception):
@@ -354,8 +363,10 @@ class Host:
         self._learned: OrderedDict[bytes, None] = OrderedDict()
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
-        # Peers a request is in flight to: protected from connection trimming.
+        # Peers a request is in flight to: protected from connection trimming, and
+        # for BUSY_HOLD after (when their last request ended, None while in use).
         self._busy: dict[bytes, int] = {}
+        self._busy_released: dict[bytes, float | None] = {}
         self._idle: dict[bytes, list[_Framed]] = {}
         self._listen: list[bytes] | None = None
         # Binary peerstore addrs -> the same without /p2p/ (answers name the same
@@ -385,6 +396,7 @@ class Host:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
             self._host.get_network().register_notifee(_Notifee(send, on_disconnect))
             nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
+            nursery.start_soon(self._release_busy)
             self._nursery = nursery
             try:
                 yield self
@@ -578,16 +590,30 @@ class Host:
 
     def _busy_enter(self, peer: bytes) -> None:
         count = self._busy.get(peer, 0)
-        if count == 0:
-            self.protect(peer, _BUSY_TAG)
         self._busy[peer] = count + 1
+        if count == 0:
+            if peer not in self._busy_released:
+                self.protect(peer, _BUSY_TAG)
+            self._busy_released[peer] = None
 
     def _busy_leave(self, peer: bytes) -> None:
         count = self._busy.pop(peer, 1) - 1
         if count > 0:
             self._busy[peer] = count
         else:
-            self.unprotect(peer, _BUSY_TAG)
+            # Unprotected later (_release_busy): protecting costs py-libp2p a base58
+            # encoding each way, which showed at 14% of a request's CPU.
+            self._busy_released[peer] = trio.current_time()
+
+    async def _release_busy(self) -> None:
+        """Unprotects peers no request has used for BUSY_HOLD."""
+        while True:
+            await trio.sleep(BUSY_HOLD)
+            now = trio.current_time()
+            for peer, since in list(self._busy_released.items()):
+                if since is not None and now - since >= BUSY_HOLD:
+                    del self._busy_released[peer]
+                    self.unprotect(peer, _BUSY_TAG)
 
     async def _open(self, peer: bytes) -> _Framed:
         try:
@@ -598,7 +624,7 @@ class Host:
     async def _exchange(self, peer: bytes, framed: _Framed, frame: bytes) -> Message:
         stream = framed.stream
         try:
-            await stream.write(frame)
+            await framed.io.write(frame)
             data = await framed.read_frame()
         except PeerRequestError:
             await _discard(stream)
@@ -664,7 +690,7 @@ class Host:
 
     async def _write(self, framed: _Framed, frame: bytes) -> None:
         try:
-            await framed.stream.write(frame)
+            await framed.io.write(frame)
         except Exception as exc:
             await _discard(framed.stream)
             raise _StaleStream(describe(exc)) from None
@@ -711,7 +737,7 @@ class Host:
                 request.ParseFromString(data)
                 answer = await handler(sender, request)
                 if answer is not None:
-                    await stream.write(_frame(answer))
+                    await framed.io.write(_frame(answer))
         except Exception as exc:
             log.debug("kad stream from %s reset: %s", ID(sender), describe(exc))
             await _reset(stream)
@@ -735,16 +761,25 @@ READ_CHUNK = 64 * 1024
 
 
 class _Framed:
-    """A stream read as varint-length-prefixed messages, with its own read buffer."""
+    """A stream read as varint-length-prefixed messages, with its own read buffer.
 
-    __slots__ = ("buf", "stream")
+    Reads and writes go straight to dhtd's yamux stream under py-libp2p's NetStream
+    (whose state lock cost two task switches per call); closing and resetting still
+    go through the NetStream, so py-libp2p's bookkeeping sees them."""
+
+    __slots__ = ("buf", "io", "stream")
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        muxed = getattr(stream, "muxed_stream", None)
+        self.io: Any = muxed if isinstance(muxed, YamuxStream) else stream
         self.buf = bytearray()
 
     async def _fill(self) -> bool:
-        chunk = await self.stream.read(READ_CHUNK)
+        try:
+            chunk = await self.io.read(READ_CHUNK)
+        except EOFError:  # the peer closed its side (yamux and NetStream say so this way)
+            return False
         if not chunk:
             return False
         self.buf += chunk

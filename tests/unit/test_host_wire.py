@@ -1,0 +1,86 @@
+"""Two real libp2p hosts (TCP on 127.0.0.1, noise, dhtd's yamux) in one process:
+kad requests run over dhtd's muxer, reuse one stream, and keep the peer's
+connection protected from trimming while in use and for BUSY_HOLD after."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import pytest
+import trio
+from libp2p.peer.id import ID
+
+from dhtd import p2p
+from dhtd.kadmsg import new_message
+from dhtd.p2p import Host
+from dhtd.p2p.yamux import Yamux, _Noise
+from dhtd.wire.kad_pb2 import Message
+
+PROTOCOL = "/ipfs/kad/1.0.0"
+LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0").to_bytes()]
+KEY = b"\x12\x20" + b"k" * 32
+
+
+@asynccontextmanager
+async def two_hosts() -> AsyncIterator[tuple[Host, Host, list[bytes]]]:
+    served: list[bytes] = []
+
+    async def answer(sender: bytes, request: Message) -> Message:
+        served.append(sender)
+        return new_message(request.type, request.key)
+
+    a = Host(p2p.new_identity(), PROTOCOL)
+    b = Host(p2p.new_identity(), PROTOCOL)
+    async with b.open(LISTEN, answer, lambda _: None), a.open(LISTEN, answer, lambda _: None):
+        await a.connect(b.self_id, b.listen_addrs()[0])
+        yield a, b, served
+
+
+def muxed_conns(host: Host, peer: bytes) -> list[Any]:
+    return [c.muxed_conn for c in host._host.get_network().get_connections(ID(peer))]
+
+
+def test_requests_run_over_dhtds_yamux_on_one_reused_stream() -> None:
+    async def main() -> None:
+        async with two_hosts() as (a, b, served):
+            for _ in range(20):
+                answer = await a.request(b.self_id, new_message(4, KEY))
+                assert answer.key == KEY
+            assert served == [a.self_id] * 20
+            (conn,) = muxed_conns(a, b.self_id)
+            assert isinstance(conn, Yamux)
+            assert isinstance(conn._io, _Noise)  # the fast noise path, not the fallback
+            kad_streams = [s for s in conn._streams.values() if s.stream_id % 2 == 1]
+            assert len(kad_streams) == 1  # every request on the same stream
+            assert isinstance(muxed_conns(b, a.self_id)[0], Yamux)
+
+    trio.run(main)
+
+
+def test_a_busy_peer_stays_protected_for_busy_hold_after_its_last_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    hold = 0.5
+    monkeypatch.setattr(p2p, "BUSY_HOLD", hold)
+
+    async def main() -> None:
+        async with two_hosts() as (a, b, _):
+            network = a._host.get_network()
+
+            def protected() -> bool:
+                return bool(network.is_protected(ID(b.self_id), p2p._BUSY_TAG))
+
+            assert not protected()
+            await a.request(b.self_id, new_message(4, KEY))
+            done = trio.current_time()
+            assert protected()  # still, right after the request
+            with trio.fail_after(10 * hold):
+                while protected():  # noqa: ASYNC110
+                    await trio.sleep(hold / 10)
+            assert trio.current_time() - done >= hold
+            await a.request(b.self_id, new_message(4, KEY))
+            assert protected()  # protected again by the next request
+
+    trio.run(main)

@@ -1,0 +1,439 @@
+"""dhtd's yamux (dhtd.p2p.yamux): the spec's frames, flow control, limits and errors.
+
+Two sessions talk over an in-memory byte pipe; where a test needs a peer that
+breaks the rules, the other end of the pipe is driven frame by frame. One test
+runs py-libp2p's own yamux on the other side, as an independent implementation.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import (
+    MuxedConnUnavailable,
+    MuxedStreamClosed,
+    MuxedStreamEOF,
+    MuxedStreamReset,
+)
+from libp2p.stream_muxer.yamux.yamux import Yamux as StockYamux
+
+from dhtd.p2p import yamux
+from dhtd.p2p.yamux import (
+    ACCEPT_BACKLOG,
+    FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
+    FLAG_SYN,
+    GO_AWAY_PROTOCOL_ERROR,
+    INITIAL_SEND_WINDOW,
+    RECEIVE_WINDOW,
+    TYPE_DATA,
+    TYPE_GO_AWAY,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+    WINDOW_UPDATE_THRESHOLD,
+    Yamux,
+)
+
+HEADER = struct.Struct(">BBHII")
+PEER = ID(b"\x00\x24" + b"\x01" * 36)
+
+
+class Pipe:
+    """One end of an in-memory connection, with the secured-connection surface the
+    muxer uses; counts the writes that reach it."""
+
+    def __init__(self, stream: Any, initiator: bool) -> None:
+        self.stream = stream
+        self.is_initiator = initiator
+        self.writes = 0
+        self.closed = False
+
+    async def read(self, n: int | None = None) -> bytes:
+        return bytes(await self.stream.receive_some(n))
+
+    async def write(self, data: bytes) -> None:
+        self.writes += 1
+        await self.stream.send_all(data)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.stream.aclose()
+
+    def get_transport_addresses(self) -> list[Any]:
+        return []
+
+    def get_remote_address(self) -> None:
+        return None
+
+
+def pair() -> tuple[Pipe, Pipe]:
+    a, b = trio.testing.memory_stream_pair()
+    return Pipe(a, True), Pipe(b, False)
+
+
+def session(pipe: Pipe) -> Yamux:
+    return Yamux(pipe, PEER)  # type: ignore[arg-type]
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@asynccontextmanager
+async def sessions() -> AsyncIterator[tuple[Yamux, Yamux, Pipe, Pipe, trio.Nursery]]:
+    """Two running sessions on the two ends of a pipe (a dials), and a nursery for
+    the test's own tasks (cancelled at the end)."""
+    a_pipe, b_pipe = pair()
+    a, b = session(a_pipe), session(b_pipe)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.start)
+        nursery.start_soon(b.start)
+        yield a, b, a_pipe, b_pipe, nursery
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def against_raw_peer() -> AsyncIterator[tuple[Yamux, Pipe, RawPeer, trio.Nursery]]:
+    """A running session (it dials) whose peer is driven frame by frame, and a
+    nursery for the test's own tasks (cancelled at the end)."""
+    a_pipe, b_pipe = pair()
+    a = session(a_pipe)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.start)
+        yield a, a_pipe, RawPeer(b_pipe), nursery
+        nursery.cancel_scope.cancel()
+
+
+class RawPeer:
+    """The far end of a pipe, driven frame by frame."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.buf = bytearray()
+
+    async def send(self, kind: int, flags: int, stream_id: int, length: int,
+                   body: bytes = b"", version: int = 0) -> None:
+        await self.pipe.write(HEADER.pack(version, kind, flags, stream_id, length) + body)
+
+    async def frame(self) -> tuple[int, int, int, int, bytes] | None:
+        """The next frame, or None at EOF."""
+        while True:
+            if len(self.buf) >= 12:
+                _, kind, flags, sid, length = HEADER.unpack_from(self.buf)
+                body_len = length if kind == TYPE_DATA else 0
+                if len(self.buf) >= 12 + body_len:
+                    body = bytes(self.buf[12:12 + body_len])
+                    del self.buf[:12 + body_len]
+                    return kind, flags, sid, length, body
+            try:
+                chunk = await self.pipe.read(65536)
+            except trio.ClosedResourceError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+
+def test_streams_carry_data_both_ways_and_close_half_at_a_time() -> None:
+    async def main() -> None:
+        async with sessions() as (a, b, _a_pipe, _b_pipe, _nursery):
+            out = await a.open_stream()
+            await out.write(b"ping")
+            inbound = await b.accept_stream()
+            assert inbound.stream_id == out.stream_id == 1  # the dialler's IDs are odd
+            assert await inbound.read(100) == b"ping"
+            await out.close()
+            with pytest.raises(MuxedStreamEOF):
+                await inbound.read(100)
+            with pytest.raises(MuxedStreamClosed):
+                await out.write(b"more")
+            await inbound.write(b"pong")  # the other half stays open
+            assert await out.read(100) == b"pong"
+            await inbound.close()
+            with pytest.raises(MuxedStreamEOF):
+                await out.read(100)
+            assert not a._streams and not b._streams  # both ends closed: forgotten
+            second = await b.open_stream()
+            assert second.stream_id == 2  # the listener's IDs are even
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_syn_and_ack_ride_on_the_first_frames() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, a_pipe, peer, _nursery):
+            stream = await a.open_stream()
+            assert a_pipe.writes == 0  # opening alone sends nothing
+            await stream.write(b"hello")
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"hello")
+            await stream.write(b"again")
+            assert await peer.frame() == (TYPE_DATA, 0, 1, 5, b"again")
+            # A stream the peer opens is acknowledged with our first frame.
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0)
+            inbound = await a.accept_stream()
+            await inbound.close()
+            assert await peer.frame() == (TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_FIN, 2, 0, b"")
+            # A stream reset before its first frame was never known to the peer.
+            silent = await a.open_stream()
+            writes = a_pipe.writes
+            await silent.reset()
+            assert a_pipe.writes == writes
+
+    run(main)
+
+
+def test_a_large_write_flows_through_window_updates_sent_per_half_window() -> None:
+    payload = bytes(range(256)) * (4 * RECEIVE_WINDOW // 256)  # 1 MiB: four windows
+
+    async def main() -> None:
+        async with sessions() as (a, b, _a_pipe, b_pipe, nursery):
+            out = await a.open_stream()
+            nursery.start_soon(out.write, payload)
+            inbound = await b.accept_stream()
+            got = bytearray()
+            while len(got) < len(payload):
+                got += await inbound.read(16 * 1024)
+            assert got == payload
+            # Updates only once half the window was read, never per read.
+            assert b_pipe.writes <= len(payload) // WINDOW_UPDATE_THRESHOLD + 1
+
+    run(main)
+
+
+def test_a_writer_stops_at_the_peers_window_and_gives_up_after_the_wait_timeout() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            stream = await a.open_stream()
+            start = trio.current_time()
+            with pytest.raises(MuxedStreamReset, match="window"):
+                await stream.write(b"x" * (INITIAL_SEND_WINDOW + 1))
+            assert trio.current_time() - start == pytest.approx(yamux.WINDOW_WAIT_TIMEOUT)
+            sent = 0
+            while True:
+                frame = await peer.frame()
+                assert frame is not None
+                if frame[0] == TYPE_DATA:
+                    sent += frame[3]
+                if frame[1] & FLAG_RST:
+                    break
+            assert sent == INITIAL_SEND_WINDOW  # not one byte past the window
+
+    run(main)
+
+
+def test_a_window_update_lets_a_blocked_writer_go_on() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, nursery):
+            stream = await a.open_stream()
+            done = trio.Event()
+
+            async def write() -> None:
+                await stream.write(b"y" * (INITIAL_SEND_WINDOW + 10))
+                done.set()
+
+            nursery.start_soon(write)
+            got = 0
+            while got < INITIAL_SEND_WINDOW:
+                frame = await peer.frame()
+                assert frame is not None
+                got += frame[3]
+            await trio.sleep(1)
+            assert not done.is_set()
+            await peer.send(TYPE_WINDOW_UPDATE, 0, 1, 10)
+            assert await peer.frame() == (TYPE_DATA, 0, 1, 10, b"y" * 10)
+            await done.wait()
+
+    run(main)
+
+
+@pytest.mark.parametrize("attack", ["version", "oversized", "beyond_window", "type", "syn_twice"])
+def test_a_peer_that_breaks_the_protocol_loses_the_connection(attack: str) -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, a_pipe, peer, _nursery):
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0)
+            stream = await a.accept_stream()
+            if attack == "version":
+                await peer.send(TYPE_PING, FLAG_SYN, 0, 1, version=1)
+            elif attack == "oversized":
+                await peer.send(TYPE_DATA, 0, 2, RECEIVE_WINDOW + 1)
+            elif attack == "beyond_window":
+                chunk = b"z" * (RECEIVE_WINDOW // 2)
+                for _ in range(3):  # the stream is never read: 1.5 windows
+                    await peer.send(TYPE_DATA, 0, 2, len(chunk), chunk)
+            elif attack == "type":
+                await peer.send(9, 0, 2, 0)
+            else:
+                await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0)
+            frames = []
+            while (frame := await peer.frame()) is not None:
+                frames.append(frame)
+            assert frames[-1] == (TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR, b"")
+            assert a.is_closed and a_pipe.closed
+            with pytest.raises(MuxedStreamReset):
+                await stream.read(1)
+            with pytest.raises(MuxedConnUnavailable):
+                await a.open_stream()
+
+    run(main)
+
+
+def test_pings_are_answered_and_go_away_stops_new_streams() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 0xDEADBEEF)
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 0xDEADBEEF, b"")
+            stream = await a.open_stream()
+            await peer.send(TYPE_GO_AWAY, 0, 0, 0)
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 7)  # so we know GO_AWAY was read
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 7, b"")
+            with pytest.raises(MuxedConnUnavailable, match="GO_AWAY"):
+                await a.open_stream()
+            await stream.write(b"still")  # streams already open go on
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"still")
+
+    run(main)
+
+
+def test_streams_past_the_backlog_are_reset_and_the_rest_served() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            for i in range(ACCEPT_BACKLOG + 3):
+                await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 + 2 * i, 0)
+            resets = set()
+            while len(resets) < 3:
+                frame = await peer.frame()
+                assert frame is not None and frame[1] == FLAG_RST
+                resets.add(frame[2])
+            assert resets == {2 + 2 * i for i in range(ACCEPT_BACKLOG, ACCEPT_BACKLOG + 3)}
+            first = await a.accept_stream()
+            assert first.stream_id == 2
+
+    run(main)
+
+
+def test_a_reset_from_the_peer_ends_reads_and_writes() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, nursery):
+            await peer.send(TYPE_DATA, FLAG_SYN, 2, 3, b"abc")
+            stream = await a.accept_stream()
+            reading = trio.Event()
+            reset = trio.Event()
+
+            async def read() -> None:
+                assert await stream.read() == b"abc"
+                reading.set()
+                with pytest.raises(MuxedStreamReset):
+                    await stream.read()
+                reset.set()
+
+            nursery.start_soon(read)
+            await reading.wait()
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_RST, 2, 0)
+            with trio.fail_after(1):
+                await reset.wait()
+            with pytest.raises(MuxedStreamReset):
+                await stream.write(b"late")
+            assert not a._streams
+
+    run(main)
+
+
+def test_frames_of_concurrent_writers_go_out_in_fewer_writes() -> None:
+    async def main() -> None:
+        async with sessions() as (a, b, a_pipe, _b_pipe, _nursery):
+            streams = [await a.open_stream() for _ in range(50)]
+            async with trio.open_nursery() as writers:
+                for s in streams:
+                    writers.start_soon(s.write, b"m" * 100)
+            assert a_pipe.writes < 50
+            for _ in streams:
+                inbound = await b.accept_stream()
+                assert await inbound.read() == b"m" * 100
+
+    run(main)
+
+
+def test_a_write_the_socket_never_takes_breaks_the_connection_after_the_timeout() -> None:
+    async def main() -> None:
+        a_pipe, _ = pair()
+        a = session(a_pipe)
+        stuck = trio.Event()
+
+        async def never(data: bytes) -> None:
+            await stuck.wait()
+
+        a_pipe.write = never  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.start)
+            stream = await a.open_stream()
+            start = trio.current_time()
+            with pytest.raises(MuxedStreamReset, match="not done within"):
+                await stream.write(b"x")
+            assert trio.current_time() - start == pytest.approx(yamux.WRITE_TIMEOUT)
+            with pytest.raises(MuxedConnUnavailable):
+                await a._send(b"")
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_the_connection_ends_when_the_peer_hangs_up() -> None:
+    async def main() -> None:
+        a_pipe, b_pipe = pair()
+        a = session(a_pipe)
+        closed = trio.Event()
+
+        async def on_close() -> None:
+            closed.set()
+
+        a.on_close = on_close
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.start)
+            out = await a.open_stream()
+            await b_pipe.close()
+            await closed.wait()
+            with pytest.raises(MuxedStreamReset):
+                await out.read()
+            with pytest.raises(MuxedConnUnavailable):
+                await a.accept_stream()
+
+    run(main)
+
+
+@pytest.mark.parametrize("stock_dials", [True, False])
+def test_interoperates_with_py_libp2ps_own_yamux(stock_dials: bool) -> None:
+    payload = b"q" * (RECEIVE_WINDOW + 12345)  # past one window, so updates are needed
+
+    async def main() -> None:
+        stock_pipe, ours_pipe = pair() if stock_dials else pair()[::-1]
+        stock = StockYamux(stock_pipe, PEER, is_initiator=stock_dials)  # type: ignore[arg-type]
+        ours = session(ours_pipe)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stock.start)
+            nursery.start_soon(ours.start)
+            await stock.event_started.wait()
+            for opener, acceptor in ((stock, ours), (ours, stock)):
+                out = await opener.open_stream()
+                nursery.start_soon(out.write, payload)
+                inbound = await acceptor.accept_stream()
+                got = bytearray()
+                while len(got) < len(payload):
+                    got += await inbound.read(65536)
+                assert got == payload
+                await inbound.write(b"done")
+                assert await out.read(4) == b"done"
+                await out.close()
+                await inbound.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
