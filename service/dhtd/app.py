@@ -1,7 +1,7 @@
 """Wiring: config -> identity -> libp2p host -> DHT node -> gRPC server.
 
-:func:`serve` runs on asyncio (grpc.aio) with trio as a guest on the same
-loop (see :mod:`dhtd.bridge`). Shutdown on SIGTERM/SIGINT: health turns
+:func:`serve` runs on asyncio (grpc.aio), with trio (the DHT) in its own thread
+(see :mod:`dhtd.bridge`). Shutdown on SIGTERM/SIGINT: health turns
 NOT_SERVING at once, in-flight RPCs get ``--shutdown-grace`` seconds, then
 the DHT and the libp2p host close.
 """
@@ -26,7 +26,7 @@ from dht.v1 import dht_pb2, dht_pb2_grpc
 from dhtd.addrs import format_addr, loopback_dial_addr, parse_listen_addr
 from dhtd.api.interceptor import EdgeInterceptor
 from dhtd.api.servicer import MAX_VALUE_BYTES, SERVER_OPTIONS, DhtServicer, NodeServicer
-from dhtd.bridge import Bridge, start_guest
+from dhtd.bridge import Bridge, start_trio
 from dhtd.config import Config
 from dhtd.httpd import OpsServer
 from dhtd.ids import peer_id_to_str
@@ -180,7 +180,7 @@ async def serve(config: Config) -> None:
             ready.set_result(t)
 
     db, records_db = open_database(config)
-    trio_done = start_guest(
+    trio_done = start_trio(
         loop, lambda: _run_dht(config, db, records_db, metrics, bridge, on_ready,
                                table_sizes.put_nowait)
     )
@@ -198,7 +198,7 @@ async def serve(config: Config) -> None:
     dht = ready.result()
     node = dht.node
 
-    metrics.watch(node)
+    metrics.watch(node, bridge.read)
     # dht.v1 calls count against --max-concurrent-rpcs; health and reflection never do.
     edge = EdgeInterceptor(metrics, max_in_flight=config.max_concurrent_rpcs,
                            limited=(DHT_SERVICE, NODE_SERVICE))
@@ -240,7 +240,7 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    info = node.info()
+    info = bridge.read(node.info)
     log.info("dhtd ready", extra={
         "grpc_addr": f"{config.grpc_host}:{port}",
         "metrics_addr": (f"{config.metrics_addr[0]}:{metrics_port}"
@@ -269,7 +269,7 @@ async def serve(config: Config) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             follower = tasks.create_task(follow_table())
-            table_sizes.put_nowait(node.info().routing_table_size)
+            table_sizes.put_nowait(bridge.read(node.info).routing_table_size)
             waiter = tasks.create_task(stopping.wait())
             either: set[asyncio.Future[Any]] = {waiter, trio_done}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

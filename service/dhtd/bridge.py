@@ -1,20 +1,28 @@
 """The one module that knows both trio and asyncio.
 
-The DHT (py-libp2p) runs on trio; grpc.aio runs on asyncio. trio runs as a
-guest on the asyncio loop (``trio.lowlevel.start_guest_run``), so both share
-one thread and no GIL hand-off sits between a gRPC call and the DHT.
+The DHT (py-libp2p) runs on trio; grpc.aio runs on asyncio. trio runs in its
+own thread (:func:`start_trio`), with its own epoll loop. (It used to run as a
+guest on the asyncio loop: then every time trio waited for I/O, it handed the
+wait to a worker thread and the result back through the asyncio loop, once per
+batch of kad messages. A profile of a busy node put that at about a quarter of
+its CPU. Now only the RPC traffic crosses threads: a job per call, an event
+per streamed item.)
 
 asyncio code calls into trio with :meth:`Bridge.call` (one result) or
 :meth:`Bridge.stream` (items as they come, then a result). Both promise: if
 the asyncio side is cancelled (client cancel, deadline, shutdown), the trio
 work is cancelled too, and the call returns only after that work has ended,
-so no task outlives its RPC.
+so no task outlives its RPC. :meth:`Bridge.read` runs a short synchronous read
+of trio-side state (gauges, Info) on the trio thread, so asyncio never reads
+it while trio changes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -32,8 +40,18 @@ CANCEL_WAIT = 5.0
 _END = object()
 
 
+class _Finish:
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: tuple[bool, Any]) -> None:
+        self.outcome = outcome
+
+
 class _Job(Generic[T]):
-    """One piece of trio work started from asyncio, with its cancel scope."""
+    """One piece of trio work started from asyncio, with its cancel scope.
+
+    Items and the outcome cross to asyncio through a deque; the asyncio loop is
+    woken once per batch, not once per item (a walk emits its events in bursts)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -41,17 +59,37 @@ class _Job(Generic[T]):
         self.cancel_requested = False
         self.done = loop.create_future()
         self.items: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending: collections.deque[Any] = collections.deque()
+        self._scheduled = False
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        """Called from trio."""
+        self._pending.append(item)
+        self._wake()
 
     def finish(self, outcome: tuple[bool, Any]) -> None:
-        def resolve() -> None:
-            self.items.put_nowait(_END)
-            if not self.done.done():
-                self.done.set_result(outcome)
+        """Called from trio, once, after the last put."""
+        self._pending.append(_Finish(outcome))
+        self._wake()
 
-        self.loop.call_soon_threadsafe(resolve)
+    def _wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        # Cleared before popping: an item appended after this line is either popped
+        # below or sees the flag clear and wakes the loop again.
+        self._scheduled = False
+        while self._pending:
+            item = self._pending.popleft()
+            if isinstance(item, _Finish):
+                self.items.put_nowait(_END)
+                if not self.done.done():
+                    self.done.set_result(item.outcome)
+            else:
+                self.items.put_nowait(item)
 
 
 class Bridge:
@@ -76,6 +114,17 @@ class Bridge:
             return
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn)
+
+    def read(self, fn: Callable[[], T]) -> T:
+        """Called from asyncio (or any thread but trio's): runs the synchronous
+        ``fn()`` on the trio thread and returns its result, blocking until then
+        (trio runs it at its next scheduling point). Before trio runs or after it
+        ended, nothing else touches trio's state, so ``fn()`` runs right here."""
+        token = self._token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                return trio.from_thread.run_sync(fn, trio_token=token)
+        return fn()
 
     def to_asyncio(self, fn: Callable[..., object], *args: object) -> None:
         """Called from trio: runs ``fn(*args)`` on the asyncio loop soon."""
@@ -174,31 +223,30 @@ class _suppress_cancel:
         return kind is not None and issubclass(kind, (TimeoutError, asyncio.CancelledError))  # type: ignore[arg-type]
 
 
-def start_guest(
+def start_trio(
     loop: asyncio.AbstractEventLoop, main: Callable[[], Awaitable[None]]
 ) -> asyncio.Future[None]:
-    """Runs trio ``main`` as a guest on ``loop``; the future resolves when trio ends."""
+    """Runs trio ``main`` in its own thread; the future (on ``loop``) resolves when
+    trio ends, with trio's exception if it failed. The thread is a daemon: a bug
+    that leaves trio running cannot keep the process alive after asyncio ends."""
     done: asyncio.Future[None] = loop.create_future()
 
-    def finished(outcome: Any) -> None:
+    def settle(error: BaseException | None) -> None:
         if done.done():
             return
-        try:
-            outcome.unwrap()
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
+        if error is None:
             done.set_result(None)
+        else:
+            done.set_exception(error)
 
-    def schedule(fn: Callable[[], None]) -> None:
-        loop.call_soon_threadsafe(fn)
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            trio.run(main)
+        except BaseException as exc:  # handed to asyncio, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, error)
 
-    trio.lowlevel.start_guest_run(
-        main,
-        run_sync_soon_threadsafe=schedule,
-        done_callback=finished,
-        host_uses_signal_set_wakeup_fd=True,
-    )
+    threading.Thread(target=run, name="dhtd-trio", daemon=True).start()
     return done
-
-

@@ -8,6 +8,7 @@ docs/metrics.md lists every series and what a rising value means.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -163,9 +164,10 @@ class Metrics:
             refused=lambda store: self.refusals.labels(store).inc(),
         )
 
-    def watch(self, node: DhtNode) -> None:
-        """Adds the gauges read from ``node`` at scrape time."""
-        self.registry.register(_NodeCollector(lambda: node))
+    def watch(self, node: DhtNode, read: Callable[[Callable[[], _Gauges]], _Gauges]) -> None:
+        """Adds the gauges read from ``node`` at scrape time, through ``read`` (which
+        runs its argument where the node lives: dhtd.bridge.Bridge.read)."""
+        self.registry.register(_NodeCollector(lambda: read(lambda: _Gauges.of(node))))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -190,35 +192,51 @@ class _LibraryLogCollector(Collector):
         yield family
 
 
+@dataclass(frozen=True)
+class _Gauges:
+    """What the node's gauges show, read in one go on the node's own thread."""
+
+    routing_table_size: int
+    connected_peers: int
+    in_flight: dict[str, int]
+    provider_records: int
+    value_records: int
+
+    @classmethod
+    def of(cls, node: DhtNode) -> _Gauges:
+        info = node.info()
+        return cls(info.routing_table_size, info.connected_peers, dict(node.in_flight),
+                   node.records.provider_count(), node.records.value_count())
+
+
 class _NodeCollector(Collector):
     """Gauges read from the node when Prometheus scrapes, never stale."""
 
-    def __init__(self, node: Callable[[], DhtNode]) -> None:
-        self._node = node
+    def __init__(self, gauges: Callable[[], _Gauges]) -> None:
+        self._gauges = gauges
 
     def collect(self) -> Iterable[Metric]:
-        node = self._node()
-        info = node.info()
+        g = self._gauges()
         yield GaugeMetricFamily(
             "dht_routing_table_peers",
             "Peers in the routing table. Falling to 0: the node is cut off from the DHT "
-            "(readiness fails).", value=info.routing_table_size)
+            "(readiness fails).", value=g.routing_table_size)
         yield GaugeMetricFamily(
             "dht_connected_peers",
             "Open libp2p connections to other peers. Rising without bound: connections leak.",
-            value=info.connected_peers)
+            value=g.connected_peers)
         in_flight = GaugeMetricFamily(
             "dht_queries_in_flight",
             "DHT operations running now. Rising and not falling: operations are stuck or "
             "callers outpace the node.", labels=["operation"])
-        for op in sorted(set(OPERATIONS) | set(node.in_flight)):
-            in_flight.add_metric([op], node.in_flight.get(op, 0))
+        for op in sorted(set(OPERATIONS) | set(g.in_flight)):
+            in_flight.add_metric([op], g.in_flight.get(op, 0))
         yield in_flight
         yield GaugeMetricFamily(
             "dht_provider_records",
             "Provider records this node stores for others. Rising steadily: more content "
-            "is announced to this node.", value=node.records.provider_count())
+            "is announced to this node.", value=g.provider_records)
         yield GaugeMetricFamily(
             "dht_value_records",
             "Value records (/pk/, /ipns/, operator namespaces) this node stores.",
-            value=node.records.value_count())
+            value=g.value_records)

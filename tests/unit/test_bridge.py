@@ -1,20 +1,21 @@
-"""Unit tests for dhtd.bridge: asyncio calling into trio running as a guest on its loop.
+"""Unit tests for dhtd.bridge: asyncio calling into trio running in its own thread.
 
-Each test runs ``asyncio.run`` with trio started as a guest by
-:func:`dhtd.bridge.start_guest`, a trio main that attaches a nursery to the
-Bridge, and shuts the guest down at the end. Every wait is bounded.
+Each test runs ``asyncio.run`` with trio started in its thread by
+:func:`dhtd.bridge.start_trio`, a trio main that attaches a nursery to the
+Bridge, and shuts trio down at the end. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 
-from dhtd.bridge import Bridge, start_guest
+from dhtd.bridge import Bridge, start_trio
 from dhtd.errors import Unavailable
 
 BOUND = 5.0  # seconds any single wait may take before the test fails
@@ -59,12 +60,12 @@ async def bounded(awaitable: Awaitable[Any]) -> Any:
 def run_guest(
     body: Callable[[Bridge, Guest], Awaitable[None]], *, close_nursery_early: bool = False
 ) -> None:
-    """Runs ``body`` on asyncio with a live trio guest; shuts the guest down cleanly."""
+    """Runs ``body`` on asyncio with a live trio thread; shuts trio down cleanly."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         guest = Guest(loop, close_nursery_early=close_nursery_early)
-        done = start_guest(loop, guest.main)
+        done = start_trio(loop, guest.main)
         finished, _ = await bounded(
             asyncio.wait({guest.ready, done}, return_when=asyncio.FIRST_COMPLETED)
         )
@@ -251,7 +252,7 @@ def test_call_after_trio_has_ended_raises_unavailable() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         guest = Guest(loop)
-        done = start_guest(loop, guest.main)
+        done = start_trio(loop, guest.main)
         await bounded(guest.ready)
         guest.bridge.call_soon_trio(guest.stop)
         await bounded(done)
@@ -428,5 +429,77 @@ def test_to_asyncio_and_call_soon_trio() -> None:
 
         bridge.call_soon_trio(from_trio)
         assert await bounded(on_trio) is True
+
+    run_guest(body)
+
+
+def test_trio_runs_in_its_own_thread_and_read_runs_there() -> None:
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        asyncio_thread = threading.get_ident()
+        trio_thread = await bounded(bridge.call(current_thread))
+        assert trio_thread != asyncio_thread
+        # read() runs a synchronous function on trio's thread and returns its value.
+        assert bridge.read(threading.get_ident) == trio_thread
+
+    run_guest(body)
+
+
+def test_read_runs_in_place_before_trio_starts_and_after_it_ends() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        bridge = Bridge(loop)
+        here = threading.get_ident()
+        assert bridge.read(threading.get_ident) == here  # trio never ran
+        guest = Guest(loop)
+        guest.bridge = bridge
+        done = start_trio(loop, guest.main)
+        await bounded(guest.ready)
+        assert bridge.read(threading.get_ident) != here
+        bridge.call_soon_trio(guest.stop)
+        await bounded(done)
+        assert bridge.read(threading.get_ident) == here  # trio has ended
+
+    asyncio.run(main())
+
+
+def test_a_trio_crash_reaches_asyncio() -> None:
+    async def main() -> None:
+        async def crash() -> None:
+            raise ValueError("trio broke")
+
+        with pytest.raises(ValueError, match="trio broke"):
+            await bounded(start_trio(asyncio.get_running_loop(), crash))
+
+    asyncio.run(main())
+
+
+async def current_thread() -> int:
+    return threading.get_ident()
+
+
+def test_a_burst_of_items_wakes_asyncio_per_batch_not_per_item() -> None:
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        loop = asyncio.get_running_loop()
+        wakes = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakes
+            wakes += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        try:
+            async def burst(put: Callable[[int], None]) -> None:
+                for i in range(1000):
+                    put(i)  # no checkpoint between: one burst
+
+            got = [item async for item in bridge.stream(burst)]
+        finally:
+            loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+        assert got == list(range(1000))
+        # Woken per batch, not per item (asyncio may drain while trio still puts: it
+        # runs in its own thread, so a batch is whatever piled up meanwhile).
+        assert wakes <= len(got) // 10
 
     run_guest(body)

@@ -252,7 +252,7 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
     @unary
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext
                    ) -> pb.InfoResponse:
-        info = self.node.info()
+        info = await self.bridge.call(lambda: _now(self.node.info()))
         return pb.InfoResponse(
             peer_id=_peer_text(info.peer_id),
             addrs=[_addr_text(a) for a in info.addrs],
