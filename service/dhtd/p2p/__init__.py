@@ -794,33 +794,47 @@ class _Framed:
                 filled = await self._fill()
             if idle.cancelled_caught or not filled:
                 raise EOFError("stream idle" if idle.cancelled_caught else "stream closed")
+        body = self._take(MAX_REQUEST_BYTES)
+        if body is not None:  # the whole request came in one read (the usual case)
+            return body
         with trio.move_on_after(FRAME_READ_TIMEOUT) as slow:
             return await self.read_frame(MAX_REQUEST_BYTES)
         assert slow.cancelled_caught
         raise PeerRequestError(f"request not complete within {FRAME_READ_TIMEOUT:g}s")
 
+    def _take(self, limit: int) -> bytes | None:
+        """The first message if the buffer holds all of it, else None.
+        PeerRequestError if its length prefix is malformed or over ``limit``."""
+        try:
+            length, start = decode_uvarint(bytes(self.buf[:10]))
+        except ValueError:
+            if len(self.buf) >= 10:
+                raise PeerRequestError("bad length prefix") from None
+            return None
+        if length > limit:
+            raise PeerRequestError(f"message of {length} bytes is over {limit}")
+        end = start + length
+        if len(self.buf) < end:
+            return None
+        body = bytes(self.buf[start:end])
+        del self.buf[:end]
+        return body
+
     async def read_frame(self, limit: int = MAX_MESSAGE_BYTES) -> bytes:
         """One message. EOFError on a clean end before it; PeerRequestError if
         malformed or longer than ``limit``."""
         while True:
-            try:
-                length, start = decode_uvarint(bytes(self.buf[:10]))
-                break
-            except ValueError:
-                if len(self.buf) >= 10:
-                    raise PeerRequestError("bad length prefix") from None
+            body = self._take(limit)
+            if body is not None:
+                return body
             if not await self._fill():
-                if self.buf:
-                    raise PeerRequestError("stream ended inside a length prefix")
-                raise EOFError("stream closed")
-        if length > limit:
-            raise PeerRequestError(f"message of {length} bytes is over {limit}")
-        while len(self.buf) < start + length:
-            if not await self._fill():
+                if not self.buf:
+                    raise EOFError("stream closed")
+                try:
+                    decode_uvarint(bytes(self.buf[:10]))
+                except ValueError:
+                    raise PeerRequestError("stream ended inside a length prefix") from None
                 raise PeerRequestError("stream ended inside a message")
-        body = bytes(self.buf[start:start + length])
-        del self.buf[:start + length]
-        return body
 
 
 async def _discard(stream: Any) -> None:

@@ -33,6 +33,7 @@ Promises:
 from __future__ import annotations
 
 import logging
+import socket as stdlib_socket
 import struct
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -123,19 +124,29 @@ class _Secured:
         except Exception:
             return b""
 
-    async def send(self, data: bytes) -> None:
-        await self._conn.write(data)
+    def send_now(self, data: bytes) -> Any:
+        """Sends what can go out without waiting; returns the rest (for send_rest),
+        or None when all of it went. Here: nothing goes at once."""
+        return data
+
+    async def send_rest(self, rest: Any) -> None:
+        await self._conn.write(rest)
 
 
 class _Noise(_Secured):
     """py-libp2p's noise session over TCP, read and written without its layers:
-    whole socket chunks in, every complete noise message in them decrypted at once."""
+    whole socket chunks in, every complete noise message in them decrypted at once;
+    out, sealed messages straight to the socket, without trio's machinery when the
+    kernel takes them at once (nearly always: kad messages are small)."""
 
     def __init__(self, conn: SecureSession, noise: Any, socket: trio.SocketStream) -> None:
         super().__init__(conn)
         self._decrypt: Callable[[bytes], bytes] = noise.decrypt
         self._encrypt: Callable[[bytes], bytes] = noise.encrypt
         self._socket = socket
+        # The kernel socket under trio's (trio's own wrapper is used only to wait).
+        self._sock: stdlib_socket.socket = socket.socket._sock  # type: ignore[attr-defined]
+        self._fd = self._sock.fileno()
         self._raw = bytearray()
         # Plaintext py-libp2p read ahead during muxer negotiation.
         self._ahead = conn._drain(None)
@@ -144,7 +155,9 @@ class _Noise(_Secured):
     def wrap(cls, conn: ISecureConn) -> _Secured:
         if isinstance(conn, SecureSession) and isinstance(conn.conn, NoiseTransportReadWriter):
             raw = conn.conn.read_writer.read_write_closer
-            if isinstance(raw, RawConnection) and isinstance(raw.stream, TrioTCPStream):
+            if (isinstance(raw, RawConnection) and isinstance(raw.stream, TrioTCPStream)
+                    and isinstance(getattr(raw.stream.stream.socket, "_sock", None),
+                                   stdlib_socket.socket)):
                 return cls(conn, conn.conn.noise_state, raw.stream.stream)
         return _Secured(conn)
 
@@ -168,15 +181,34 @@ class _Noise(_Secured):
             plain = b"".join(out)
             if plain:
                 return plain
-            try:
-                chunk = await self._socket.receive_some(RECEIVE_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                chunk = b""
+            chunk = await self._recv()
             if not chunk:
                 return b""
             raw += chunk
 
-    async def send(self, data: bytes) -> None:
+    async def _recv(self) -> bytes:
+        """Bytes from the socket (b"" at its end): read at once when some are there,
+        else after trio says the socket is readable. Either way a scheduling point,
+        so a peer that keeps the socket full cannot starve other tasks."""
+        sock = self._sock
+        waited = False
+        while True:
+            try:
+                chunk = sock.recv(RECEIVE_CHUNK)
+                break
+            except BlockingIOError:
+                waited = True
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                except (trio.ClosedResourceError, OSError):
+                    return b""
+            except OSError:  # reset, or closed under us
+                return b""
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return chunk
+
+    def send_now(self, data: bytes) -> Any:
         if len(data) <= NOISE_MAX_PLAINTEXT:
             sealed = self._encrypt(data)
             out = _NOISE_LENGTH.pack(len(sealed)) + sealed
@@ -187,7 +219,16 @@ class _Noise(_Secured):
                 parts.append(_NOISE_LENGTH.pack(len(sealed)))
                 parts.append(sealed)
             out = b"".join(parts)
-        await self._socket.send_all(out)
+        try:
+            sent = self._sock.send(out)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(out):
+            return None
+        return memoryview(out)[sent:]  # sealed already: the rest goes out as it is
+
+    async def send_rest(self, rest: Any) -> None:
+        await self._socket.send_all(rest)
 
 
 # -- streams -----------------------------------------------------------------
@@ -444,7 +485,11 @@ class Yamux(IMuxedConn):
     # -- writing
 
     async def _send(self, data: bytes) -> None:
-        """Sends ``data`` (whole frames), batched with frames other tasks queued."""
+        """Sends ``data`` (whole frames), batched with frames other tasks queued.
+
+        Not always a scheduling point: when the lock is free and the kernel takes
+        everything at once, it returns without yielding (as a plain function would).
+        Every caller waits for something else soon (an answer, the next request)."""
         if self._broken is not None:
             raise MuxedConnUnavailable(self._broken)
         self._pending.append(data)
@@ -463,14 +508,21 @@ class Yamux(IMuxedConn):
                 if self._broken is not None:
                     raise MuxedConnUnavailable(self._broken)
                 batch, self._pending = self._pending, []
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + WRITE_TIMEOUT
-                    try:
-                        await self._io.send(b"".join(batch))
-                    except Exception as exc:
-                        self._broken = f"write failed: {exc}"
-                if scope.cancelled_caught:
-                    self._broken = f"write not done within {WRITE_TIMEOUT:g}s"
+                try:
+                    rest = self._io.send_now(b"".join(batch))
+                except Exception as exc:
+                    rest, self._broken = None, f"write failed: {exc}"
+                if rest is not None:
+                    # Part of it must wait for the socket: shielded, so a cancelled
+                    # writer never leaves half a noise message out, and bounded.
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + WRITE_TIMEOUT
+                        try:
+                            await self._io.send_rest(rest)
+                        except Exception as exc:
+                            self._broken = f"write failed: {exc}"
+                    if scope.cancelled_caught:
+                        self._broken = f"write not done within {WRITE_TIMEOUT:g}s"
                 if self._broken is not None:
                     raise MuxedConnUnavailable(self._broken)
             if self._broken is not None:
