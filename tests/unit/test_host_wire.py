@@ -84,3 +84,33 @@ def test_a_busy_peer_stays_protected_for_busy_hold_after_its_last_request(
             assert protected()  # protected again by the next request
 
     trio.run(main)
+
+
+def test_an_answer_larger_than_the_socket_buffer_arrives_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    big = bytes(range(256)) * (3 * 1024 * 1024 // 256)  # 3 MiB: past a loopback buffer
+    waited: list[int] = []
+    send_rest = _Noise.send_rest
+
+    async def counted(self: _Noise, rest: Any) -> None:
+        waited.append(len(rest))
+        await send_rest(self, rest)
+
+    monkeypatch.setattr(_Noise, "send_rest", counted)
+
+    async def main() -> None:
+        async def answer(sender: bytes, request: Message) -> Message:
+            reply = new_message(request.type, request.key)
+            reply.record.value = big
+            return reply
+
+        a = Host(p2p.new_identity(), PROTOCOL)
+        b = Host(p2p.new_identity(), PROTOCOL)
+        async with b.open(LISTEN, answer, lambda _: None), a.open(LISTEN, None, lambda _: None):
+            await a.connect(b.self_id, b.listen_addrs()[0])
+            for _ in range(3):
+                reply = await a.request(b.self_id, new_message(4, KEY))
+                assert reply.record.value == big
+        assert waited  # the kernel took part at once; the rest waited for the socket
+
+    trio.run(main)
