@@ -22,7 +22,8 @@ from typing import Protocol
 import trio
 
 from dhtd.ids import kad_key, peer_id_to_str
-from dhtd.routing import BUCKET_SIZE, closest_to
+from dhtd.routing import BUCKET_SIZE
+from dhtd.routing import nearest as nearest_of
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,12 @@ class _Walk:
     target_key: bytes
     self_id: bytes
     states: dict[bytes, _State] = field(default_factory=dict)
-    keys: dict[bytes, bytes] = field(default_factory=dict)
+    keys: dict[bytes, int] = field(default_factory=dict)  # kad keys as ints
     addrs: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
+    target: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.target = int.from_bytes(self.target_key, "big")
 
     def hear(self, peer: PeerRecord) -> None:
         if peer.id == self.self_id:
@@ -168,11 +173,11 @@ class _Walk:
             self.addrs[peer.id] = peer.addrs
         if peer.id not in self.states:
             self.states[peer.id] = _State.HEARD
-            self.keys[peer.id] = kad_key(peer.id)
+            self.keys[peer.id] = int.from_bytes(kad_key(peer.id), "big")
 
     def nearest(self, count: int, *states: _State) -> list[bytes]:
         entries = ((p, self.keys[p]) for p, s in self.states.items() if s in states)
-        return closest_to(self.target_key, entries, count)
+        return nearest_of(self.target, entries, count)
 
     def trim(self, cap: int) -> None:
         """Forgets the farthest never-asked peers beyond ``cap`` known ones."""

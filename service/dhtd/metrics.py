@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -43,6 +44,10 @@ GRPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DHT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+
+# Kinds whose labelled child is kept per series (message and event types: a dozen).
+_CHILD_CACHE = 64
 
 
 def message_type_name(kind: int) -> str:
@@ -147,20 +152,34 @@ class Metrics:
         r.register(_LibraryLogCollector())
 
     def observer(self) -> Observer:
-        """Hooks that feed the DHT series from a node's operations."""
+        """Hooks that feed the DHT series from a node's operations. The labelled
+        children of the per-message series are looked up once per kind (they run
+        for every kad message; ``labels()`` showed in profiles)."""
+        inbound: dict[int, Any] = {}
+        outbound_ok: dict[int, Any] = {}
+        outbound_failed: dict[int, Any] = {}
+        events: dict[int, Any] = {}
+
+        def child(cache: dict[int, Any], family: Any, kind: int, name: Callable[[int], str]) -> Any:
+            counter = cache.get(kind)
+            if counter is None:
+                # Bounded: names of unknown kinds collapse into one "UNKNOWN" child.
+                counter = family.labels(name(kind))
+                if len(cache) < _CHILD_CACHE:
+                    cache[kind] = counter
+            return counter
 
         def outbound(kind: int, ok: bool) -> None:
-            name = message_type_name(kind)
-            self.outbound.labels(name).inc()
+            child(outbound_ok, self.outbound, kind, message_type_name).inc()
             if not ok:
-                self.outbound_errors.labels(name).inc()
+                child(outbound_failed, self.outbound_errors, kind, message_type_name).inc()
 
         return Observer(
             op_finished=lambda op, outcome, s: self.query_seconds.labels(op, outcome).observe(s),
             first_result=lambda op, s: self.first_result_seconds.labels(op).observe(s),
-            event=lambda kind: self.events.labels(event_type_name(kind)).inc(),
+            event=lambda kind: child(events, self.events, kind, event_type_name).inc(),
             outbound=outbound,
-            inbound=lambda kind: self.inbound.labels(message_type_name(kind)).inc(),
+            inbound=lambda kind: child(inbound, self.inbound, kind, message_type_name).inc(),
             refused=lambda store: self.refusals.labels(store).inc(),
         )
 

@@ -8,9 +8,10 @@ go-libp2p and js-libp2p peers.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
-from dhtd.ids import common_prefix_len, kad_key, xor_distance
+from dhtd.ids import common_prefix_len, kad_key
 
 # k, the bucket size and the number of peers a lookup returns
 # (go-libp2p-kad-dht amino/defaults.go: DefaultBucketSize = 20).
@@ -33,7 +34,9 @@ class RoutingTable:
         self._self_key = kad_key(self_id)
         self.bucket_size = bucket_size
         self._buckets: list[dict[bytes, bytes]] = [{} for _ in range(KEY_BITS + 1)]
-        self._size = 0
+        # Every peer held, with its kad key as an int: what closest() ranks and
+        # __contains__ looks up (both run for every request the node serves).
+        self._keys: dict[bytes, int] = {}
 
     def _bucket_of(self, peer: bytes) -> tuple[dict[bytes, bytes], bytes]:
         key = kad_key(peer)
@@ -49,25 +52,22 @@ class RoutingTable:
         if len(bucket) >= self.bucket_size:
             return False
         bucket[peer] = key
-        self._size += 1
+        self._keys[peer] = int.from_bytes(key, "big")
         return True
 
     def remove(self, peer: bytes) -> bool:
         """Removes ``peer``; returns True if it was there."""
-        bucket, _ = self._bucket_of(peer)
-        if bucket.pop(peer, None) is None:
+        if self._keys.pop(peer, None) is None:
             return False
-        self._size -= 1
+        bucket, _ = self._bucket_of(peer)
+        del bucket[peer]
         return True
 
     def __contains__(self, peer: object) -> bool:
-        if not isinstance(peer, bytes):
-            return False
-        bucket, _ = self._bucket_of(peer)
-        return peer in bucket
+        return isinstance(peer, bytes) and peer in self._keys
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._keys)
 
     def bucket_len(self, cpl: int) -> int:
         """Peers in the bucket of common prefix length ``cpl``."""
@@ -86,16 +86,19 @@ class RoutingTable:
 
     def closest(self, target_key: bytes, count: int = BUCKET_SIZE) -> list[bytes]:
         """The ``count`` peers nearest to ``target_key`` (a kad key), nearest first."""
-        return closest_to(target_key, self._entries(), count)
+        return nearest(int.from_bytes(target_key, "big"), self._keys.items(), count)
 
-    def _entries(self) -> Iterable[tuple[bytes, bytes]]:
-        for bucket in self._buckets:
-            yield from bucket.items()
+
+def nearest(target: int, entries: Iterable[tuple[bytes, int]], count: int) -> list[bytes]:
+    """The ``count`` peers of ``(peer, kad key as an int)`` pairs nearest to ``target``
+    by XOR distance, nearest first."""
+    ranked = heapq.nsmallest(count, entries, key=lambda e: e[1] ^ target)
+    return [peer for peer, _ in ranked]
 
 
 def closest_to(
     target_key: bytes, entries: Iterable[tuple[bytes, bytes]], count: int
 ) -> list[bytes]:
     """Sorts ``(peer, kad_key)`` pairs by XOR distance to ``target_key``; keeps ``count``."""
-    ranked = sorted(entries, key=lambda e: xor_distance(e[1], target_key))
-    return [peer for peer, _ in ranked[:count]]
+    return nearest(int.from_bytes(target_key, "big"),
+                   ((p, int.from_bytes(k, "big")) for p, k in entries), count)

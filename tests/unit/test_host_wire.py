@@ -14,6 +14,7 @@ import trio
 from libp2p.peer.id import ID
 
 from dhtd import p2p
+from dhtd.ids import encode_uvarint
 from dhtd.kadmsg import new_message
 from dhtd.p2p import Host
 from dhtd.p2p.yamux import Yamux, _Noise
@@ -53,6 +54,9 @@ def test_requests_run_over_dhtds_yamux_on_one_reused_stream() -> None:
             (conn,) = muxed_conns(a, b.self_id)
             assert isinstance(conn, Yamux)
             assert isinstance(conn._io, _Noise)  # the fast noise path, not the fallback
+            # ChaChaPoly called straight on the AEAD, not through the noise library.
+            assert conn._io._encrypt.__qualname__.startswith("_sealer")
+            assert conn._io._decrypt.__qualname__.startswith("_sealer")
             kad_streams = [s for s in conn._streams.values() if s.stream_id % 2 == 1]
             assert len(kad_streams) == 1  # every request on the same stream
             assert isinstance(muxed_conns(b, a.self_id)[0], Yamux)
@@ -112,5 +116,43 @@ def test_an_answer_larger_than_the_socket_buffer_arrives_whole(
                 reply = await a.request(b.self_id, new_message(4, KEY))
                 assert reply.record.value == big
         assert waited  # the kernel took part at once; the rest waited for the socket
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_idle_and_trickling_inbound_streams_are_ended_by_the_reaper(
+        monkeypatch: pytest.MonkeyPatch, partial: bool) -> None:
+    monkeypatch.setattr(p2p, "STREAM_IDLE_TIMEOUT", 1.0)
+    monkeypatch.setattr(p2p, "FRAME_READ_TIMEOUT", 0.6)
+    monkeypatch.setattr(p2p, "REAP_INTERVAL", 0.1)
+
+    async def main() -> None:
+        async with two_hosts() as (a, b, served):
+            stream = await a._host.new_stream(ID(b.self_id), [PROTOCOL])
+            # One whole request first: the stream is served, then left idle or
+            # left inside a second request that never completes.
+            request = new_message(4, KEY).SerializeToString()
+            await stream.write(encode_uvarint(len(request)) + request)
+            assert Message.FromString(await p2p._Framed(stream).read_frame()).key == KEY
+            if partial:
+                await stream.write(encode_uvarint(1000) + bytes(10))
+            start = trio.current_time()
+            ended = "closed"
+            with trio.fail_after(10):
+                try:
+                    while await stream.read(1024):
+                        pass
+                except EOFError:  # py-libp2p's NetStream says EOF this way
+                    pass
+                except Exception:
+                    ended = "reset"
+            took = trio.current_time() - start
+            limit = p2p.FRAME_READ_TIMEOUT if partial else p2p.STREAM_IDLE_TIMEOUT
+            assert limit <= took < limit + 1.0
+            # An idle stream is closed (EOF); a trickling one is reset.
+            assert ended == ("reset" if partial else "closed")
+            assert not b._serving
+            assert served == [a.self_id]
 
     trio.run(main)

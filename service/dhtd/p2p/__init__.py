@@ -103,6 +103,13 @@ STREAM_IDLE_TIMEOUT = 60.0
 # this; a peer trickling a frame is reset (ours; a 128 KiB request takes ms).
 FRAME_READ_TIMEOUT = 10.0
 
+# How often inbound streams are checked against the two timeouts above (one timer
+# for all streams, not one per request: a per-request cancel scope cost a tenth of
+# serving a FIND_NODE). A stream ends at most this late.
+REAP_INTERVAL = 1.0
+_IDLE_EXPIRED = "idle"
+_FRAME_EXPIRED = "frame"
+
 # Peers learned from other peers (closer peers, providers) whose addresses are kept
 # in the peerstore, least recently learned evicted first. py-libp2p's peerstore
 # holds at most PEERSTORE_MAX_PEERS and evicts blindly past it; this keeps learned
@@ -303,10 +310,14 @@ class _Notifee:
     """Forwards connection events to trio channels without blocking the swarm."""
 
     def __init__(
-        self, connected: trio.MemorySendChannel[bytes], on_disconnect: Callable[[bytes], None]
+        self,
+        connected: trio.MemorySendChannel[bytes],
+        on_disconnect: Callable[[bytes], None],
+        on_change: Callable[[], None],
     ) -> None:
         self._connected = connected
         self._on_disconnect = on_disconnect
+        self._on_change = on_change
 
     async def opened_stream(self, *_: Any) -> None: ...
     async def closed_stream(self, *_: Any) -> None: ...
@@ -314,12 +325,14 @@ class _Notifee:
     async def listen_close(self, *_: Any) -> None: ...
 
     async def disconnected(self, _network: Any, conn: Any) -> None:
+        self._on_change()
         try:
             self._on_disconnect(conn.muxed_conn.peer_id.to_bytes())
         except Exception as exc:
             log.warning("disconnect hook failed: %s", describe(exc))
 
     async def connected(self, _network: Any, conn: Any) -> None:
+        self._on_change()
         with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._connected.send_nowait(conn.muxed_conn.peer_id.to_bytes())
 
@@ -369,6 +382,9 @@ class Host:
         self._busy_released: dict[bytes, float | None] = {}
         self._idle: dict[bytes, list[_Framed]] = {}
         self._listen: list[bytes] | None = None
+        self._connected: frozenset[bytes] | None = None
+        # Inbound kad streams being served, with the scope that ends each.
+        self._serving: dict[_Framed, trio.CancelScope] = {}
         # Binary peerstore addrs -> the same without /p2p/ (answers name the same
         # peers' addrs over and over; converting them showed up in profiles).
         self._stripped: dict[bytes, bytes] = {}
@@ -394,9 +410,11 @@ class Host:
                 )
             if handler is not None:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
-            self._host.get_network().register_notifee(_Notifee(send, on_disconnect))
+            self._host.get_network().register_notifee(
+                _Notifee(send, on_disconnect, self._connections_changed))
             nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
             nursery.start_soon(self._release_busy)
+            nursery.start_soon(self._reap_streams)
             self._nursery = nursery
             try:
                 yield self
@@ -431,8 +449,15 @@ class Host:
     def is_connected(self, peer: bytes) -> bool:
         return bool(self._host.get_network().get_connections(ID(peer)))
 
-    def connected_peers(self) -> list[bytes]:
-        return [p.to_bytes() for p in self._host.get_connected_peers()]
+    def connected_peers(self) -> frozenset[bytes]:
+        """Peers with an open connection (kept until a connection opens or closes:
+        every answer this node sends marks which of its peers are connected)."""
+        if self._connected is None:
+            self._connected = frozenset(p.to_bytes() for p in self._host.get_connected_peers())
+        return self._connected
+
+    def _connections_changed(self) -> None:
+        self._connected = None
 
     def addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
         if peer == self.self_id:
@@ -724,25 +749,50 @@ class Host:
 
     async def _serve_stream(self, stream: Any, sender: bytes, handler: KadHandler) -> None:
         """Answers requests on one inbound stream until the peer closes it, it idles
-        for STREAM_IDLE_TIMEOUT, or anything goes wrong (then the stream is reset:
-        the error stays with this stream)."""
+        for STREAM_IDLE_TIMEOUT (then it is closed), a request is not complete
+        FRAME_READ_TIMEOUT after it began, or anything goes wrong (then it is reset:
+        the error stays with this stream). The two timeouts are kept by
+        :meth:`_reap_streams`, not by a timer per request."""
         framed = _Framed(stream)
+        expired: str | None = None
         try:
-            while True:
-                try:
+            with trio.CancelScope() as scope:
+                self._serving[framed] = scope
+                while True:
                     data = await framed.read_request()
-                except EOFError:
-                    break
-                request = Message()
-                request.ParseFromString(data)
-                answer = await handler(sender, request)
-                if answer is not None:
-                    await framed.io.write(_frame(answer))
+                    request = Message()
+                    request.ParseFromString(data)
+                    answer = await handler(sender, request)
+                    if answer is not None:
+                        await framed.io.write(_frame(answer))
+            expired = framed.expired
+        except EOFError:
+            pass
         except Exception as exc:
             log.debug("kad stream from %s reset: %s", ID(sender), describe(exc))
             await _reset(stream)
             return
+        finally:
+            self._serving.pop(framed, None)
+        if expired == _FRAME_EXPIRED:
+            log.debug("kad stream from %s reset: request not complete within %gs",
+                      ID(sender), FRAME_READ_TIMEOUT)
+            await _reset(stream)
+            return
         await _close(stream)
+
+    async def _reap_streams(self) -> None:
+        """Every REAP_INTERVAL, ends the inbound streams idle for STREAM_IDLE_TIMEOUT
+        and those inside a request begun FRAME_READ_TIMEOUT ago (a peer that trickles
+        a frame, or announces a large one and stops)."""
+        while True:
+            await trio.sleep(REAP_INTERVAL)
+            now = trio.current_time()
+            for framed, scope in list(self._serving.items()):
+                reason = framed.overdue(now)
+                if reason is not None:
+                    framed.expired = reason
+                    scope.cancel()
 
 
 async def _no_auto_dial() -> None:
@@ -767,13 +817,25 @@ class _Framed:
     (whose state lock cost two task switches per call); closing and resetting still
     go through the NetStream, so py-libp2p's bookkeeping sees them."""
 
-    __slots__ = ("buf", "io", "stream")
+    __slots__ = ("buf", "expired", "idle_since", "io", "partial_since", "stream")
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         muxed = getattr(stream, "muxed_stream", None)
         self.io: Any = muxed if isinstance(muxed, YamuxStream) else stream
         self.buf = bytearray()
+        # When an inbound stream began to wait for a request / began one that is not
+        # complete yet (trio time; None when not so): read by Host._reap_streams.
+        self.idle_since: float | None = None
+        self.partial_since: float | None = None
+        self.expired: str | None = None
+
+    def overdue(self, now: float) -> str | None:
+        if self.partial_since is not None and now - self.partial_since >= FRAME_READ_TIMEOUT:
+            return _FRAME_EXPIRED
+        if self.idle_since is not None and now - self.idle_since >= STREAM_IDLE_TIMEOUT:
+            return _IDLE_EXPIRED
+        return None
 
     async def _fill(self) -> bool:
         try:
@@ -786,21 +848,22 @@ class _Framed:
         return True
 
     async def read_request(self) -> bytes:
-        """One inbound request: EOFError when the peer closed the stream, or sent
-        nothing for STREAM_IDLE_TIMEOUT; PeerRequestError when the frame is malformed,
-        over MAX_REQUEST_BYTES, or not complete FRAME_READ_TIMEOUT after it began."""
+        """One inbound request: EOFError when the peer closed the stream;
+        PeerRequestError when the frame is malformed or over MAX_REQUEST_BYTES.
+        While it waits, ``idle_since`` / ``partial_since`` say since when (the
+        host's reaper ends the stream past STREAM_IDLE_TIMEOUT / FRAME_READ_TIMEOUT)."""
         if not self.buf:
-            with trio.move_on_after(STREAM_IDLE_TIMEOUT) as idle:
-                filled = await self._fill()
-            if idle.cancelled_caught or not filled:
-                raise EOFError("stream idle" if idle.cancelled_caught else "stream closed")
+            self.idle_since = trio.current_time()
+            filled = await self._fill()
+            self.idle_since = None
+            if not filled:
+                raise EOFError("stream closed")
         body = self._take(MAX_REQUEST_BYTES)
-        if body is not None:  # the whole request came in one read (the usual case)
-            return body
-        with trio.move_on_after(FRAME_READ_TIMEOUT) as slow:
-            return await self.read_frame(MAX_REQUEST_BYTES)
-        assert slow.cancelled_caught
-        raise PeerRequestError(f"request not complete within {FRAME_READ_TIMEOUT:g}s")
+        if body is None:  # rarely: the request came in parts
+            self.partial_since = trio.current_time()
+            body = await self.read_frame(MAX_REQUEST_BYTES)
+            self.partial_since = None
+        return body
 
     def _take(self, limit: int) -> bytes | None:
         """The first message if the buffer holds all of it, else None.

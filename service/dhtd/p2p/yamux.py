@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from libp2p.abc import IMuxedConn, IMuxedStream, ISecureConn
 from libp2p.connection_types import ConnectionType
 from libp2p.io.trio import TrioTCPStream
@@ -100,6 +101,8 @@ SHUTDOWN_TIMEOUT = 5.0
 # Noise (libp2p spec): a transport message is at most 65535 bytes, 16 of them the MAC.
 NOISE_MAX_PLAINTEXT = 65535 - 16
 _NOISE_LENGTH = struct.Struct(">H")
+# Noise spec 5.1: n = 2^64 - 1 is reserved.
+_NOISE_MAX_NONCE = 2**64 - 1
 # Bytes asked of the socket per receive.
 RECEIVE_CHUNK = 256 * 1024
 
@@ -141,8 +144,8 @@ class _Noise(_Secured):
 
     def __init__(self, conn: SecureSession, noise: Any, socket: trio.SocketStream) -> None:
         super().__init__(conn)
-        self._decrypt: Callable[[bytes], bytes] = noise.decrypt
-        self._encrypt: Callable[[bytes], bytes] = noise.encrypt
+        self._decrypt = _sealer(noise.noise_protocol.cipher_state_decrypt, noise.decrypt, False)
+        self._encrypt = _sealer(noise.noise_protocol.cipher_state_encrypt, noise.encrypt, True)
         self._socket = socket
         # The kernel socket under trio's (trio's own wrapper is used only to wait).
         self._sock: stdlib_socket.socket = socket.socket._sock  # type: ignore[attr-defined]
@@ -229,6 +232,30 @@ class _Noise(_Secured):
 
     async def send_rest(self, rest: Any) -> None:
         await self._socket.send_all(rest)
+
+
+def _sealer(state: Any, fallback: Callable[[bytes], bytes], seal: bool
+            ) -> Callable[[bytes], bytes]:
+    """One direction of a finished noise handshake as one call: ChaCha20-Poly1305
+    with the implicit nonce counter (Noise spec, 5.1; libp2p uses ChaChaPoly), called
+    straight on ``cryptography``'s AEAD instead of through the noise library's three
+    layers. The noise session's own state is not advanced: from here on only this
+    connection's muxer uses it. Anything but ChaChaPoly keeps ``fallback``."""
+    aead = getattr(getattr(state, "cipher", None), "cipher", None)
+    if not isinstance(aead, ChaCha20Poly1305) or not isinstance(state.n, int):
+        return fallback
+    nonce = state.n
+    run = aead.encrypt if seal else aead.decrypt
+
+    def call(data: bytes) -> bytes:
+        nonlocal nonce
+        if nonce >= _NOISE_MAX_NONCE:
+            raise ProtocolError("noise nonces used up")
+        out = run(b"\x00\x00\x00\x00" + nonce.to_bytes(8, "little"), data, None)
+        nonce += 1  # only once it worked: a message that fails to open ends the connection
+        return out
+
+    return call
 
 
 # -- streams -----------------------------------------------------------------
