@@ -6,6 +6,7 @@ operations, so both sides encode peers and record times one way.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -79,8 +80,22 @@ def read_peers(field: Sequence[Message.Peer], limit: int) -> list[PeerRecord]:
     """Decodes the first ``limit`` entries of a repeated ``Message.Peer`` field
     (the rest of an oversized answer is ignored); entries with no ID or an ID that
     is not a peer multihash are dropped."""
-    return [PeerRecord(p.id, peer_addrs(p.id, p.addrs)) for p in field[:limit]
-            if is_peer_id(p.id)]
+    out = []
+    for p in field[:limit]:
+        record = _read_peer(p.id, tuple(p.addrs))
+        if record is not None:
+            out.append(record)
+    return out
+
+
+# Every answer of a walk names mostly the same peers with the same addresses:
+# decoding them is cached (bounded: a peer sending made-up peers only cycles it).
+_READ_CACHE = 8192
+
+
+@functools.lru_cache(maxsize=_READ_CACHE)
+def _read_peer(peer: bytes, addrs: tuple[bytes, ...]) -> PeerRecord | None:
+    return PeerRecord(peer, peer_addrs(peer, addrs)) if is_peer_id(peer) else None
 
 
 def new_record(key: bytes, value: bytes, received_at: float | None = None) -> Record:

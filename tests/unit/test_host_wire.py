@@ -11,11 +11,13 @@ from typing import Any
 import multiaddr
 import pytest
 import trio
+import trio.testing
 from libp2p.peer.id import ID
 
 from dhtd import p2p
 from dhtd.ids import encode_uvarint
 from dhtd.kadmsg import new_message
+from dhtd.lookup import PeerRecord
 from dhtd.p2p import Host
 from dhtd.p2p.yamux import Yamux, _Noise
 from dhtd.wire.kad_pb2 import Message
@@ -156,3 +158,50 @@ def test_idle_and_trickling_inbound_streams_are_ended_by_the_reaper(
             assert served == [a.self_id]
 
     trio.run(main)
+
+
+def test_learning_the_same_addresses_again_skips_the_peerstore_until_the_refresh() -> None:
+    host = Host(p2p.new_identity(), PROTOCOL)
+    store = host._host.get_peerstore()
+    peer = p2p.peer_id_of(p2p.new_identity())
+    addr = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001").to_bytes()
+    other = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4002").to_bytes()
+    writes: list[bytes] = []
+    add_addrs = store.add_addrs
+
+    def counted(pid: ID, addrs: Any, ttl: int) -> None:
+        writes.append(pid.to_bytes())
+        add_addrs(pid, addrs, ttl)
+
+    store.add_addrs = counted
+
+    async def main() -> None:
+        host.learn([PeerRecord(peer, (addr,))])
+        assert host.addrs_of(peer) == (addr,) and len(writes) == 1
+        host.learn([PeerRecord(peer, (addr,))])  # heard again: nothing to write
+        assert len(writes) == 1
+        host.learn([PeerRecord(peer, (other,))])  # new addresses go in at once
+        assert len(writes) == 2
+        await trio.sleep(p2p.LEARNED_REFRESH)  # the TTL is refreshed in time
+        host.learn([PeerRecord(peer, (other,))])
+        assert len(writes) == 3
+        # The peerstore evicts it (its cap): heard again, it goes back in at once.
+        store.clear_peerdata(ID(peer))
+        host._unlearn(peer)
+        host.learn([PeerRecord(peer, (other,))])
+        assert len(writes) == 4 and host.addrs_of(peer)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_capped_peerstore_tells_the_host_what_it_evicted() -> None:
+    evicted: list[bytes] = []
+    me = ID(p2p.peer_id_of(p2p.new_identity()))
+    store = p2p._GuardedPeerStore(me, set(), evicted.append)
+    store.max_peers = 3
+    addr = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001")
+    peers = [ID(p2p.peer_id_of(p2p.new_identity())) for _ in range(5)]
+    for pid in peers:
+        store.add_addrs(pid, [addr], 3600)
+        store._enforce_peer_limit()
+    assert len(evicted) == 2 and all(ID(p) in peers for p in evicted)

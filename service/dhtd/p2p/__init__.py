@@ -150,6 +150,9 @@ DISCARD_TIMEOUT = 1.0
 # (go-libp2p peerstore.TempAddrTTL is 2 min; providers' addrs 24 h). An hour
 # covers any walk and the re-dials that follow it.
 LEARNED_ADDR_TTL = 3600
+# The same addresses learned again within this are not written to the peerstore
+# again (its TTL is an hour; a quarter of it keeps them well alive).
+LEARNED_REFRESH = LEARNED_ADDR_TTL / 4
 
 IDENTITY_FILE = "identity.key"
 
@@ -183,10 +186,12 @@ class _GuardedPeerStore(PeerStore):
     (its keys: identify needs them) nor a pinned peer (the routing table's, whose
     addresses must outlive a closed connection)."""
 
-    def __init__(self, self_id: ID, pinned: set[bytes]) -> None:
+    def __init__(self, self_id: ID, pinned: set[bytes], evicted: Callable[[bytes], None]
+                 ) -> None:
         super().__init__(max_peers=PEERSTORE_MAX_PEERS)
         self._self_id = self_id
         self._pinned = pinned
+        self._evicted = evicted
 
     def _enforce_peer_limit(self) -> None:
         excess = len(self.peer_data_map) - self.max_peers
@@ -204,6 +209,7 @@ class _GuardedPeerStore(PeerStore):
         for _, _, pid in candidates[:excess]:
             self.peer_record_map.pop(pid, None)
             del self.peer_data_map[pid]
+            self._evicted(pid.to_bytes())
 
 
 def load_or_create_identity(data_dir: Path, name: str = IDENTITY_FILE) -> KeyPair:
@@ -355,9 +361,11 @@ class Host:
         self.self_id = peer_id_of(key_pair)
         budget = budget or ConnectionBudget()
         self._pinned: set[bytes] = set()
+        # Learned peers, least recently learned first: their addrs and when.
+        self._learned: OrderedDict[bytes, tuple[tuple[bytes, ...], float]] = OrderedDict()
         self._host: Any = new_host(
             key_pair=key_pair,
-            peerstore_opt=_GuardedPeerStore(ID(self.self_id), self._pinned),
+            peerstore_opt=_GuardedPeerStore(ID(self.self_id), self._pinned, self._unlearn),
             connection_config=ConnectionConfig(
                 max_connections=budget.high_water * CONN_HARD_LIMIT_FACTOR,
                 min_connections=min(budget.low_water, ConnectionConfig.min_connections),
@@ -373,7 +381,6 @@ class Host:
         # decides whom to connect to, as in go-libp2p, whose connmgr never dials.
         network: Any = self._host.get_network()
         network.auto_connector.maybe_connect = _no_auto_dial
-        self._learned: OrderedDict[bytes, None] = OrderedDict()
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
         # Peers a request is in flight to: protected from connection trimming, and
@@ -480,10 +487,18 @@ class Host:
     def learn(self, peers: Sequence[PeerRecord]) -> None:
         """Keeps the addresses of ``peers`` for dialling; at most MAX_LEARNED_PEERS
         learned peers are kept, least recently learned forgotten first (unless
-        pinned or connected)."""
+        pinned or connected). The same addresses heard again within
+        LEARNED_REFRESH only mark the peer as recently learned (walks hear the same
+        peers from every answer; the peerstore update showed in profiles)."""
         store = self._host.get_peerstore()
+        now = trio.current_time()
+        learned = self._learned
         for peer in peers:
             if peer.id == self.self_id or not peer.addrs:
+                continue
+            known = learned.get(peer.id)
+            if known is not None and known[0] == peer.addrs and now - known[1] < LEARNED_REFRESH:
+                learned.move_to_end(peer.id)
                 continue
             addrs = []
             for raw in peer.addrs:
@@ -498,13 +513,18 @@ class Host:
             except Exception:
                 continue
             store.add_addrs(pid, addrs, LEARNED_ADDR_TTL)
-            self._learned.pop(peer.id, None)
-            self._learned[peer.id] = None
-        while len(self._learned) > MAX_LEARNED_PEERS:
-            old, _ = self._learned.popitem(last=False)
+            learned.pop(peer.id, None)
+            learned[peer.id] = (peer.addrs, now)
+        while len(learned) > MAX_LEARNED_PEERS:
+            old, _ = learned.popitem(last=False)
             if old not in self._pinned and not self.is_connected(old):
                 with suppress(Exception):
                     store.clear_peerdata(ID(old))
+
+    def _unlearn(self, peer: bytes) -> None:
+        """The peerstore dropped ``peer``: the next time it is heard, its addresses go
+        back in at once."""
+        self._learned.pop(peer, None)
 
     def pin(self, peer: bytes) -> None:
         """Keeps ``peer``'s addresses whatever else is learned (routing-table peers)."""
