@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -197,14 +197,36 @@ class Bridge:
 
         After the last item, raises the work's exception if it failed. Closing
         the iterator early (or cancelling the consumer) cancels the work."""
+        # aclosing: closing this iterator closes the inner one at once (and with it
+        # the trio work), not whenever the garbage collector gets to it.
+        async with contextlib.aclosing(self.batches(work, 1)) as batches:
+            async for batch in batches:
+                yield batch[0]
+
+    async def batches(
+        self, work: Callable[[Callable[[T], None]], Awaitable[R]], limit: int
+    ) -> AsyncGenerator[list[T], None]:
+        """As :meth:`stream`, but yields the items ready at once together: a list of
+        at least one and at most ``limit``, in order."""
         job: _Job[T] = _Job(self.loop)
         self._start(job, lambda: work(job.put))
         try:
-            while True:
+            ended = False
+            while not ended:
                 item = await job.items.get()
                 if item is _END:
                     break
-                yield item
+                batch = [item]
+                while len(batch) < limit:
+                    try:
+                        item = job.items.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if item is _END:
+                        ended = True
+                        break
+                    batch.append(item)
+                yield batch
             ok, value = job.done.result()
             if not ok:
                 raise value

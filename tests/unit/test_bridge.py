@@ -503,3 +503,20 @@ def test_a_burst_of_items_wakes_asyncio_per_batch_not_per_item() -> None:
         assert wakes <= len(got) // 10
 
     run_guest(body)
+
+
+def test_batches_yields_what_is_ready_in_order_at_most_limit_at_a_time() -> None:
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        async def burst(put: Callable[[int], None]) -> None:
+            for i in range(50):
+                put(i)  # one burst: all ready before asyncio looks
+            await trio.sleep(0.05)
+            put(50)  # later, alone
+
+        got = [batch async for batch in bridge.batches(burst, 8)]
+        assert [i for batch in got for i in batch] == list(range(51))
+        assert all(1 <= len(batch) <= 8 for batch in got)
+        assert len(got) < 51  # ready items went together
+        assert got[-1] == [50]
+
+    run_guest(body)

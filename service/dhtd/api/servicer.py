@@ -67,6 +67,11 @@ MAX_CIDS_PER_PROVIDE = 1000
 # call can make dhtd hold. Past it grpc answers RESOURCE_EXHAUSTED itself.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
+# Ours: events per response message when a call asks for batch_events. A
+# PEER_RESPONSE event with 20 peers is about 2 KiB, so a message stays well under
+# the 4 MiB gRPC clients accept by default.
+MAX_EVENTS_PER_MESSAGE = 128
+
 # Options of the grpc.aio server that bound its memory.
 SERVER_OPTIONS = (("grpc.max_receive_message_length", MAX_REQUEST_BYTES),)
 
@@ -207,6 +212,11 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
         async def work(put: Callable[[tuple[int, QueryEvent]], None]) -> list[int]:
             return await self.node.provide(keys, lambda i, e: put((i, e)), t)
 
+        if request.batch_events:
+            async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
+                yield pb.ProvideResponse(events=[
+                    pb.ProvideEvent(event=query_event(e), cid=request.cids[i]) for i, e in batch])
+            return
         async for index, event in self.bridge.stream(work):
             yield pb.ProvideResponse(event=query_event(event), cid=request.cids[index])
 
@@ -230,6 +240,10 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
         async def work(put: Callable[[QueryEvent], None]) -> int:
             return await self.node.put_value(key, request.value, put, t)
 
+        if request.batch_events:
+            async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
+                yield pb.PutResponse(events=[query_event(e) for e in batch])
+            return
         async for event in self.bridge.stream(work):
             yield pb.PutResponse(event=query_event(event))
 
@@ -242,6 +256,10 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
         async def work(put: Callable[[QueryEvent], None]) -> list[PeerRecord]:
             return await self.node.query(peer, put, t)
 
+        if request.batch_events:
+            async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
+                yield pb.QueryResponse(events=[query_event(e) for e in batch])
+            return
         async for event in self.bridge.stream(work):
             yield pb.QueryResponse(event=query_event(event))
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x64ht/v1/dht.proto\x12\x06\x64ht.v1\"%\n\x08PeerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"r\n\nQueryEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.dht.v1.QueryEventType\x12\n\n\x02id\x18\x02 \x01(\t\x12#\n\tresponses\x18\x03 \x03(\x0b\x32\x10.dht.v1.PeerInfo\x12\r\n\x05\x65xtra\x18\x04 \x01(\t\"\"\n\x0f\x46indPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"2\n\x10\x46indPeerResponse\x12\x1e\n\x04peer\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\"6\n\x10\x46indProvsRequest\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\x15\n\rnum_providers\x18\x02 \x01(\r\"7\n\x11\x46indProvsResponse\x12\"\n\x08provider\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1c\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"1\n\x0eProvideRequest\x12\x0c\n\x04\x63ids\x18\x01 \x03(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\"A\n\x0fProvideResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\x12\x0b\n\x03\x63id\x18\x02 \x01(\t\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"0\n\x0bPutResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\"\x1f\n\x0cQueryRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"2\n\rQueryResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\"\r\n\x0bInfoRequest\"\xbd\x01\n\x0cInfoResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x1a\n\x04mode\x18\x03 \x01(\x0e\x32\x0c.dht.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x17\n\x0f\x63onnected_peers\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x19\n\x11queries_in_flight\x18\x08 \x01(\r\"\x1e\n\x0e\x43onnectRequest\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\t\"Q\n\x0f\x43onnectResponse\x12\x1e\n\x04peer\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\x12\x1e\n\x16\x61\x64\x64\x65\x64_to_routing_table\x18\x02 \x01(\x08\"<\n\x13ListProvidesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"2\n\x0bProvidedCid\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\x16\n\x0elast_announced\x18\x02 \x01(\x01\"R\n\x14ListProvidesResponse\x12!\n\x04\x63ids\x18\x01 \x03(\x0b\x32\x13.dht.v1.ProvidedCid\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14StopProvidingRequest\x12\x0c\n\x04\x63ids\x18\x01 \x03(\t\"(\n\x15StopProvidingResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x05\"8\n\x0fListPutsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"9\n\tPutRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08last_put\x18\x03 \x01(\x01\"O\n\x10ListPutsResponse\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dht.v1.PutRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x17StopRepublishingRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1a\n\x18StopRepublishingResponse*\x9b\x02\n\x0eQueryEventType\x12\"\n\x1eQUERY_EVENT_TYPE_SENDING_QUERY\x10\x00\x12\"\n\x1eQUERY_EVENT_TYPE_PEER_RESPONSE\x10\x01\x12\x1f\n\x1bQUERY_EVENT_TYPE_FINAL_PEER\x10\x02\x12 \n\x1cQUERY_EVENT_TYPE_QUERY_ERROR\x10\x03\x12\x1d\n\x19QUERY_EVENT_TYPE_PROVIDER\x10\x04\x12\x1a\n\x16QUERY_EVENT_TYPE_VALUE\x10\x05\x12 \n\x1cQUERY_EVENT_TYPE_ADDING_PEER\x10\x06\x12!\n\x1dQUERY_EVENT_TYPE_DIALING_PEER\x10\x07*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xe7\x02\n\nDhtService\x12=\n\x08\x46indPeer\x12\x17.dht.v1.FindPeerRequest\x1a\x18.dht.v1.FindPeerResponse\x12\x42\n\tFindProvs\x12\x18.dht.v1.FindProvsRequest\x1a\x19.dht.v1.FindProvsResponse0\x01\x12.\n\x03Get\x12\x12.dht.v1.GetRequest\x1a\x13.dht.v1.GetResponse\x12<\n\x07Provide\x12\x16.dht.v1.ProvideRequest\x1a\x17.dht.v1.ProvideResponse0\x01\x12\x30\n\x03Put\x12\x12.dht.v1.PutRequest\x1a\x13.dht.v1.PutResponse0\x01\x12\x36\n\x05Query\x12\x14.dht.v1.QueryRequest\x1a\x15.dht.v1.QueryResponse0\x01\x32\xab\x03\n\x0bNodeService\x12\x31\n\x04Info\x12\x13.dht.v1.InfoRequest\x1a\x14.dht.v1.InfoResponse\x12:\n\x07\x43onnect\x12\x16.dht.v1.ConnectRequest\x1a\x17.dht.v1.ConnectResponse\x12I\n\x0cListProvides\x12\x1b.dht.v1.ListProvidesRequest\x1a\x1c.dht.v1.ListProvidesResponse\x12L\n\rStopProviding\x12\x1c.dht.v1.StopProvidingRequest\x1a\x1d.dht.v1.StopProvidingResponse\x12=\n\x08ListPuts\x12\x17.dht.v1.ListPutsRequest\x1a\x18.dht.v1.ListPutsResponse\x12U\n\x10StopRepublishing\x12\x1f.dht.v1.StopRepublishingRequest\x1a .dht.v1.StopRepublishingResponseB\x1eZ\x1c\x64htd/clients/go/dht/v1;dhtv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x64ht/v1/dht.proto\x12\x06\x64ht.v1\"%\n\x08PeerInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\"r\n\nQueryEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.dht.v1.QueryEventType\x12\n\n\x02id\x18\x02 \x01(\t\x12#\n\tresponses\x18\x03 \x03(\x0b\x32\x10.dht.v1.PeerInfo\x12\r\n\x05\x65xtra\x18\x04 \x01(\t\"\"\n\x0f\x46indPeerRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\"2\n\x10\x46indPeerResponse\x12\x1e\n\x04peer\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\"6\n\x10\x46indProvsRequest\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\x15\n\rnum_providers\x18\x02 \x01(\r\"7\n\x11\x46indProvsResponse\x12\"\n\x08provider\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1c\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\"G\n\x0eProvideRequest\x12\x0c\n\x04\x63ids\x18\x01 \x03(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12\x14\n\x0c\x62\x61tch_events\x18\x03 \x01(\x08\"g\n\x0fProvideResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\x12\x0b\n\x03\x63id\x18\x02 \x01(\t\x12$\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x14.dht.v1.ProvideEvent\">\n\x0cProvideEvent\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\x12\x0b\n\x03\x63id\x18\x02 \x01(\t\">\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x14\n\x0c\x62\x61tch_events\x18\x03 \x01(\x08\"T\n\x0bPutResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.dht.v1.QueryEvent\"5\n\x0cQueryRequest\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61tch_events\x18\x02 \x01(\x08\"V\n\rQueryResponse\x12!\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x12.dht.v1.QueryEvent\x12\"\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x12.dht.v1.QueryEvent\"\r\n\x0bInfoRequest\"\xbd\x01\n\x0cInfoResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64rs\x18\x02 \x03(\t\x12\x1a\n\x04mode\x18\x03 \x01(\x0e\x32\x0c.dht.v1.Mode\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x1a\n\x12routing_table_size\x18\x05 \x01(\r\x12\x17\n\x0f\x63onnected_peers\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x19\n\x11queries_in_flight\x18\x08 \x01(\r\"\x1e\n\x0e\x43onnectRequest\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\t\"Q\n\x0f\x43onnectResponse\x12\x1e\n\x04peer\x18\x01 \x01(\x0b\x32\x10.dht.v1.PeerInfo\x12\x1e\n\x16\x61\x64\x64\x65\x64_to_routing_table\x18\x02 \x01(\x08\"<\n\x13ListProvidesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"2\n\x0bProvidedCid\x12\x0b\n\x03\x63id\x18\x01 \x01(\t\x12\x16\n\x0elast_announced\x18\x02 \x01(\x01\"R\n\x14ListProvidesResponse\x12!\n\x04\x63ids\x18\x01 \x03(\x0b\x32\x13.dht.v1.ProvidedCid\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14StopProvidingRequest\x12\x0c\n\x04\x63ids\x18\x01 \x03(\t\"(\n\x15StopProvidingResponse\x12\x0f\n\x07stopped\x18\x01 \x01(\x05\"8\n\x0fListPutsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"9\n\tPutRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x10\n\x08last_put\x18\x03 \x01(\x01\"O\n\x10ListPutsResponse\x12\"\n\x07records\x18\x01 \x03(\x0b\x32\x11.dht.v1.PutRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x17StopRepublishingRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"\x1a\n\x18StopRepublishingResponse*\x9b\x02\n\x0eQueryEventType\x12\"\n\x1eQUERY_EVENT_TYPE_SENDING_QUERY\x10\x00\x12\"\n\x1eQUERY_EVENT_TYPE_PEER_RESPONSE\x10\x01\x12\x1f\n\x1bQUERY_EVENT_TYPE_FINAL_PEER\x10\x02\x12 \n\x1cQUERY_EVENT_TYPE_QUERY_ERROR\x10\x03\x12\x1d\n\x19QUERY_EVENT_TYPE_PROVIDER\x10\x04\x12\x1a\n\x16QUERY_EVENT_TYPE_VALUE\x10\x05\x12 \n\x1cQUERY_EVENT_TYPE_ADDING_PEER\x10\x06\x12!\n\x1dQUERY_EVENT_TYPE_DIALING_PEER\x10\x07*>\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_SERVER\x10\x01\x12\x0f\n\x0bMODE_CLIENT\x10\x02\x32\xe7\x02\n\nDhtService\x12=\n\x08\x46indPeer\x12\x17.dht.v1.FindPeerRequest\x1a\x18.dht.v1.FindPeerResponse\x12\x42\n\tFindProvs\x12\x18.dht.v1.FindProvsRequest\x1a\x19.dht.v1.FindProvsResponse0\x01\x12.\n\x03Get\x12\x12.dht.v1.GetRequest\x1a\x13.dht.v1.GetResponse\x12<\n\x07Provide\x12\x16.dht.v1.ProvideRequest\x1a\x17.dht.v1.ProvideResponse0\x01\x12\x30\n\x03Put\x12\x12.dht.v1.PutRequest\x1a\x13.dht.v1.PutResponse0\x01\x12\x36\n\x05Query\x12\x14.dht.v1.QueryRequest\x1a\x15.dht.v1.QueryResponse0\x01\x32\xab\x03\n\x0bNodeService\x12\x31\n\x04Info\x12\x13.dht.v1.InfoRequest\x1a\x14.dht.v1.InfoResponse\x12:\n\x07\x43onnect\x12\x16.dht.v1.ConnectRequest\x1a\x17.dht.v1.ConnectResponse\x12I\n\x0cListProvides\x12\x1b.dht.v1.ListProvidesRequest\x1a\x1c.dht.v1.ListProvidesResponse\x12L\n\rStopProviding\x12\x1c.dht.v1.StopProvidingRequest\x1a\x1d.dht.v1.StopProvidingResponse\x12=\n\x08ListPuts\x12\x17.dht.v1.ListPutsRequest\x1a\x18.dht.v1.ListPutsResponse\x12U\n\x10StopRepublishing\x12\x1f.dht.v1.StopRepublishingRequest\x1a .dht.v1.StopRepublishingResponseB\x1eZ\x1c\x64htd/clients/go/dht/v1;dhtv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dht.v1.dht_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\034dhtd/clients/go/dht/v1;dhtv1'
-  _globals['_QUERYEVENTTYPE']._serialized_start=1603
-  _globals['_QUERYEVENTTYPE']._serialized_end=1886
-  _globals['_MODE']._serialized_start=1888
-  _globals['_MODE']._serialized_end=1950
+  _globals['_QUERYEVENTTYPE']._serialized_start=1843
+  _globals['_QUERYEVENTTYPE']._serialized_end=2126
+  _globals['_MODE']._serialized_start=2128
+  _globals['_MODE']._serialized_end=2190
   _globals['_PEERINFO']._serialized_start=28
   _globals['_PEERINFO']._serialized_end=65
   _globals['_QUERYEVENT']._serialized_start=67
@@ -53,47 +53,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRESPONSE']._serialized_start=411
   _globals['_GETRESPONSE']._serialized_end=439
   _globals['_PROVIDEREQUEST']._serialized_start=441
-  _globals['_PROVIDEREQUEST']._serialized_end=490
-  _globals['_PROVIDERESPONSE']._serialized_start=492
-  _globals['_PROVIDERESPONSE']._serialized_end=557
-  _globals['_PUTREQUEST']._serialized_start=559
-  _globals['_PUTREQUEST']._serialized_end=599
-  _globals['_PUTRESPONSE']._serialized_start=601
-  _globals['_PUTRESPONSE']._serialized_end=649
-  _globals['_QUERYREQUEST']._serialized_start=651
-  _globals['_QUERYREQUEST']._serialized_end=682
-  _globals['_QUERYRESPONSE']._serialized_start=684
-  _globals['_QUERYRESPONSE']._serialized_end=734
-  _globals['_INFOREQUEST']._serialized_start=736
-  _globals['_INFOREQUEST']._serialized_end=749
-  _globals['_INFORESPONSE']._serialized_start=752
-  _globals['_INFORESPONSE']._serialized_end=941
-  _globals['_CONNECTREQUEST']._serialized_start=943
-  _globals['_CONNECTREQUEST']._serialized_end=973
-  _globals['_CONNECTRESPONSE']._serialized_start=975
-  _globals['_CONNECTRESPONSE']._serialized_end=1056
-  _globals['_LISTPROVIDESREQUEST']._serialized_start=1058
-  _globals['_LISTPROVIDESREQUEST']._serialized_end=1118
-  _globals['_PROVIDEDCID']._serialized_start=1120
-  _globals['_PROVIDEDCID']._serialized_end=1170
-  _globals['_LISTPROVIDESRESPONSE']._serialized_start=1172
-  _globals['_LISTPROVIDESRESPONSE']._serialized_end=1254
-  _globals['_STOPPROVIDINGREQUEST']._serialized_start=1256
-  _globals['_STOPPROVIDINGREQUEST']._serialized_end=1292
-  _globals['_STOPPROVIDINGRESPONSE']._serialized_start=1294
-  _globals['_STOPPROVIDINGRESPONSE']._serialized_end=1334
-  _globals['_LISTPUTSREQUEST']._serialized_start=1336
-  _globals['_LISTPUTSREQUEST']._serialized_end=1392
-  _globals['_PUTRECORD']._serialized_start=1394
-  _globals['_PUTRECORD']._serialized_end=1451
-  _globals['_LISTPUTSRESPONSE']._serialized_start=1453
-  _globals['_LISTPUTSRESPONSE']._serialized_end=1532
-  _globals['_STOPREPUBLISHINGREQUEST']._serialized_start=1534
-  _globals['_STOPREPUBLISHINGREQUEST']._serialized_end=1572
-  _globals['_STOPREPUBLISHINGRESPONSE']._serialized_start=1574
-  _globals['_STOPREPUBLISHINGRESPONSE']._serialized_end=1600
-  _globals['_DHTSERVICE']._serialized_start=1953
-  _globals['_DHTSERVICE']._serialized_end=2312
-  _globals['_NODESERVICE']._serialized_start=2315
-  _globals['_NODESERVICE']._serialized_end=2742
+  _globals['_PROVIDEREQUEST']._serialized_end=512
+  _globals['_PROVIDERESPONSE']._serialized_start=514
+  _globals['_PROVIDERESPONSE']._serialized_end=617
+  _globals['_PROVIDEEVENT']._serialized_start=619
+  _globals['_PROVIDEEVENT']._serialized_end=681
+  _globals['_PUTREQUEST']._serialized_start=683
+  _globals['_PUTREQUEST']._serialized_end=745
+  _globals['_PUTRESPONSE']._serialized_start=747
+  _globals['_PUTRESPONSE']._serialized_end=831
+  _globals['_QUERYREQUEST']._serialized_start=833
+  _globals['_QUERYREQUEST']._serialized_end=886
+  _globals['_QUERYRESPONSE']._serialized_start=888
+  _globals['_QUERYRESPONSE']._serialized_end=974
+  _globals['_INFOREQUEST']._serialized_start=976
+  _globals['_INFOREQUEST']._serialized_end=989
+  _globals['_INFORESPONSE']._serialized_start=992
+  _globals['_INFORESPONSE']._serialized_end=1181
+  _globals['_CONNECTREQUEST']._serialized_start=1183
+  _globals['_CONNECTREQUEST']._serialized_end=1213
+  _globals['_CONNECTRESPONSE']._serialized_start=1215
+  _globals['_CONNECTRESPONSE']._serialized_end=1296
+  _globals['_LISTPROVIDESREQUEST']._serialized_start=1298
+  _globals['_LISTPROVIDESREQUEST']._serialized_end=1358
+  _globals['_PROVIDEDCID']._serialized_start=1360
+  _globals['_PROVIDEDCID']._serialized_end=1410
+  _globals['_LISTPROVIDESRESPONSE']._serialized_start=1412
+  _globals['_LISTPROVIDESRESPONSE']._serialized_end=1494
+  _globals['_STOPPROVIDINGREQUEST']._serialized_start=1496
+  _globals['_STOPPROVIDINGREQUEST']._serialized_end=1532
+  _globals['_STOPPROVIDINGRESPONSE']._serialized_start=1534
+  _globals['_STOPPROVIDINGRESPONSE']._serialized_end=1574
+  _globals['_LISTPUTSREQUEST']._serialized_start=1576
+  _globals['_LISTPUTSREQUEST']._serialized_end=1632
+  _globals['_PUTRECORD']._serialized_start=1634
+  _globals['_PUTRECORD']._serialized_end=1691
+  _globals['_LISTPUTSRESPONSE']._serialized_start=1693
+  _globals['_LISTPUTSRESPONSE']._serialized_end=1772
+  _globals['_STOPREPUBLISHINGREQUEST']._serialized_start=1774
+  _globals['_STOPREPUBLISHINGREQUEST']._serialized_end=1812
+  _globals['_STOPREPUBLISHINGRESPONSE']._serialized_start=1814
+  _globals['_STOPREPUBLISHINGRESPONSE']._serialized_end=1840
+  _globals['_DHTSERVICE']._serialized_start=2193
+  _globals['_DHTSERVICE']._serialized_end=2552
+  _globals['_NODESERVICE']._serialized_start=2555
+  _globals['_NODESERVICE']._serialized_end=2982
 # @@protoc_insertion_point(module_scope)

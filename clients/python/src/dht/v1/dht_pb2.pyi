@@ -94,14 +94,26 @@ class GetResponse(_message.Message):
     def __init__(self, value: _Optional[bytes] = ...) -> None: ...
 
 class ProvideRequest(_message.Message):
-    __slots__ = ("cids", "recursive")
+    __slots__ = ("cids", "recursive", "batch_events")
     CIDS_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
     cids: _containers.RepeatedScalarFieldContainer[str]
     recursive: bool
-    def __init__(self, cids: _Optional[_Iterable[str]] = ..., recursive: _Optional[bool] = ...) -> None: ...
+    batch_events: bool
+    def __init__(self, cids: _Optional[_Iterable[str]] = ..., recursive: _Optional[bool] = ..., batch_events: _Optional[bool] = ...) -> None: ...
 
 class ProvideResponse(_message.Message):
+    __slots__ = ("event", "cid", "events")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    event: QueryEvent
+    cid: str
+    events: _containers.RepeatedCompositeFieldContainer[ProvideEvent]
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ProvideEvent, _Mapping]]] = ...) -> None: ...
+
+class ProvideEvent(_message.Message):
     __slots__ = ("event", "cid")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     CID_FIELD_NUMBER: _ClassVar[int]
@@ -110,30 +122,38 @@ class ProvideResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "value", "batch_events")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
+    batch_events: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., batch_events: _Optional[bool] = ...) -> None: ...
 
 class PutResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: QueryEvent
-    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[QueryEvent]
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[QueryEvent, _Mapping]]] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("peer_id",)
+    __slots__ = ("peer_id", "batch_events")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
-    def __init__(self, peer_id: _Optional[str] = ...) -> None: ...
+    batch_events: bool
+    def __init__(self, peer_id: _Optional[str] = ..., batch_events: _Optional[bool] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: QueryEvent
-    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[QueryEvent]
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[QueryEvent, _Mapping]]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -213,9 +213,29 @@ export interface ProvideRequest {
    * does not have yet: true answers FAILED_PRECONDITION.
    */
   recursive: boolean;
+  /**
+   * Several events per response message, in `events`, instead of one per message:
+   * the events the node has ready when it writes go out together (at most 128).
+   * One gRPC message costs the daemon about 0.15 ms of CPU, and a walk emits
+   * its events in bursts, so this cuts the cost of a call's stream severalfold.
+   * Default false: one event per message, as before.
+   */
+  batchEvents: boolean;
 }
 
 export interface ProvideResponse {
+  /**
+   * Without batch_events: the event, and the CID (as given in the request) it
+   * belongs to.
+   */
+  event: QueryEvent | undefined;
+  cid: string;
+  /** With batch_events: the events of this message, in order, each with its CID. */
+  events: ProvideEvent[];
+}
+
+/** ProvideEvent is one event of a batched Provide stream. */
+export interface ProvideEvent {
   event:
     | QueryEvent
     | undefined;
@@ -227,19 +247,45 @@ export interface PutRequest {
   /** A namespaced record key, sent on the wire unchanged. */
   key: Uint8Array;
   value: Uint8Array;
+  /**
+   * Several events per response message, in `events`, instead of one per message:
+   * the events the node has ready when it writes go out together (at most 128).
+   * One gRPC message costs the daemon about 0.15 ms of CPU, and a walk emits
+   * its events in bursts, so this cuts the cost of a call's stream severalfold.
+   * Default false: one event per message, as before.
+   */
+  batchEvents: boolean;
 }
 
 export interface PutResponse {
-  event: QueryEvent | undefined;
+  /** Without batch_events: the event. */
+  event:
+    | QueryEvent
+    | undefined;
+  /** With batch_events: the events of this message, in order. */
+  events: QueryEvent[];
 }
 
 export interface QueryRequest {
   /** A base58btc peer ID, or a CIDv1 with the libp2p-key codec. */
   peerId: string;
+  /**
+   * Several events per response message, in `events`, instead of one per message:
+   * the events the node has ready when it writes go out together (at most 128).
+   * One gRPC message costs the daemon about 0.15 ms of CPU, and a walk emits
+   * its events in bursts, so this cuts the cost of a call's stream severalfold.
+   * Default false: one event per message, as before.
+   */
+  batchEvents: boolean;
 }
 
 export interface QueryResponse {
-  event: QueryEvent | undefined;
+  /** Without batch_events: the event. */
+  event:
+    | QueryEvent
+    | undefined;
+  /** With batch_events: the events of this message, in order. */
+  events: QueryEvent[];
 }
 
 export interface InfoRequest {
@@ -975,7 +1021,7 @@ export const GetResponse: MessageFns<GetResponse> = {
 };
 
 function createBaseProvideRequest(): ProvideRequest {
-  return { cids: [], recursive: false };
+  return { cids: [], recursive: false, batchEvents: false };
 }
 
 export const ProvideRequest: MessageFns<ProvideRequest> = {
@@ -985,6 +1031,9 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     }
     if (message.recursive !== false) {
       writer.uint32(16).bool(message.recursive);
+    }
+    if (message.batchEvents !== false) {
+      writer.uint32(24).bool(message.batchEvents);
     }
     return writer;
   },
@@ -1018,6 +1067,14 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
             message.recursive = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.batchEvents = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1034,6 +1091,11 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     return {
       cids: globalThis.Array.isArray(object?.cids) ? object.cids.map((e: any) => globalThis.String(e)) : [],
       recursive: isSet(object.recursive) ? globalThis.Boolean(object.recursive) : false,
+      batchEvents: isSet(object.batchEvents)
+        ? globalThis.Boolean(object.batchEvents)
+        : isSet(object.batch_events)
+        ? globalThis.Boolean(object.batch_events)
+        : false,
     };
   },
 
@@ -1045,6 +1107,9 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     if (message.recursive !== false) {
       obj.recursive = message.recursive;
     }
+    if (message.batchEvents !== false) {
+      obj.batchEvents = message.batchEvents;
+    }
     return obj;
   },
 
@@ -1055,12 +1120,13 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     const message = createBaseProvideRequest();
     message.cids = object.cids?.map((e) => e) || [];
     message.recursive = object.recursive ?? false;
+    message.batchEvents = object.batchEvents ?? false;
     return message;
   },
 };
 
 function createBaseProvideResponse(): ProvideResponse {
-  return { event: undefined, cid: "" };
+  return { event: undefined, cid: "", events: [] };
 }
 
 export const ProvideResponse: MessageFns<ProvideResponse> = {
@@ -1070,6 +1136,9 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
     }
     if (message.cid !== "") {
       writer.uint32(18).string(message.cid);
+    }
+    for (const v of message.events) {
+      ProvideEvent.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1103,6 +1172,14 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
             message.cid = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.events.push(ProvideEvent.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1119,6 +1196,7 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
     return {
       event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
       cid: isSet(object.cid) ? globalThis.String(object.cid) : "",
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => ProvideEvent.fromJSON(e)) : [],
     };
   },
 
@@ -1129,6 +1207,9 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
     }
     if (message.cid !== "") {
       obj.cid = message.cid;
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => ProvideEvent.toJSON(e));
     }
     return obj;
   },
@@ -1142,12 +1223,100 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
       ? QueryEvent.fromPartial(object.event)
       : undefined;
     message.cid = object.cid ?? "";
+    message.events = object.events?.map((e) => ProvideEvent.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseProvideEvent(): ProvideEvent {
+  return { event: undefined, cid: "" };
+}
+
+export const ProvideEvent: MessageFns<ProvideEvent> = {
+  encode(message: ProvideEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      QueryEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    if (message.cid !== "") {
+      writer.uint32(18).string(message.cid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = QueryEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cid = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvideEvent {
+    return {
+      event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
+      cid: isSet(object.cid) ? globalThis.String(object.cid) : "",
+    };
+  },
+
+  toJSON(message: ProvideEvent): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = QueryEvent.toJSON(message.event);
+    }
+    if (message.cid !== "") {
+      obj.cid = message.cid;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideEvent>): ProvideEvent {
+    return ProvideEvent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvideEvent>): ProvideEvent {
+    const message = createBaseProvideEvent();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? QueryEvent.fromPartial(object.event)
+      : undefined;
+    message.cid = object.cid ?? "";
     return message;
   },
 };
 
 function createBasePutRequest(): PutRequest {
-  return { key: new Uint8Array(0), value: new Uint8Array(0) };
+  return { key: new Uint8Array(0), value: new Uint8Array(0), batchEvents: false };
 }
 
 export const PutRequest: MessageFns<PutRequest> = {
@@ -1157,6 +1326,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     }
     if (message.value.length !== 0) {
       writer.uint32(18).bytes(message.value);
+    }
+    if (message.batchEvents !== false) {
+      writer.uint32(24).bool(message.batchEvents);
     }
     return writer;
   },
@@ -1190,6 +1362,14 @@ export const PutRequest: MessageFns<PutRequest> = {
             message.value = reader.bytes();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.batchEvents = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1206,6 +1386,11 @@ export const PutRequest: MessageFns<PutRequest> = {
     return {
       key: isSet(object.key) ? bytesFromBase64(object.key) : new Uint8Array(0),
       value: isSet(object.value) ? bytesFromBase64(object.value) : new Uint8Array(0),
+      batchEvents: isSet(object.batchEvents)
+        ? globalThis.Boolean(object.batchEvents)
+        : isSet(object.batch_events)
+        ? globalThis.Boolean(object.batch_events)
+        : false,
     };
   },
 
@@ -1217,6 +1402,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     if (message.value.length !== 0) {
       obj.value = base64FromBytes(message.value);
     }
+    if (message.batchEvents !== false) {
+      obj.batchEvents = message.batchEvents;
+    }
     return obj;
   },
 
@@ -1227,18 +1415,22 @@ export const PutRequest: MessageFns<PutRequest> = {
     const message = createBasePutRequest();
     message.key = object.key ?? new Uint8Array(0);
     message.value = object.value ?? new Uint8Array(0);
+    message.batchEvents = object.batchEvents ?? false;
     return message;
   },
 };
 
 function createBasePutResponse(): PutResponse {
-  return { event: undefined };
+  return { event: undefined, events: [] };
 }
 
 export const PutResponse: MessageFns<PutResponse> = {
   encode(message: PutResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.event !== undefined) {
       QueryEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.events) {
+      QueryEvent.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1264,6 +1456,14 @@ export const PutResponse: MessageFns<PutResponse> = {
             message.event = QueryEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.events.push(QueryEvent.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1277,13 +1477,19 @@ export const PutResponse: MessageFns<PutResponse> = {
   },
 
   fromJSON(object: any): PutResponse {
-    return { event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined };
+    return {
+      event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => QueryEvent.fromJSON(e)) : [],
+    };
   },
 
   toJSON(message: PutResponse): unknown {
     const obj: any = {};
     if (message.event !== undefined) {
       obj.event = QueryEvent.toJSON(message.event);
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => QueryEvent.toJSON(e));
     }
     return obj;
   },
@@ -1296,18 +1502,22 @@ export const PutResponse: MessageFns<PutResponse> = {
     message.event = (object.event !== undefined && object.event !== null)
       ? QueryEvent.fromPartial(object.event)
       : undefined;
+    message.events = object.events?.map((e) => QueryEvent.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseQueryRequest(): QueryRequest {
-  return { peerId: "" };
+  return { peerId: "", batchEvents: false };
 }
 
 export const QueryRequest: MessageFns<QueryRequest> = {
   encode(message: QueryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.peerId !== "") {
       writer.uint32(10).string(message.peerId);
+    }
+    if (message.batchEvents !== false) {
+      writer.uint32(16).bool(message.batchEvents);
     }
     return writer;
   },
@@ -1333,6 +1543,14 @@ export const QueryRequest: MessageFns<QueryRequest> = {
             message.peerId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.batchEvents = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1352,6 +1570,11 @@ export const QueryRequest: MessageFns<QueryRequest> = {
         : isSet(object.peer_id)
         ? globalThis.String(object.peer_id)
         : "",
+      batchEvents: isSet(object.batchEvents)
+        ? globalThis.Boolean(object.batchEvents)
+        : isSet(object.batch_events)
+        ? globalThis.Boolean(object.batch_events)
+        : false,
     };
   },
 
@@ -1359,6 +1582,9 @@ export const QueryRequest: MessageFns<QueryRequest> = {
     const obj: any = {};
     if (message.peerId !== "") {
       obj.peerId = message.peerId;
+    }
+    if (message.batchEvents !== false) {
+      obj.batchEvents = message.batchEvents;
     }
     return obj;
   },
@@ -1369,18 +1595,22 @@ export const QueryRequest: MessageFns<QueryRequest> = {
   fromPartial(object: DeepPartial<QueryRequest>): QueryRequest {
     const message = createBaseQueryRequest();
     message.peerId = object.peerId ?? "";
+    message.batchEvents = object.batchEvents ?? false;
     return message;
   },
 };
 
 function createBaseQueryResponse(): QueryResponse {
-  return { event: undefined };
+  return { event: undefined, events: [] };
 }
 
 export const QueryResponse: MessageFns<QueryResponse> = {
   encode(message: QueryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.event !== undefined) {
       QueryEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.events) {
+      QueryEvent.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1406,6 +1636,14 @@ export const QueryResponse: MessageFns<QueryResponse> = {
             message.event = QueryEvent.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.events.push(QueryEvent.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1419,13 +1657,19 @@ export const QueryResponse: MessageFns<QueryResponse> = {
   },
 
   fromJSON(object: any): QueryResponse {
-    return { event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined };
+    return {
+      event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => QueryEvent.fromJSON(e)) : [],
+    };
   },
 
   toJSON(message: QueryResponse): unknown {
     const obj: any = {};
     if (message.event !== undefined) {
       obj.event = QueryEvent.toJSON(message.event);
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => QueryEvent.toJSON(e));
     }
     return obj;
   },
@@ -1438,6 +1682,7 @@ export const QueryResponse: MessageFns<QueryResponse> = {
     message.event = (object.event !== undefined && object.event !== null)
       ? QueryEvent.fromPartial(object.event)
       : undefined;
+    message.events = object.events?.map((e) => QueryEvent.fromPartial(e)) || [];
     return message;
   },
 };
