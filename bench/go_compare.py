@@ -27,6 +27,9 @@ random choice for both swarms). The phases of each swarm, with the CPU time
   Records are ``/pk/<identity multihash of an Ed25519 public key>`` holding the
   marshalled key, valid for both dhtd's and Go's default validators.
 
+With --batch-events, dhtd's Provide and Put ask for batch_events (the walk's events
+several per gRPC message instead of one each); the title says so.
+
 Latency is end to end from this process: a gRPC call to its last message for dhtd; a
 JSON line round trip to the worker for Go (which also reports the time spent in the Go
 call alone, shown as "in-proc"). FindProvs asks for up to 20 providers on both sides
@@ -380,15 +383,17 @@ def rpc_error(exc: grpc.RpcError) -> OpFailed:
 class DhtdPeer:
     """One dhtd process (tests/swarm.py's harness), driven over gRPC."""
 
-    def __init__(self, node: Node, op_timeout: float) -> None:
+    def __init__(self, node: Node, op_timeout: float, batch_events: bool) -> None:
         self.node, self.op_timeout = node, op_timeout
+        self.batch_events = batch_events
         self.name, self.peer_id, self.addr = node.name, node.peer_id, node.p2p_addr
         self.pid = node.proc.pid
         self.inner_ms: float | None = None
 
     def provide(self, cid: str) -> None:
         try:
-            list(self.node.dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=self.op_timeout))
+            list(self.node.dht.Provide(pb.ProvideRequest(
+                cids=[cid], batch_events=self.batch_events), timeout=self.op_timeout))
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
 
@@ -401,8 +406,8 @@ class DhtdPeer:
 
     def put(self, key: bytes, value: bytes) -> None:
         try:
-            list(self.node.dht.Put(pb.PutRequest(key=key, value=value),
-                                   timeout=self.op_timeout))
+            list(self.node.dht.Put(pb.PutRequest(
+                key=key, value=value, batch_events=self.batch_events), timeout=self.op_timeout))
         except grpc.RpcError as exc:
             raise rpc_error(exc) from None
 
@@ -663,7 +668,7 @@ def dhtd_spawner(args: argparse.Namespace, tmp: Path
         if node.proc.poll() is not None and node.pump is not None:
             node.pump.join(STOP_TIMEOUT)  # its last log lines, for the error
         wait_ready(node, 0.1)
-        return DhtdPeer(node, args.op_timeout)
+        return DhtdPeer(node, args.op_timeout, args.batch_events)
 
     yield spawn
 
@@ -746,6 +751,12 @@ TITLES = {"go": "Go: go-libp2p-kad-dht v0.20.0 (libp2p-go 0.1.4 wheel)",
           "dhtd": "dhtd (gRPC)"}
 
 
+def title(impl: str, args: argparse.Namespace) -> str:
+    if impl == "dhtd" and args.batch_events:
+        return "dhtd (gRPC, batch_events)"
+    return TITLES[impl]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=30)
@@ -758,6 +769,9 @@ def main() -> None:
     parser.add_argument("--prefix", default="/bench", help="kad protocol prefix of both swarms")
     parser.add_argument("--bootstrap-peers", type=int, default=3)
     parser.add_argument("--op-timeout", type=float, default=30.0)
+    parser.add_argument("--batch-events", action="store_true",
+                        help="dhtd's Provide and Put stream their events batched "
+                             "(batch_events: several per gRPC message)")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--go-venv", type=Path, default=REPO / ".venv-go-bench")
     args = parser.parse_args()
@@ -791,9 +805,9 @@ def main() -> None:
           f"{time.monotonic() - started:.0f}s in all")
     for impl in impls:
         if impl in results:
-            print_swarm(results[impl], TITLES[impl])
+            print_swarm(results[impl], title(impl, args))
         else:
-            print(f"\n== {TITLES[impl]}: FAILED ==\n{failed[impl]}")
+            print(f"\n== {title(impl, args)}: FAILED ==\n{failed[impl]}")
     if "go" in results and "dhtd" in results:
         print_ratios(results["dhtd"], results["go"])
     if args.json:
