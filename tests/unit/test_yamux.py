@@ -151,9 +151,9 @@ def test_streams_carry_data_both_ways_and_close_half_at_a_time() -> None:
             assert inbound.stream_id == out.stream_id == 1  # the dialler's IDs are odd
             assert await inbound.read(100) == b"ping"
             await out.close()
-            with pytest.raises(MuxedStreamEOF):
+            with pytest.raises(MuxedStreamEOF, match="closed by the peer"):
                 await inbound.read(100)
-            with pytest.raises(MuxedStreamClosed):
+            with pytest.raises(MuxedStreamClosed, match="closed for writing"):
                 await out.write(b"more")
             await inbound.write(b"pong")  # the other half stays open
             assert await out.read(100) == b"pong"
@@ -390,22 +390,26 @@ def test_a_write_the_socket_never_takes_breaks_the_connection_after_the_timeout(
 def test_the_connection_ends_when_the_peer_hangs_up() -> None:
     async def main() -> None:
         a_pipe, b_pipe = pair()
-        a = session(a_pipe)
         closed = trio.Event()
 
         async def on_close() -> None:
             closed.set()
 
-        a.on_close = on_close
+        a = Yamux(a_pipe, PEER, on_close=on_close)  # type: ignore[arg-type]
+        assert a.peer_id == PEER and a.is_initiator
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.start)
             out = await a.open_stream()
             await b_pipe.close()
             await closed.wait()
-            with pytest.raises(MuxedStreamReset):
+            with pytest.raises(MuxedStreamReset, match="stream reset"):
                 await out.read()
-            with pytest.raises(MuxedConnUnavailable):
+            with pytest.raises(MuxedConnUnavailable, match="connection closed"):
                 await a.accept_stream()
+            with pytest.raises(MuxedConnUnavailable, match="connection closed"):
+                await a.open_stream()
+            await out.close()  # on a dead connection: nothing to send, no error
+            await out.reset()
 
     run(main)
 
@@ -437,3 +441,90 @@ def test_interoperates_with_py_libp2ps_own_yamux(stock_dials: bool) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_receive_window_grows_by_what_was_read_once_half_of_it_was() -> None:
+    half = RECEIVE_WINDOW // 2
+
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0)
+            stream = await a.accept_stream()
+            await peer.send(TYPE_DATA, 0, 2, half, b"a" * half)
+            got = b""
+            while len(got) < half - 1:
+                got += await stream.read(half - 1 - len(got))
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 1)  # nothing but the pong so far
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 1, b"")
+            assert await stream.read(1) == b"a"  # half the window read: one update
+            assert await peer.frame() == (TYPE_WINDOW_UPDATE, FLAG_ACK, 2, half, b"")
+            # The peer may now send what was left plus what was given back: a full
+            # window, which only a window that adds the update to what was left allows.
+            chunk = b"b" * RECEIVE_WINDOW
+            await peer.send(TYPE_DATA, 0, 2, len(chunk), chunk)
+            got = b""
+            while len(got) < len(chunk):
+                got += await stream.read()  # n left out: whatever is there
+            assert got == chunk and not a.is_closed
+
+    run(main)
+
+
+def test_each_window_update_adds_to_the_send_window() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            stream = await a.open_stream()
+            await stream.write(b"x")  # SYN; the window is now 256 KiB - 1
+            await peer.frame()
+            await peer.send(TYPE_WINDOW_UPDATE, 0, 1, 2)  # + 2, while not empty
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 9)
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 9, b"")
+            with trio.fail_after(1):  # all of it goes at once: no wait for the peer
+                await stream.write(b"y" * (INITIAL_SEND_WINDOW + 1))
+            sent = 0
+            while sent < INITIAL_SEND_WINDOW + 1:
+                frame = await peer.frame()
+                assert frame is not None and frame[0] == TYPE_DATA
+                sent += frame[3]
+            # The window is empty now; one byte of room lets exactly one byte go.
+            await peer.send(TYPE_WINDOW_UPDATE, 0, 1, 1)
+            with trio.fail_after(1):
+                await stream.write(b"z")
+            assert await peer.frame() == (TYPE_DATA, 0, 1, 1, b"z")
+
+    run(main)
+
+
+def test_reset_tells_the_peer_unless_it_never_heard_of_the_stream_or_both_sides_closed(
+) -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, a_pipe, peer, _nursery):
+            # The peer closed its side; ours is open: the reset must reach it.
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_FIN, 2, 0)
+            half = await a.accept_stream()
+            with pytest.raises(MuxedStreamEOF):
+                await half.read()
+            await half.reset()
+            assert await peer.frame() == (TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_RST, 2, 0, b"")
+            await half.close()  # after a reset: nothing more to say
+            # Both sides closed: nothing to reset on the wire.
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_FIN, 4, 0)
+            done = await a.accept_stream()
+            await done.close()
+            assert await peer.frame() == (TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_FIN, 4, 0, b"")
+            writes = a_pipe.writes
+            await done.reset()
+            await half.close()
+            assert a_pipe.writes == writes
+
+    run(main)
+
+
+def test_the_dialler_may_be_told_it_is_the_listener() -> None:
+    async def main() -> None:
+        a_pipe, _ = pair()  # a_pipe says initiator
+        a = Yamux(a_pipe, PEER, is_initiator=False)  # type: ignore[arg-type]
+        assert not a.is_initiator
+        assert (await a.open_stream()).stream_id == 2
+
+    run(main)
