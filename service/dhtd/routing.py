@@ -33,12 +33,13 @@ class RoutingTable:
         self.self_id = self_id
         self._self_key = kad_key(self_id)
         self.bucket_size = bucket_size
-        self._buckets: list[dict[bytes, bytes]] = [{} for _ in range(KEY_BITS + 1)]
+        # Each bucket's peers in the order they joined (dicts: ordered sets).
+        self._buckets: list[dict[bytes, None]] = [{} for _ in range(KEY_BITS + 1)]
         # Every peer held, with its kad key as an int: what closest() ranks and
         # __contains__ looks up (both run for every request the node serves).
         self._keys: dict[bytes, int] = {}
 
-    def _bucket_of(self, peer: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    def _bucket_of(self, peer: bytes) -> tuple[dict[bytes, None], bytes]:
         key = kad_key(peer)
         return self._buckets[common_prefix_len(self._self_key, key)], key
 
@@ -51,7 +52,7 @@ class RoutingTable:
             return True
         if len(bucket) >= self.bucket_size:
             return False
-        bucket[peer] = key
+        bucket[peer] = None
         self._keys[peer] = int.from_bytes(key, "big")
         return True
 
