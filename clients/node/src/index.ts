@@ -151,7 +151,12 @@ export class DhtClient {
    * UnavailableError at the end if any CID was taken by no peer.
    */
   provide(cids: string | readonly string[], options: ProvideOptions = {}): AsyncGenerator<ProvideEvent, void, undefined> {
-    const request = { cids: typeof cids === "string" ? [cids] : [...cids], recursive: options.recursive ?? false };
+    // One event per message (batchEvents false): each response maps to one yielded event.
+    const request = {
+      cids: typeof cids === "string" ? [cids] : [...cids],
+      recursive: options.recursive ?? false,
+      batchEvents: false,
+    };
     return this.stream(this.dht.provide, this.dht, request, options, (r) => ({
       cid: r.cid,
       event: eventFromPb(r.event),
@@ -163,13 +168,14 @@ export class DhtClient {
    * FINAL_PEER is a peer that stored it. Throws UnavailableError if no peer took it.
    */
   put(key: Uint8Array | string, value: Uint8Array | string, options: CallOptions = {}): AsyncGenerator<QueryEvent, void, undefined> {
-    const request = { key: toBytes(key), value: toBytes(value) };
+    const request = { key: toBytes(key), value: toBytes(value), batchEvents: false };
     return this.stream(this.dht.put, this.dht, request, options, (r) => eventFromPb(r.event));
   }
 
   /** The walk towards `peerId`; ends with one FINAL_PEER event per closest peer found. */
   query(peerId: string, options: CallOptions = {}): AsyncGenerator<QueryEvent, void, undefined> {
-    return this.stream(this.dht.query, this.dht, { peerId }, options, (r) => eventFromPb(r.event));
+    return this.stream(this.dht.query, this.dht, { peerId, batchEvents: false }, options, (r) =>
+      eventFromPb(r.event));
   }
 
   // -- NodeService ------------------------------------------------------------------
