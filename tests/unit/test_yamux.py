@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import (
     MuxedConnUnavailable,
@@ -40,6 +42,9 @@ from dhtd.p2p.yamux import (
     TYPE_WINDOW_UPDATE,
     WINDOW_UPDATE_THRESHOLD,
     Yamux,
+    _Noise,
+    _sealer,
+    _Secured,
 )
 
 HEADER = struct.Struct(">BBHII")
@@ -528,3 +533,41 @@ def test_the_dialler_may_be_told_it_is_the_listener() -> None:
         assert (await a.open_stream()).stream_id == 2
 
     run(main)
+
+
+class _CipherState:
+    """The shape of the noise library's CipherState that _sealer reads."""
+
+    def __init__(self, key: bytes, n: int = 0) -> None:
+        self.cipher = type("Cipher", (), {"cipher": ChaCha20Poly1305(key)})()
+        self.n = n
+
+
+def test_the_sealer_is_chachapoly_with_the_noise_nonce_counter() -> None:
+    key = bytes(range(32))
+    seal = _sealer(_CipherState(key, n=5), lambda d: b"fallback", True)
+    open_ = _sealer(_CipherState(key, n=5), lambda d: b"fallback", False)
+    first, second = seal(b"one"), seal(b"two")
+    # Noise spec 5.1: nonce = 4 zero bytes and the 64-bit counter, little-endian.
+    aead = ChaCha20Poly1305(key)
+    assert first == aead.encrypt(bytes(4) + (5).to_bytes(8, "little"), b"one", None)
+    assert second == aead.encrypt(bytes(4) + (6).to_bytes(8, "little"), b"two", None)
+    assert open_(first) == b"one" and open_(second) == b"two"
+    with pytest.raises(InvalidTag):  # a message out of order does not open...
+        open_(first)
+    assert open_(seal(b"three")) == b"three"  # ...and does not move the counter
+
+
+def test_the_sealer_stops_before_the_reserved_nonce_and_keeps_other_ciphers() -> None:
+    seal = _sealer(_CipherState(bytes(32), n=2**64 - 2), lambda d: b"", True)
+    seal(b"last")
+    with pytest.raises(yamux.ProtocolError, match="nonces used up"):
+        seal(b"one too many")
+    fallback = lambda data: b"other cipher"  # noqa: E731
+    aes = type("State", (), {"cipher": type("C", (), {"cipher": object()})(), "n": 0})()
+    assert _sealer(aes, fallback, True) is fallback
+
+
+def test_a_connection_that_is_not_noise_over_tcp_keeps_its_own_reads_and_writes() -> None:
+    a_pipe, _ = pair()
+    assert type(_Noise.wrap(a_pipe)) is _Secured  # type: ignore[arg-type]
