@@ -571,3 +571,94 @@ def test_the_sealer_stops_before_the_reserved_nonce_and_keeps_other_ciphers() ->
 def test_a_connection_that_is_not_noise_over_tcp_keeps_its_own_reads_and_writes() -> None:
     a_pipe, _ = pair()
     assert type(_Noise.wrap(a_pipe)) is _Secured  # type: ignore[arg-type]
+
+
+def test_frames_after_an_ignored_one_in_the_same_chunk_are_still_read() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            # One write: data for a stream nobody knows, a stream opened and reset at
+            # once, a PING that is an answer (ACK: no reply), then a PING to answer.
+            await peer.pipe.write(
+                HEADER.pack(0, TYPE_DATA, 0, 40, 3) + b"abc"
+                + HEADER.pack(0, TYPE_WINDOW_UPDATE, FLAG_SYN | FLAG_RST, 42, 0)
+                + HEADER.pack(0, TYPE_PING, FLAG_ACK, 0, 5)
+                + HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, 6))
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 6, b"")
+            assert not a._streams  # stream 42 was never delivered
+
+    run(main)
+
+
+def test_stream_ids_step_by_two_and_the_stream_cap_holds_both_ways(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamux, "MAX_STREAMS", 3)
+
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            assert [(await a.open_stream()).stream_id for _ in range(2)] == [1, 3]
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 2, 0)
+            await a.accept_stream()  # 3 streams open: the cap
+            with pytest.raises(yamux.MuxedStreamError, match="3 streams open"):
+                await a.open_stream()
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_SYN, 4, 0)  # one past it: refused
+            assert await peer.frame() == (TYPE_WINDOW_UPDATE, FLAG_RST, 4, 0, b"")
+
+    run(main)
+
+
+def test_read_with_a_negative_size_returns_everything_and_updates_restart_from_zero() -> None:
+    half = WINDOW_UPDATE_THRESHOLD
+
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            await peer.send(TYPE_DATA, FLAG_SYN, 2, 4, b"abcd")
+            stream = await a.accept_stream()
+            assert await stream.read(-1) == b"abcd"
+            # Exactly one update per half window read, counted from the last update.
+            for _ in range(2):
+                await peer.send(TYPE_DATA, 0, 2, half, b"x" * half)
+                got = 0
+                while got < half:
+                    got += len(await stream.read(half - got))
+                frame = await peer.frame()
+                assert frame is not None and frame[0] == TYPE_WINDOW_UPDATE
+                assert frame[3] in (half + 4, half)  # the first also returns the 4 bytes
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 1)
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 1, b"")  # no third
+
+    run(main)
+
+
+def test_a_failed_write_breaks_the_connection_for_every_later_write() -> None:
+    async def main() -> None:
+        a_pipe, _ = pair()
+
+        async def fails(data: bytes) -> None:
+            raise OSError("connection reset by peer")
+
+        a_pipe.write = fails  # type: ignore[method-assign]
+        a = session(a_pipe)
+        stream = await a.open_stream()
+        with pytest.raises(MuxedStreamReset, match="write failed: connection reset"):
+            await stream.write(b"x")
+        with pytest.raises(MuxedConnUnavailable, match="write failed"):
+            await a._send(b"")
+        with pytest.raises(MuxedConnUnavailable, match="write failed"):
+            await a.open_stream()
+
+    run(main)
+
+
+def test_closing_the_connection_says_go_away_normally_and_resets_its_streams() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (a, a_pipe, peer, _nursery):
+            stream = await a.open_stream()
+            await a.close()
+            assert await peer.frame() == (TYPE_GO_AWAY, 0, 0, 0, b"")
+            assert a.is_closed and a_pipe.closed
+            with pytest.raises(MuxedStreamReset, match="stream reset"):
+                await stream.read()
+            with pytest.raises(MuxedStreamReset, match="stream reset"):
+                await stream.write(b"late")
+
+    run(main)

@@ -492,7 +492,7 @@ class Yamux(IMuxedConn):
 
     async def open_stream(self) -> YamuxStream:
         if self.event_closed.is_set() or self._broken is not None:
-            raise MuxedConnUnavailable("connection closed")
+            raise MuxedConnUnavailable(self._broken or "connection closed")
         if self._remote_go_away:
             raise MuxedConnUnavailable("peer sent GO_AWAY: no new streams")
         if len(self._streams) >= MAX_STREAMS:
