@@ -9,7 +9,7 @@ import pytest
 
 from dht.v1 import dht_pb2 as pb
 from tests.integration.conftest import NAMESPACE
-from tests.integration.test_swarm import FINAL, cid_for, kad
+from tests.integration.test_swarm import FINAL, assert_walk_in_order, cid_for, kad
 from tests.swarm import Node
 
 pytestmark = pytest.mark.integration
@@ -27,17 +27,9 @@ def test_batched_query_streams_the_same_walk_in_fewer_messages(five: list[Node])
     everyone = [n.peer_id for n in five] + [p for n in five for p in n.dev_peer_ids()]
     others = [p for p in everyone if p != asker.peer_id]
     truth = sorted(others, key=lambda p: int.from_bytes(kad(p)) ^ int.from_bytes(kad(target)))
-    kinds = [e.type for e in events]
     finals = [e.id for e in events if e.type == FINAL]
     assert finals == truth[:20]
-    # In order: each PEER_RESPONSE after its SENDING_QUERY, the FINAL_PEERs last.
-    sent: set[str] = set()
-    for e in events:
-        if e.type == pb.QUERY_EVENT_TYPE_SENDING_QUERY:
-            sent.add(e.id)
-        elif e.type == pb.QUERY_EVENT_TYPE_PEER_RESPONSE:
-            assert e.id in sent
-    assert all(k == FINAL for k in kinds[kinds.index(FINAL):])
+    assert_walk_in_order(events)
 
 
 def test_batched_provide_names_each_events_cid_and_is_found(five: list[Node]) -> None:

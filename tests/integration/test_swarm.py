@@ -114,22 +114,25 @@ def test_query_returns_the_true_closest_peers(five: list[Node]) -> None:
     assert finals == truth[:20]
 
 
-def test_query_streams_progress_events_in_order(five: list[Node]) -> None:
-    events = [r.event for r in five[0].dht.Query(
-        pb.QueryRequest(peer_id=five[4].peer_id), timeout=20)]
-    kinds = [e.type for e in events]
-    assert pb.QUERY_EVENT_TYPE_SENDING_QUERY in kinds
-    assert pb.QUERY_EVENT_TYPE_PEER_RESPONSE in kinds
-    # Each PEER_RESPONSE follows a SENDING_QUERY to the same peer.
+def assert_walk_in_order(events: list[pb.QueryEvent]) -> None:
+    """Each PEER_RESPONSE follows a SENDING_QUERY to the same peer; FINAL_PEERs come last."""
     sent: set[str] = set()
     for e in events:
         if e.type == pb.QUERY_EVENT_TYPE_SENDING_QUERY:
             sent.add(e.id)
         elif e.type == pb.QUERY_EVENT_TYPE_PEER_RESPONSE:
             assert e.id in sent
-    # FINAL_PEER events come last.
-    first_final = kinds.index(FINAL)
-    assert all(k == FINAL for k in kinds[first_final:])
+    kinds = [e.type for e in events]
+    assert all(k == FINAL for k in kinds[kinds.index(FINAL):])
+
+
+def test_query_streams_progress_events_in_order(five: list[Node]) -> None:
+    events = [r.event for r in five[0].dht.Query(
+        pb.QueryRequest(peer_id=five[4].peer_id), timeout=20)]
+    kinds = [e.type for e in events]
+    assert pb.QUERY_EVENT_TYPE_SENDING_QUERY in kinds
+    assert pb.QUERY_EVENT_TYPE_PEER_RESPONSE in kinds
+    assert_walk_in_order(events)
 
 
 def test_unknown_things_are_not_found(five: list[Node]) -> None:
