@@ -37,6 +37,7 @@ from libp2p.security.secure_session import SecureSession
 from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
+from dhtd.p2p.upgrade import Upgrader
 from dhtd.p2p.yamux import Yamux, YamuxStream
 from dhtd.wire.kad_pb2 import Message
 
@@ -381,6 +382,8 @@ class Host:
         # decides whom to connect to, as in go-libp2p, whose connmgr never dials.
         network: Any = self._host.get_network()
         network.auto_connector.maybe_connect = _no_auto_dial
+        # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections.
+        network.upgrader = Upgrader(key_pair, network.upgrader)
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
         # Peers a request is in flight to: protected from connection trimming, and

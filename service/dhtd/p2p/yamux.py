@@ -142,26 +142,40 @@ class _Noise(_Secured):
     out, sealed messages straight to the socket, without trio's machinery when the
     kernel takes them at once (nearly always: kad messages are small)."""
 
-    def __init__(self, conn: SecureSession, noise: Any, socket: trio.SocketStream) -> None:
+    def __init__(self, conn: ISecureConn, encrypt: Callable[[bytes], bytes],
+                 decrypt: Callable[[bytes], bytes], socket: trio.SocketStream,
+                 ahead: bytes = b"", raw: bytes = b"") -> None:
         super().__init__(conn)
-        self._decrypt = _sealer(noise.noise_protocol.cipher_state_decrypt, noise.decrypt, False)
-        self._encrypt = _sealer(noise.noise_protocol.cipher_state_encrypt, noise.encrypt, True)
+        self._encrypt = encrypt
+        self._decrypt = decrypt
         self._socket = socket
         # The kernel socket under trio's (trio's own wrapper is used only to wait).
         self._sock: stdlib_socket.socket = socket.socket._sock  # type: ignore[attr-defined]
         self._fd = self._sock.fileno()
-        self._raw = bytearray()
-        # Plaintext py-libp2p read ahead during muxer negotiation.
-        self._ahead = conn._drain(None)
+        # Ciphertext and plaintext read ahead during the set-up.
+        self._raw = bytearray(raw)
+        self._ahead = ahead
 
     @classmethod
     def wrap(cls, conn: ISecureConn) -> _Secured:
+        take = getattr(conn, "take", None)
+        if take is not None:  # dhtd.p2p.upgrade.NoiseSession
+            encrypt, decrypt, ahead, raw = take()
+            return cls(conn, encrypt, decrypt, conn.socket, ahead, raw)  # type: ignore[attr-defined]
         if isinstance(conn, SecureSession) and isinstance(conn.conn, NoiseTransportReadWriter):
-            raw = conn.conn.read_writer.read_write_closer
-            if (isinstance(raw, RawConnection) and isinstance(raw.stream, TrioTCPStream)
-                    and isinstance(getattr(raw.stream.stream.socket, "_sock", None),
+            raw_conn = conn.conn.read_writer.read_write_closer
+            if (isinstance(raw_conn, RawConnection) and isinstance(raw_conn.stream, TrioTCPStream)
+                    and isinstance(getattr(raw_conn.stream.stream.socket, "_sock", None),
                                    stdlib_socket.socket)):
-                return cls(conn, conn.conn.noise_state, raw.stream.stream)
+                noise = conn.conn.noise_state
+                return cls(
+                    conn,
+                    _sealer(noise.noise_protocol.cipher_state_encrypt, noise.encrypt, True),
+                    _sealer(noise.noise_protocol.cipher_state_decrypt, noise.decrypt, False),
+                    raw_conn.stream.stream,
+                    # Plaintext py-libp2p read ahead during muxer negotiation.
+                    conn._drain(None),
+                )
         return _Secured(conn)
 
     async def receive(self) -> bytes:
@@ -236,15 +250,24 @@ class _Noise(_Secured):
 
 def _sealer(state: Any, fallback: Callable[[bytes], bytes], seal: bool
             ) -> Callable[[bytes], bytes]:
-    """One direction of a finished noise handshake as one call: ChaCha20-Poly1305
-    with the implicit nonce counter (Noise spec, 5.1; libp2p uses ChaChaPoly), called
-    straight on ``cryptography``'s AEAD instead of through the noise library's three
-    layers. The noise session's own state is not advanced: from here on only this
-    connection's muxer uses it. Anything but ChaChaPoly keeps ``fallback``."""
+    """One direction of py-libp2p's finished noise handshake as one call (see
+    :func:`noise_cipher`), starting at the session's nonce. The noise session's own
+    state is not advanced: from here on only this connection's muxer uses it.
+    Anything but ChaChaPoly keeps ``fallback``."""
     aead = getattr(getattr(state, "cipher", None), "cipher", None)
     if not isinstance(aead, ChaCha20Poly1305) or not isinstance(state.n, int):
         return fallback
-    nonce = state.n
+    return _aead_call(aead, state.n, seal)
+
+
+def noise_cipher(key: bytes, seal: bool) -> Callable[[bytes], bytes]:
+    """One direction of a finished noise handshake as one call: ChaCha20-Poly1305
+    with the implicit nonce counter from 0 (Noise spec, 5.1; libp2p uses
+    ChaChaPoly), called straight on ``cryptography``'s AEAD."""
+    return _aead_call(ChaCha20Poly1305(key), 0, seal)
+
+
+def _aead_call(aead: ChaCha20Poly1305, nonce: int, seal: bool) -> Callable[[bytes], bytes]:
     run = aead.encrypt if seal else aead.decrypt
 
     def call(data: bytes) -> bytes:
