@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -21,6 +22,8 @@ from typing import Any
 
 import libp2p.network.swarm as _swarm
 import libp2p.stream_muxer.muxer_multistream as _muxer_multistream
+import libp2p.tools.anyio_service.trio_manager as _trio_manager
+import libp2p.tools.anyio_service.trio_tasks as _trio_tasks
 import multiaddr
 import trio
 from libp2p import new_host
@@ -37,6 +40,7 @@ from libp2p.security.secure_session import SecureSession
 from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
+from dhtd.p2p.identify import Identifier
 from dhtd.p2p.upgrade import Upgrader
 from dhtd.p2p.yamux import Yamux, YamuxStream
 from dhtd.wire.kad_pb2 import Message
@@ -73,6 +77,42 @@ async def _whole_write(self: SecureSession, data: bytes) -> None:
 
 
 SecureSession.write = _whole_write  # type: ignore[method-assign]
+
+# py-libp2p's service manager finds the parent of every task it starts by walking
+# every task it runs (TrioManager._find_parent_task): quadratic in connections,
+# each of which starts tasks. A mass start (about 1,500 connections per process)
+# spent 4% of its CPU there. Here each task is remembered when it starts, and
+# the parent is a dictionary lookup, kept to the manager's own task tree.
+_function_tasks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_trio_task_property: Any = _trio_tasks.FunctionTask.trio_task
+_set_trio_task = _trio_task_property.fset
+
+
+def _remember_trio_task(task: Any, value: Any) -> None:
+    _set_trio_task(task, value)
+    _function_tasks[value] = task
+
+
+def _find_parent_task(manager: Any, trio_task: Any) -> Any:
+    task = _function_tasks.get(trio_task)
+    root = task
+    for _ in range(_MAX_TASK_DEPTH):
+        if root is None or root.parent is None:
+            break
+        root = root.parent
+    return task if root is not None and root in manager._root_tasks else None
+
+
+_MAX_TASK_DEPTH = 64
+_trio_tasks.FunctionTask.trio_task = property(  # type: ignore[method-assign, assignment]
+    _trio_task_property.fget, _remember_trio_task)
+_trio_manager.TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign, assignment]
+
+
+async def _no_stream_notice(_stream: Any) -> None:
+    """py-libp2p tells every notifee of every new stream, each in a task of its own
+    nursery; dhtd's notifees, the host's and the tag store all ignore it."""
+
 
 # py-libp2p's muxer negotiation builds its own Yamux class for /yamux/1.0.0 whatever
 # the muxer options say; dhtd's (dhtd.p2p.yamux) takes its place.
@@ -125,15 +165,6 @@ CONN_HARD_LIMIT_FACTOR = 2
 # dial, FindPeer of a connected peer) waits for identify before it goes on without
 # the peer's protocol list.
 IDENTIFY_WAIT = 5.0
-# How long the host keeps watching a new connection for the end of identify, so
-# that a peer that speaks kad joins the routing table even when identify is slow
-# (a loaded node, or many connections at once); go-libp2p's identify gives up
-# after 30 s too (identify.Timeout). The watch ends early if the peer disconnects.
-IDENTIFY_TIMEOUT = 30.0
-# Identify is polled (py-libp2p 0.8.1 signals no event when it completes): first
-# every 20 ms, backing off to every 0.5 s.
-_IDENTIFY_POLL = 0.02
-_IDENTIFY_POLL_MAX = 0.5
 
 # Idle kad streams kept for reuse, per peer and in all. Like go-libp2p-kad-dht's
 # message sender, dhtd sends successive requests to a peer on one stream, which
@@ -314,15 +345,11 @@ def _local_ipv4() -> list[str]:
 
 
 class _Notifee:
-    """Forwards connection events to trio channels without blocking the swarm."""
+    """Tells the host of closed connections and of any change to the set (new
+    connections are identified: py-libp2p calls Identifier.schedule)."""
 
-    def __init__(
-        self,
-        connected: trio.MemorySendChannel[bytes],
-        on_disconnect: Callable[[bytes], None],
-        on_change: Callable[[], None],
-    ) -> None:
-        self._connected = connected
+    def __init__(self, on_disconnect: Callable[[bytes], None], on_change: Callable[[], None]
+                 ) -> None:
         self._on_disconnect = on_disconnect
         self._on_change = on_change
 
@@ -340,8 +367,6 @@ class _Notifee:
 
     async def connected(self, _network: Any, conn: Any) -> None:
         self._on_change()
-        with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._connected.send_nowait(conn.muxed_conn.peer_id.to_bytes())
 
 
 class Host:
@@ -382,8 +407,11 @@ class Host:
         # decides whom to connect to, as in go-libp2p, whose connmgr never dials.
         network: Any = self._host.get_network()
         network.auto_connector.maybe_connect = _no_auto_dial
-        # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections.
+        network.notify_opened_stream = _no_stream_notice
+        # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections, and
+        # its own identify (dhtd.p2p.identify).
         network.upgrader = Upgrader(key_pair, network.upgrader)
+        self._identify = Identifier(self._host, protocol_id)
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
         # Peers a request is in flight to: protected from connection trimming, and
@@ -408,7 +436,6 @@ class Host:
         on_kad_peer: Callable[[bytes], None],
         on_disconnect: Callable[[bytes], None] = lambda peer: None,
     ) -> AsyncIterator[Host]:
-        send, receive = trio.open_memory_channel[bytes](1024)
         addrs = [multiaddr.Multiaddr(a) for a in listen]
         async with self._host.run(addrs), trio.open_nursery() as nursery:
             bound = self._host.get_transport_addrs()
@@ -420,9 +447,14 @@ class Host:
                 )
             if handler is not None:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
+            self._identify.start(nursery, on_kad_peer)
+
+            def disconnected(peer: bytes) -> None:
+                self._identify.disconnected(peer)
+                on_disconnect(peer)
+
             self._host.get_network().register_notifee(
-                _Notifee(send, on_disconnect, self._connections_changed))
-            nursery.start_soon(self._watch_identify, receive, on_kad_peer, nursery)
+                _Notifee(disconnected, self._connections_changed))
             nursery.start_soon(self._release_busy)
             nursery.start_soon(self._reap_streams)
             self._nursery = nursery
@@ -432,8 +464,8 @@ class Host:
                 self._nursery = None
                 self._listen = None
                 self._idle.clear()
+                self._identify.stop()
                 nursery.cancel_scope.cancel()
-                send.close()
 
     # -- peers and addresses ------------------------------------------------
 
@@ -547,11 +579,7 @@ class Host:
 
 
     def speaks_kad(self, peer: bytes) -> bool:
-        try:
-            protocols = self._host.get_peerstore().get_protocols(ID(peer))
-        except Exception:
-            return False
-        return self.protocol_id in protocols
+        return self._identify.speaks_kad(peer)
 
     async def connect(self, peer: bytes, addr: bytes) -> None:
         """Dials ``peer`` at ``addr`` (a /dns* name is resolved now, at every dial).
@@ -571,45 +599,7 @@ class Host:
         """Waits (at most ``timeout``) for identify; True if ``peer`` speaks kad.
 
         Ends early, False, if ``peer`` has no connection left."""
-        poll = _IDENTIFY_POLL
-        with trio.move_on_after(timeout):
-            while not self._identified(peer) and self.is_connected(peer):
-                await trio.sleep(poll)
-                poll = min(poll * 1.5, _IDENTIFY_POLL_MAX)
-        return self.speaks_kad(peer)
-
-    def _identified(self, peer: bytes) -> bool:
-        try:
-            return bool(self._host.get_peerstore().get_protocols(ID(peer)))
-        except Exception:
-            return False
-
-    async def _watch_identify(
-        self,
-        connected: trio.MemoryReceiveChannel[bytes],
-        on_kad_peer: Callable[[bytes], None],
-        nursery: trio.Nursery,
-    ) -> None:
-        """Passes each newly connected peer to ``on_kad_peer`` once identify says it
-        speaks kad: one watch per peer, however many connections it opens."""
-        watching: set[bytes] = set()
-
-        async def check(peer: bytes) -> None:
-            try:
-                if await self.wait_identified(peer, IDENTIFY_TIMEOUT):
-                    on_kad_peer(peer)
-                elif not self._identified(peer) and self.is_connected(peer):
-                    log.info("identify of %s did not finish within %gs", ID(peer),
-                             IDENTIFY_TIMEOUT)
-            except Exception as exc:  # one peer's trouble must not end the host
-                log.warning("identify check of %s failed: %s", ID(peer), describe(exc))
-            finally:
-                watching.discard(peer)
-
-        async for peer in connected:
-            if peer not in watching:
-                watching.add(peer)
-                nursery.start_soon(check, peer)
+        return await self._identify.wait(peer, timeout, self.is_connected)
 
     # -- kad requests -------------------------------------------------------
 
