@@ -17,8 +17,8 @@ from libp2p.peer.id import ID
 from dhtd import p2p
 from dhtd.ids import encode_uvarint
 from dhtd.kadmsg import new_message
-from dhtd.lookup import PeerRecord
-from dhtd.p2p import Host
+from dhtd.lookup import PeerRecord, PeerRequestError
+from dhtd.p2p import Host, multistream
 from dhtd.p2p.yamux import Yamux, _Noise
 from dhtd.wire.kad_pb2 import Message
 
@@ -206,3 +206,62 @@ def test_the_capped_peerstore_tells_the_host_what_it_evicted() -> None:
         store.add_addrs(pid, [addr], 3600)
         store._enforce_peer_limit()
     assert len(evicted) == 2 and all(ID(p) in peers for p in evicted)
+
+
+def test_a_new_kad_stream_negotiates_in_the_same_write_as_its_first_request() -> None:
+    """Lazy multistream-select: header, proposal and request in one yamux frame;
+    the listener's header and answer in one, with the kad answer right behind."""
+    async def main() -> None:
+        async with two_hosts() as (a, b, _):
+            (conn,) = muxed_conns(a, b.self_id)
+            sent: list[bytes] = []
+            send = conn._send
+
+            async def spy(data: bytes) -> None:
+                sent.append(bytes(data))
+                await send(data)
+
+            conn._send = spy
+            await a.request(b.self_id, new_message(4, KEY))
+            negotiation = multistream.encode(multistream.HEADER, PROTOCOL)
+            (first,) = [f for f in sent if f[12:].startswith(negotiation)]
+            assert len(first) > 12 + len(negotiation)  # the request is in it too
+            stream_id = first[4:8]
+            assert [f for f in sent if f[4:8] == stream_id and f[1] == 0] == [first]
+
+    trio.run(main)
+
+
+def test_a_peer_without_the_kad_protocol_refuses_the_lazy_proposal() -> None:
+    async def main() -> None:
+        a = Host(p2p.new_identity(), PROTOCOL)
+        b = Host(p2p.new_identity(), PROTOCOL)
+        async with b.open(LISTEN, None, lambda _: None), a.open(LISTEN, None, lambda _: None):
+            await a.connect(b.self_id, b.listen_addrs()[0])
+            with pytest.raises(PeerRequestError, match=r"does not speak /ipfs/kad/1\.0\.0"):
+                await a.request(b.self_id, new_message(4, KEY))
+
+    trio.run(main)
+
+
+def test_an_inbound_stream_gets_na_for_unknown_protocols_and_a_bounded_number(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with two_hosts() as (a, b, _):
+            (conn,) = muxed_conns(a, b.self_id)
+            stream = await conn.open_stream()
+            proposals = [f"/unknown/{i}" for i in range(multistream.MAX_PROPOSALS)]
+            await stream.write(multistream.encode(multistream.HEADER, *proposals))
+            got = b""
+            with trio.fail_after(5):
+                while True:
+                    try:
+                        got += await stream.read(4096)
+                    except Exception:  # closed once the proposals are used up
+                        break
+            nas = [multistream.NA] * multistream.MAX_PROPOSALS
+            assert got == multistream.encode(multistream.HEADER, *nas)
+            # The connection is fine: the next kad request goes through.
+            assert (await a.request(b.self_id, new_message(4, KEY))).key == KEY
+
+    trio.run(main)

@@ -23,7 +23,7 @@ from libp2p.peer.peerstore import PeerStore, PeerStoreError
 
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.kadmsg import MAX_ADDRS_PER_PEER
-from dhtd.p2p import identify
+from dhtd.p2p import identify, multistream
 from dhtd.p2p.identify import Identifier
 
 KAD = "/ipfs/kad/1.0.0"
@@ -47,10 +47,24 @@ def message(protocols: tuple[str, ...] = (KAD,), addrs: int = 1, key: Any = PAIR
 
 
 class FakeStream:
+    """The identify side of a peer: answers the negotiation, then sends ``data``
+    at time ``at`` (never, when None)."""
+
     def __init__(self, data: bytes, at: float | None) -> None:
         self.data, self.at, self.closed = data, at, False
+        self.written = b""
+        self.negotiation = multistream.encode(multistream.HEADER, identify.IDENTIFY)
+
+    async def write(self, data: bytes) -> None:
+        self.written += data
+
+    def set_protocol(self, protocol: str) -> None:
+        self.protocol = protocol
 
     async def read(self, n: int) -> bytes:
+        if self.negotiation:
+            out, self.negotiation = self.negotiation, b""
+            return out
         if self.at is None:
             await trio.sleep_forever()
         await trio.sleep_until(self.at)
@@ -74,12 +88,16 @@ class FakeHost:
     def get_peerstore(self) -> PeerStore:
         return self.store
 
+    def get_network(self) -> FakeHost:
+        return self
+
     def set_stream_handler(self, protocol: str, handler: Any) -> None:
         self.handlers[protocol] = handler
 
-    async def new_stream(self, peer: ID, protocols: list[str]) -> FakeStream:
+    async def new_stream(self, peer: ID) -> FakeStream:
         self.opened += 1
-        return FakeStream(self.data, self.at)
+        self.stream = FakeStream(self.data, self.at)
+        return self.stream
 
 
 def run_identify(host: FakeHost, connections: int = 1, connected: bool = True
@@ -119,6 +137,8 @@ def test_many_connections_of_one_peer_make_one_exchange() -> None:
     host = FakeHost(message(), at=1)
     assert [peer for _, peer in run_identify(host, connections=5)] == [PEER]
     assert host.opened == 1
+    # The header and the proposal went in one write.
+    assert host.stream.written == multistream.encode(multistream.HEADER, identify.IDENTIFY)
 
 
 def test_a_peer_identified_before_is_handed_on_at_once_on_a_new_connection() -> None:

@@ -19,7 +19,7 @@ from libp2p.transport.exceptions import SecurityUpgradeFailure
 from libp2p.transport.upgrader import TransportUpgrader
 
 from dhtd.ids import encode_uvarint
-from dhtd.p2p import new_identity, peer_id_of
+from dhtd.p2p import multistream, new_identity, peer_id_of
 from dhtd.p2p import upgrade as up
 from dhtd.p2p.yamux import Yamux
 
@@ -238,11 +238,11 @@ async def test_a_dialler_without_the_multistream_header_is_dropped() -> None:
 
 @trio_test
 async def test_unknown_proposals_get_na_and_the_dialler_gets_a_bounded_number() -> None:
-    proposals = [b"/tls/1.0.0\n"] + [b"/other/%d\n" % i for i in range(up.MAX_PROPOSALS)]
+    proposals = [b"/tls/1.0.0\n"] + [b"/other/%d\n" % i for i in range(multistream.MAX_PROPOSALS)]
     result, written = await answer_to(ms(b"/multistream/1.0.0\n", *proposals))
     assert isinstance(result, SecurityUpgradeFailure)
-    assert f"{up.MAX_PROPOSALS} proposals" in str(result)
-    assert written == ms(b"/multistream/1.0.0\n", *[b"na\n"] * up.MAX_PROPOSALS)
+    assert f"{multistream.MAX_PROPOSALS} proposals" in str(result)
+    assert written == ms(b"/multistream/1.0.0\n", *[b"na\n"] * multistream.MAX_PROPOSALS)
 
 
 @trio_test

@@ -42,6 +42,7 @@ from dhtd.p2p.yamux import (
     TYPE_WINDOW_UPDATE,
     WINDOW_UPDATE_THRESHOLD,
     Yamux,
+    YamuxStream,
     _Noise,
     _sealer,
     _Secured,
@@ -662,3 +663,18 @@ def test_closing_the_connection_says_go_away_normally_and_resets_its_streams() -
                 await stream.write(b"late")
 
     run(main)
+
+
+def test_unread_puts_bytes_back_without_counting_them_twice_against_the_window() -> None:
+    """A stream negotiation that read past its end gives the rest back."""
+    async def main() -> None:
+        stream = YamuxStream(Any, 1, outbound=False)  # type: ignore[arg-type]
+        stream._on_data(b"/kad\nrequest")
+        assert await stream.read() == b"/kad\nrequest"
+        stream.unread(b"request")
+        assert stream._consumed == len(b"/kad\n")
+        assert await stream.read(3) == b"req"
+        assert await stream.read() == b"uest"
+        assert stream._consumed == len(b"/kad\nrequest")
+
+    trio.run(main)

@@ -40,6 +40,7 @@ from libp2p.security.secure_session import SecureSession
 from dhtd.config import DEFAULT_CONN_GRACE, DEFAULT_CONN_HIGH_WATER, DEFAULT_CONN_LOW_WATER
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.lookup import PeerRecord, PeerRequestError, describe
+from dhtd.p2p import multistream
 from dhtd.p2p.identify import Identifier
 from dhtd.p2p.upgrade import Upgrader
 from dhtd.p2p.yamux import Yamux, YamuxStream
@@ -109,9 +110,29 @@ _trio_tasks.FunctionTask.trio_task = property(  # type: ignore[method-assign, as
 _trio_manager.TrioManager._find_parent_task = _find_parent_task  # type: ignore[method-assign, assignment]
 
 
-async def _no_stream_notice(_stream: Any) -> None:
-    """py-libp2p tells every notifee of every new stream, each in a task of its own
-    nursery; dhtd's notifees, the host's and the tag store all ignore it."""
+# Notices no notifee of a dhtd host reads (dhtd's, py-libp2p's host's and its tag
+# store's all ignore them).
+_IGNORED_NOTICES = frozenset({"opened_stream", "closed_stream"})
+
+
+def _inline_notices(network: Any) -> Callable[..., Awaitable[None]]:
+    """py-libp2p's Swarm._notify, without a nursery and a task per notifee for every
+    event (a tenth of a mass start's CPU went there, most of it for stream notices
+    nobody reads). The notifees run one after the other: each is quick (dhtd's only
+    records; the host's schedules identify once the connection has started, which
+    it has when the swarm tells of it). One that raises is logged, not propagated,
+    as in py-libp2p."""
+
+    async def notify(method: str, *args: Any) -> None:
+        if method in _IGNORED_NOTICES:
+            return
+        for notifee in list(network.notifees):
+            try:
+                await getattr(notifee, method)(network, *args)
+            except Exception as exc:
+                log.warning("%s.%s failed: %s", type(notifee).__name__, method, describe(exc))
+
+    return notify
 
 
 # py-libp2p's muxer negotiation builds its own Yamux class for /yamux/1.0.0 whatever
@@ -165,6 +186,10 @@ CONN_HARD_LIMIT_FACTOR = 2
 # dial, FindPeer of a connected peer) waits for identify before it goes on without
 # the peer's protocol list.
 IDENTIFY_WAIT = 5.0
+
+# How long an inbound stream may take to name its protocol (go-libp2p's host:
+# negotiationTimeout, 10 s).
+NEGOTIATE_TIMEOUT = 10.0
 
 # Idle kad streams kept for reuse, per peer and in all. Like go-libp2p-kad-dht's
 # message sender, dhtd sends successive requests to a peer on one stream, which
@@ -407,7 +432,7 @@ class Host:
         # decides whom to connect to, as in go-libp2p, whose connmgr never dials.
         network: Any = self._host.get_network()
         network.auto_connector.maybe_connect = _no_auto_dial
-        network.notify_opened_stream = _no_stream_notice
+        network._notify = _inline_notices(network)
         # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections, and
         # its own identify (dhtd.p2p.identify).
         network.upgrader = Upgrader(key_pair, network.upgrader)
@@ -448,6 +473,7 @@ class Host:
             if handler is not None:
                 self._host.set_stream_handler(self.protocol_id, self._stream_handler(handler))
             self._identify.start(nursery, on_kad_peer)
+            self._host.get_network().set_stream_handler(self._route_stream)
 
             def disconnected(peer: bytes) -> None:
                 self._identify.disconnected(peer)
@@ -654,15 +680,21 @@ class Host:
                     self.unprotect(peer, _BUSY_TAG)
 
     async def _open(self, peer: bytes) -> _Framed:
+        """A new kad stream to ``peer`` (dialled if need be), negotiated lazily: the
+        multistream header and proposal go out with the first request, and the
+        answer's negotiation is read before the answer (dhtd.p2p.multistream)."""
         try:
-            return _Framed(await self._host.new_stream(ID(peer), [self.protocol_id]))
+            stream = await self._host.get_network().new_stream(ID(peer))
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
+        with suppress(Exception):
+            stream.set_protocol(self.protocol_id)
+        return _Framed(stream, expect=self.protocol_id)
 
     async def _exchange(self, peer: bytes, framed: _Framed, frame: bytes) -> Message:
         stream = framed.stream
         try:
-            await framed.io.write(frame)
+            await framed.write(frame)
             data = await framed.read_frame()
         except PeerRequestError:
             await _discard(stream)
@@ -728,13 +760,46 @@ class Host:
 
     async def _write(self, framed: _Framed, frame: bytes) -> None:
         try:
-            await framed.io.write(frame)
+            await framed.write(frame)
         except Exception as exc:
             await _discard(framed.stream)
             raise _StaleStream(describe(exc)) from None
         except BaseException:
             await _discard(framed.stream)
             raise
+
+    async def _route_stream(self, stream: Any) -> None:
+        """Every inbound stream: multistream-select for one of the host's protocols
+        (header and answer in one write, dhtd.p2p.multistream), then its handler.
+        Bytes the dialler sent behind its proposal (a lazy dialler's first
+        request) stay on the stream for the handler. Streams of muxers other than
+        dhtd's yamux go to py-libp2p's own negotiation."""
+        muxed = getattr(stream, "muxed_stream", None)
+        if not isinstance(muxed, YamuxStream):
+            await self._host._swarm_stream_handler(stream)
+            return
+        handlers = self._host.get_mux().handlers
+        io = multistream.StreamIO(muxed)
+        try:
+            with trio.fail_after(NEGOTIATE_TIMEOUT):
+                protocol = await multistream.handle(io, handlers)
+        except multistream.NegotiationError as exc:
+            # Closed, not reset: a reset would drop the "na" the dialler is owed.
+            log.debug("stream from %s refused: %s", muxed.muxed_conn.peer_id, describe(exc))
+            await _close(stream)
+            return
+        except trio.TooSlowError:
+            log.debug("stream from %s named no protocol within %gs",
+                      muxed.muxed_conn.peer_id, NEGOTIATE_TIMEOUT)
+            await _reset(stream)
+            return
+        except Exception as exc:  # the stream broke: nothing to negotiate with
+            log.debug("stream from %s broke: %s", muxed.muxed_conn.peer_id, describe(exc))
+            await _reset(stream)
+            return
+        muxed.unread(bytes(io.plain))
+        stream.set_protocol(protocol)
+        await handlers[protocol](stream)
 
     def _stream_handler(self, handler: KadHandler) -> Callable[[Any], Awaitable[None]]:
         async def serve(stream: Any) -> None:
@@ -830,13 +895,19 @@ class _Framed:
     (whose state lock cost two task switches per call); closing and resetting still
     go through the NetStream, so py-libp2p's bookkeeping sees them."""
 
-    __slots__ = ("buf", "expired", "idle_since", "io", "partial_since", "stream")
+    __slots__ = ("buf", "expect", "expired", "idle_since", "io", "partial_since", "pending",
+                 "stream")
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, expect: str | None = None) -> None:
         self.stream = stream
         muxed = getattr(stream, "muxed_stream", None)
         self.io: Any = muxed if isinstance(muxed, YamuxStream) else stream
         self.buf = bytearray()
+        # An outbound stream negotiates lazily: the header and the proposal of
+        # ``expect`` go out with the first write, and the peer's answer to them is
+        # read before the first message.
+        self.expect = expect
+        self.pending = multistream.encode(multistream.HEADER, expect) if expect else b""
         # When an inbound stream began to wait for a request / began one that is not
         # complete yet (trio time; None when not so): read by Host._reap_streams.
         self.idle_since: float | None = None
@@ -859,6 +930,30 @@ class _Framed:
             return False
         self.buf += chunk
         return True
+
+    async def write(self, data: bytes) -> None:
+        if self.pending:
+            data, self.pending = self.pending + data, b""
+        await self.io.write(data)
+
+    async def _negotiated(self) -> None:
+        """Reads the peer's answer to the lazy proposal: the header, then the
+        protocol (PeerRequestError when the peer refuses it)."""
+        protocol, self.expect = self.expect, None
+        answers: list[str] = []
+        while len(answers) < 2:
+            try:
+                text = multistream.parse(self.buf)
+            except multistream.NegotiationError as exc:
+                raise PeerRequestError(str(exc)) from None
+            if text is not None:
+                answers.append(text)
+            elif not await self._fill():
+                raise PeerRequestError("stream closed during negotiation")
+        if answers[0] != multistream.HEADER:
+            raise PeerRequestError("peer does not speak multistream-select 1.0")
+        if answers[1] != protocol:
+            raise PeerRequestError(f"peer does not speak {protocol} ({answers[1][:64]!r})")
 
     async def read_request(self) -> bytes:
         """One inbound request: EOFError when the peer closed the stream;
@@ -899,6 +994,8 @@ class _Framed:
     async def read_frame(self, limit: int = MAX_MESSAGE_BYTES) -> bytes:
         """One message. EOFError on a clean end before it; PeerRequestError if
         malformed or longer than ``limit``."""
+        if self.expect is not None:
+            await self._negotiated()
         while True:
             body = self._take(limit)
             if body is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.crypto.serialization import deserialize_public_key
-from libp2p.identity.identify.identify import ID as IDENTIFY
+from libp2p.identity.identify.identify import ID as _IDENTIFY_ID
 from libp2p.identity.identify.identify import _mk_identify_protobuf
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.peer.id import ID
@@ -40,8 +40,11 @@ from libp2p.peer.id import ID
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.kadmsg import peer_addrs
 from dhtd.lookup import describe
+from dhtd.p2p import multistream
 
 log = logging.getLogger("dhtd.p2p.identify")
+
+IDENTIFY = str(_IDENTIFY_ID)  # /ipfs/id/1.0.0
 
 # go-libp2p identify: the whole exchange (identify.Timeout, 30 s... its
 # StreamReadTimeout is 60 s; a loaded node or many connections at once need it).
@@ -111,9 +114,14 @@ class Identifier:
         peer = peer_id.to_bytes()
         try:
             with trio.move_on_after(IDENTIFY_TIMEOUT) as scope:
-                stream = await self._host.new_stream(peer_id, [IDENTIFY])
+                stream = await self._host.get_network().new_stream(peer_id)
                 try:
-                    message = await _read_message(stream)
+                    # Header and proposal in one write; the answer comes with the
+                    # message right behind it.
+                    io = multistream.StreamIO(stream)
+                    await multistream.select(io, (IDENTIFY,))
+                    stream.set_protocol(IDENTIFY)
+                    message = await _read_message(stream, bytes(io.plain))
                 finally:
                     with suppress(Exception):
                         await stream.close()
@@ -209,9 +217,9 @@ class Identifier:
                 await stream.reset()
 
 
-async def _read_message(stream: Any) -> Identify:
-    """One varint-length-prefixed Identify message of at most MAX_IDENTIFY_BYTES."""
-    buf = b""
+async def _read_message(stream: Any, buf: bytes = b"") -> Identify:
+    """One varint-length-prefixed Identify message of at most MAX_IDENTIFY_BYTES
+    (``buf``: what was read of it already)."""
     while True:
         try:
             length, start = decode_uvarint(buf)

@@ -26,9 +26,9 @@ The wire is the same as go-libp2p's and js-libp2p's (libp2p specs
 
 Promises:
 - The whole set-up ends within HANDSHAKE_TIMEOUT, or the socket is closed.
-- What the peer sends is bounded: a multistream message is at most
-  MAX_MULTISTREAM_MESSAGE bytes and it gets MAX_PROPOSALS proposals; a noise
-  message is at most 65535 bytes by its framing.
+- What the peer sends is bounded: multistream-select as dhtd.p2p.multistream
+  bounds it; a noise message is at most 65535 bytes by its framing; a list of
+  muxers is read up to MAX_MUXERS.
 - The connection is refused (:class:`HandshakeFailure`, the socket closed) when a
   message fails to decrypt, the identity signature is wrong, the key is not one
   libp2p knows, the dialled peer ID is not the one that answered, or the peers
@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -61,24 +61,21 @@ from libp2p.transport.exceptions import MuxerUpgradeFailure, SecurityUpgradeFail
 from libp2p.transport.upgrader import TransportUpgrader
 from multiaddr import Multiaddr
 
-from dhtd.ids import decode_uvarint, encode_uvarint
+from dhtd.p2p import multistream
+from dhtd.p2p.multistream import Buffered
 from dhtd.p2p.yamux import NOISE_MAX_PLAINTEXT, Yamux, noise_cipher
 from dhtd.p2p.yamux import PROTOCOL_ID as YAMUX
 
 log = logging.getLogger("dhtd.p2p.upgrade")
 
 NOISE = "/noise"
-MULTISTREAM = "/multistream/1.0.0"
 
 # Ours: the whole set-up (negotiations and handshake) of one connection. go-libp2p
 # allows 15 s for the security handshake alone (its transport's
 # DefaultNegotiateTimeout is 60 s); a set-up on a WAN takes a few round trips.
 HANDSHAKE_TIMEOUT = 10.0
-# go-multistream: a message longer than 1024 bytes is an error.
-MAX_MULTISTREAM_MESSAGE = 1024
-# Ours: protocols a peer may propose before it is dropped (a real dialler offers
-# two or three: /tls/1.0.0, /noise, ...).
-MAX_PROPOSALS = 8
+# Ours: stream muxers read from a peer's handshake payload (a peer offers two).
+MAX_MUXERS = 8
 # Bytes asked of the socket per receive during the set-up.
 RECEIVE_CHUNK = 64 * 1024
 
@@ -154,17 +151,16 @@ class _Symmetric:
         return _hkdf(self.ck, b"")
 
 
-class _Link:
+class _Link(Buffered):
     """The socket during the set-up: plaintext buffered as it arrives, noise
     transport messages once the handshake is done."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__()
         self.stream = stream
-        self.plain = bytearray()  # bytes to parse: raw before the handshake ends
-        self.raw = bytearray()  # encrypted bytes not yet decrypted (after it)
+        self.raw = bytearray()  # encrypted bytes not yet decrypted (once secured)
         self.encrypt: Callable[[bytes], bytes] | None = None
         self.decrypt: Callable[[bytes], bytes] | None = None
-        self.out: list[bytes] = []
 
     async def _receive(self) -> bytes:
         try:
@@ -175,7 +171,7 @@ class _Link:
             raise HandshakeFailure("connection closed during the set-up")
         return chunk
 
-    async def _more(self) -> None:
+    async def more(self) -> None:
         """At least one more byte of plaintext."""
         if self.decrypt is None:
             self.plain += await self._receive()
@@ -194,34 +190,13 @@ class _Link:
 
     async def exactly(self, count: int) -> bytes:
         while len(self.plain) < count:
-            await self._more()
+            await self.more()
         out = bytes(self.plain[:count])
         del self.plain[:count]
         return out
 
     async def noise_message(self) -> bytes:
         return await self.exactly(int.from_bytes(await self.exactly(2), "big"))
-
-    async def multistream_message(self) -> str:
-        """One multistream-select message, without its newline."""
-        while True:
-            try:
-                length, start = decode_uvarint(bytes(self.plain[:10]))
-                break
-            except ValueError:
-                if len(self.plain) >= 10:
-                    raise HandshakeFailure("bad multistream length") from None
-                await self._more()
-        if length > MAX_MULTISTREAM_MESSAGE:
-            raise HandshakeFailure(f"multistream message of {length} bytes")
-        await self.exactly(start)
-        body = await self.exactly(length)
-        if not body.endswith(b"\n"):
-            raise HandshakeFailure("multistream message without a newline")
-        try:
-            return body[:-1].decode()
-        except UnicodeDecodeError:
-            raise HandshakeFailure("multistream message is not UTF-8") from None
 
     def secure(self, send_key: bytes, receive_key: bytes) -> None:
         """The handshake is done: from here on every byte is a noise transport
@@ -231,76 +206,20 @@ class _Link:
         self.decrypt = noise_cipher(receive_key, False)
         self.raw, self.plain = self.plain, bytearray()
 
-    def has_message(self) -> bool:
-        try:
-            length, start = decode_uvarint(bytes(self.plain[:10]))
-        except ValueError:
-            return False
-        return len(self.plain) >= start + length
-
     def queue(self, data: bytes) -> None:
-        """Plaintext to send (sealed when the handshake is done) at the next flush."""
-        if self.encrypt is not None:
-            for at in range(0, len(data), NOISE_MAX_PLAINTEXT):
-                sealed = self.encrypt(data[at:at + NOISE_MAX_PLAINTEXT])
-                data_out = len(sealed).to_bytes(2, "big") + sealed
-                self.out.append(data_out)
-        else:
+        """Plaintext to send (sealed once the handshake is done) at the next flush."""
+        if self.encrypt is None:
             self.out.append(data)
+            return
+        for at in range(0, len(data), NOISE_MAX_PLAINTEXT):
+            sealed = self.encrypt(data[at:at + NOISE_MAX_PLAINTEXT])
+            self.out.append(len(sealed).to_bytes(2, "big") + sealed)
 
-    def queue_multistream(self, *messages: str) -> None:
-        for text in messages:
-            body = text.encode() + b"\n"
-            self.queue(encode_uvarint(len(body)) + body)
-
-    async def flush(self) -> None:
-        if self.out:
-            data, self.out = b"".join(self.out), []
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise HandshakeFailure(f"connection broke during the set-up: {exc}") from None
-
-
-async def _select(link: _Link, protocols: Sequence[str], first_sent: bool = False) -> str:
-    """multistream-select as the dialler: the header and the first proposal go in
-    one write (with whatever else was queued, or already went when ``first_sent``),
-    the next ones only after a "na"."""
-    if not first_sent:
-        link.queue_multistream(MULTISTREAM)
-    header_read = False
-    for index, protocol in enumerate(protocols):
-        if index or not first_sent:
-            link.queue_multistream(protocol)
-        await link.flush()
-        if not header_read:
-            if await link.multistream_message() != MULTISTREAM:
-                raise HandshakeFailure("peer does not speak multistream-select 1.0")
-            header_read = True
-        answer = await link.multistream_message()
-        if answer == protocol:
-            return protocol
-        if answer != "na":
-            raise HandshakeFailure(f"peer answered {answer[:64]!r} to {protocol}")
-    raise HandshakeFailure(f"peer refused {', '.join(protocols)}")
-
-
-async def _handle(link: _Link, protocols: Sequence[str]) -> str:
-    """multistream-select as the listener: the first proposal among ``protocols``."""
-    if await link.multistream_message() != MULTISTREAM:
-        raise HandshakeFailure("peer does not speak multistream-select 1.0")
-    link.queue_multistream(MULTISTREAM)
-    for _ in range(MAX_PROPOSALS):
-        if not link.has_message():
-            await link.flush()  # a dialler that waits for our header before proposing
-        proposal = await link.multistream_message()
-        if proposal in protocols:
-            link.queue_multistream(proposal)
-            await link.flush()
-            return proposal
-        link.queue_multistream("na")
-    await link.flush()
-    raise HandshakeFailure(f"no shared protocol in {MAX_PROPOSALS} proposals")
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise HandshakeFailure(f"connection broke during the set-up: {exc}") from None
 
 
 class NoiseSession(BaseSession):
@@ -337,7 +256,7 @@ class NoiseSession(BaseSession):
         link = self.link
         if not link.plain:
             try:
-                await link._more()
+                await link.more()
             except HandshakeFailure:
                 return b""
         count = len(link.plain) if n is None or n < 0 else min(n, len(link.plain))
@@ -417,11 +336,14 @@ class Upgrader:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 if is_initiator:
-                    await _select(link, (NOISE,))
+                    await multistream.select(link, (NOISE,))
                     session = await self._dial(raw_conn, link, peer_id)
                 else:
-                    await _handle(link, (NOISE,))
+                    await multistream.handle(link, (NOISE,))
                     session = await self._answer(raw_conn, link)
+        except multistream.NegotiationError as exc:
+            await raw_conn.close()
+            raise HandshakeFailure(str(exc)) from None
         except trio.TooSlowError:
             await raw_conn.close()
             raise HandshakeFailure(
@@ -439,10 +361,10 @@ class Upgrader:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 if muxer is None and conn.is_initiator:
-                    muxer = await _select(conn.link, self.muxers, first_sent=True)
+                    muxer = await multistream.select(conn.link, self.muxers, first_sent=True)
                 elif muxer is None:
-                    muxer = await _handle(conn.link, self.muxers)
-        except (trio.TooSlowError, HandshakeFailure) as exc:
+                    muxer = await multistream.handle(conn.link, self.muxers)
+        except (trio.TooSlowError, HandshakeFailure, multistream.NegotiationError) as exc:
             with trio.CancelScope(shield=True):
                 await conn.close()
             raise MuxerUpgradeFailure(f"muxer negotiation failed: {exc}") from None
@@ -490,7 +412,7 @@ class Upgrader:
         if muxer is None:
             # multistream-select for the muxer (upgrade_connection), its header and
             # first proposal sent with message 3
-            link.queue_multistream(MULTISTREAM, self.muxers[0])
+            link.queue_messages(multistream.HEADER, self.muxers[0])
         await link.flush()
         return NoiseSession(raw=raw, link=link, local_peer=self._peer,
                             local_key=self._pair.private_key, remote_peer=peer,
@@ -546,7 +468,7 @@ class Upgrader:
             raise HandshakeFailure("the peer's identity does not sign its noise key")
         muxers = list(message.extensions.stream_muxers) if message.HasField(
             "extensions") else []
-        return ID.from_pubkey(key), key, muxers[:MAX_PROPOSALS]
+        return ID.from_pubkey(key), key, muxers[:MAX_MUXERS]
 
     def _muxer(self, dialler: list[str], listener: list[str]) -> str | None:
         """Inlined muxer negotiation: the dialler's first that both support; None

@@ -333,6 +333,14 @@ class YamuxStream(IMuxedStream):
                 await self._conn._send(self._frame(TYPE_WINDOW_UPDATE, 0, delta))
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Puts ``data``, read from this stream, back in front of what is unread
+        (a protocol negotiation read past its end). Not counted twice against the
+        receive window."""
+        if data:
+            self._buf[:0] = data
+            self._consumed -= len(data)
+
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
