@@ -13,9 +13,12 @@ seconds after the start have passed, and prints the figures of every round, with
 each process's CPU share. --churn then kills a third of the processes with SIGKILL
 and measures the survivors the same way.
 
-Issue 8 asks for >= 19 of 20 within 60 s. On 2 cores it is not reached yet: the
-start-up storm of py-libp2p connections (noise, identify, yamux) keeps both cores
-busy for 45-90 s. This is a benchmark until that cost comes down (issue 12).
+Issue 8 asks for >= 19 of 20 within 60 s; tests/integration/test_mass_start.py
+asserts it in ./dev test. On this 2-core machine the first full round now ends
+about 47 s after the start (it did not end within 115 s before dhtd's own
+connection set-up, identify and stream negotiation, and the refresh that skips
+buckets the self-lookup covered): the start-up storm takes about 45 s of both
+cores instead of 110 s.
 """
 
 
@@ -183,8 +186,10 @@ def converge(net: Network, rng: random.Random, rounds: int, within: float, tag: 
     deadline = time.monotonic() + within
     for attempt in range(1000):
         live = [p for p in net.procs if p.proc.poll() is None]
+        # The true closest are among the nodes still running.
+        live_ids = [p.peer_id for p in live] + [d for p in live for d in p.dev_peer_ids()]
         cpu0, t0 = [cpu_seconds(p) for p in live], time.monotonic()
-        figures = measure(Network(live, net.peer_ids, net.started, net.ready), rng,
+        figures = measure(Network(live, live_ids, net.started, net.ready), rng,
                           f"{tag}{attempt}", rounds)
         busy = [round(100 * (cpu_seconds(p) - c) / (time.monotonic() - t0)) for p, c
                 in zip(live, cpu0, strict=True)]
@@ -217,6 +222,8 @@ def main() -> None:
             victims = net.procs[: max(1, args.processes // 3)]
             for victim in victims:
                 victim.proc.send_signal(signal.SIGKILL)
+            for victim in victims:  # gone, not only signalled, before the next round
+                victim.proc.wait(timeout=10)
             killed = time.monotonic()
             print(f"churn: killed {len(victims)} of {args.processes} processes", flush=True)
             converge(net, rng, args.rounds, args.within, "churn")

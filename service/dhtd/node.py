@@ -392,10 +392,13 @@ class DhtNode:
             for b in [*self.bootstrap, *self._saved]:
                 nursery.start_soon(dial, b)
 
-    async def _refresh_walk(self, key: bytes) -> None:
-        """One refresh lookup (dhtd.refresh), bounded like any peer request chain."""
+    async def _refresh_walk(self, key: bytes) -> list[bytes] | None:
+        """One refresh lookup (dhtd.refresh), bounded like any peer request chain:
+        the closest peers that answered, or None if it did not end in time."""
         with trio.move_on_after(REFRESH_WALK_TIMEOUT):
-            await self._walk(key, MessageType.FIND_NODE, _ignore)
+            result = await self._walk(key, MessageType.FIND_NODE, _ignore)
+            return [record.id for record in result.closest]
+        return None
 
     async def _ping(self, peer: bytes) -> None:
         await self._request(peer, new_message(MessageType.PING))

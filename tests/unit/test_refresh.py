@@ -151,3 +151,48 @@ async def _test_run_bootstraps_with_backoff_then_refreshes() -> None:
         await w.m.run(nonempty)
     assert w.dials == 1 and peer(0) in w.table
     assert w.lookups and w.lookups[0] == SELF
+
+
+def test_buckets_the_self_lookup_covers_are_not_walked_into() -> None:
+    run(_test_buckets_the_self_lookup_covers_are_not_walked_into)
+
+
+async def _test_buckets_the_self_lookup_covers_are_not_walked_into() -> None:
+    """The self-lookup's 20 closest reach down to common prefix c: every peer deeper
+    than c is among them, so only the buckets down to c are walked into."""
+    w = World()
+    everyone = [peer(i) for i in range(200)]
+    me = kad_key(SELF)
+    ranked = sorted(everyone, key=lambda p: int.from_bytes(kad_key(p), "big")
+                    ^ int.from_bytes(me, "big"))
+    closest = ranked[:20]
+    reach = min(common_prefix_len(me, kad_key(p)) for p in closest)
+    for p in ranked[:60]:
+        w.table.add(p)
+
+    async def lookup(key: bytes) -> list[bytes] | None:
+        w.lookups.append(key)
+        return closest if key == SELF else []
+
+    w.m.lookup = lookup
+    w.now = 1000.0
+    await w.m.refresh(Mode.NOT_FULL)
+    walked = [common_prefix_len(me, kad_key(k)) for k in w.lookups[1:]]
+    assert walked and max(walked) <= reach
+    # The buckets deeper than the reach count as refreshed, by the self-lookup.
+    deepest = min(w.table.deepest_cpl() + 1, MAX_REFRESH_CPL)
+    assert all(w.m.walked[c] == 1000.0 for c in range(reach + 1, deepest + 1))
+    assert reach + 1 <= deepest  # the case is not empty
+
+    # Fewer than k closest (a cut-short walk) cover nothing: every bucket with room.
+    w.lookups.clear()
+    w.m.walked.clear()
+    closest = closest[:5]
+    await w.m.refresh(Mode.NOT_FULL)
+    walked = [common_prefix_len(me, kad_key(k)) for k in w.lookups[1:]]
+    assert max(walked) > reach
+    # And Mode.ALL walks into every bucket whatever the self-lookup found.
+    w.lookups.clear()
+    closest = ranked[:20]
+    await w.m.refresh(Mode.ALL)
+    assert [common_prefix_len(me, kad_key(k)) for k in w.lookups[1:]] == list(range(deepest + 1))
