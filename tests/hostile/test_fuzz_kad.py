@@ -15,7 +15,7 @@ holds its RSS bound, logs no dhtd error and no traceback, and still answers an
 honest request. Examples are derandomized and bounded (about 20 s); a longer run
 reads ``FUZZ_EXAMPLES``::
 
-    FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/hostile/test_fuzz_kad.py
+    scripts/fuzz 2000     (both fuzzers; FUZZ_EXAMPLES=2000 for this file alone)
 """
 
 from __future__ import annotations

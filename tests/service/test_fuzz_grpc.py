@@ -20,7 +20,7 @@ The examples are derandomized (the same on every run) and bounded so that this
 file stays well under a minute. A longer run reads ``FUZZ_EXAMPLES``, the
 number of examples per test (default 30), for example::
 
-    FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/service/test_fuzz_grpc.py --timeout 3600
+    scripts/fuzz 2000     (both fuzzers; FUZZ_EXAMPLES=2000 for this file alone)
 """
 
 from __future__ import annotations
