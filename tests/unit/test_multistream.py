@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from dhtd.ids import encode_uvarint
 from dhtd.p2p import multistream as ms
 
 
@@ -137,3 +138,116 @@ def test_a_request_behind_a_refused_lazy_proposal_still_gets_the_na() -> None:
 
     trio.run(main)
     assert b"".join(listener.writes) == ms.encode(ms.HEADER, "na")
+
+
+@pytest.mark.parametrize(("data", "text"), [
+    (b"\x04abcd", "multistream message without a newline"),
+    (b"\x03\xff\xfe\n", "multistream message is not UTF-8"),
+    (b"\xff" * 10, "bad multistream length"),
+])
+def test_each_refusal_says_what_was_wrong(data: bytes, text: str) -> None:
+    with pytest.raises(ms.NegotiationError) as err:
+        ms.parse(bytearray(data))
+    assert str(err.value) == text
+
+
+def test_a_message_of_exactly_the_cap_is_read_and_one_byte_more_is_not() -> None:
+    body = b"/" + b"p" * (ms.MAX_MESSAGE - 2) + b"\n"
+    assert ms.parse(bytearray(encode_uvarint(len(body)) + body)) == body[:-1].decode()
+    longer = body[:-1] + b"p\n"
+    with pytest.raises(ms.NegotiationError) as err:
+        ms.parse(bytearray(encode_uvarint(len(longer)) + longer))
+    assert str(err.value) == f"multistream message of {ms.MAX_MESSAGE + 1} bytes"
+
+
+def test_has_message_only_when_the_whole_message_is_there() -> None:
+    end, _ = pipe()
+    whole = ms.encode("/kad/1.0.0")
+    end.plain += whole[:-1]
+    assert not end.has_message()
+    end.plain += whole[-1:]
+    assert end.has_message()
+
+
+def test_the_dialler_says_who_refused_what() -> None:
+    chosen, _, _, _ = negotiate(["/a", "/b"], {"/c"})
+    assert str(chosen) == "peer refused /a, /b"
+    dialler, listener = pipe()
+
+    async def main() -> None:
+        await listener.send(ms.encode(ms.HEADER, "/odd"))
+        with pytest.raises(ms.NegotiationError) as err:
+            await ms.select(dialler, ["/a"])
+        assert str(err.value) == "peer answered '/odd' to /a"
+        await listener.send(ms.encode("/multistream/2.0.0"))
+        with pytest.raises(ms.NegotiationError) as err:
+            await ms.expect_header(dialler)
+        assert str(err.value) == "peer does not speak multistream-select 1.0"
+
+    trio.run(main)
+
+
+class FakeStream:
+    def __init__(self, chunks: list[bytes | Exception]) -> None:
+        self.chunks = chunks
+        self.asked: list[int] = []
+        self.written: list[bytes] = []
+
+    async def read(self, n: int) -> bytes:
+        self.asked.append(n)
+        chunk = self.chunks.pop(0)
+        if isinstance(chunk, Exception):
+            raise chunk
+        return chunk
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize("end", [b"", EOFError("closed")])
+def test_a_stream_is_read_in_chunks_and_its_end_is_a_refusal(end: bytes | Exception) -> None:
+    message = ms.encode("/kad/1.0.0")
+    stream = FakeStream([message[:3], message[3:], end])
+    io = ms.StreamIO(stream)
+
+    async def main() -> None:
+        assert await io.message() == "/kad/1.0.0"
+        assert stream.asked == [ms.READ_CHUNK, ms.READ_CHUNK]
+        with pytest.raises(ms.NegotiationError) as err:
+            await io.message()
+        assert str(err.value) == "stream closed during negotiation"
+        assert io.plain == b""
+        io.queue_messages("na")
+        await io.flush()
+        assert stream.written == [ms.encode("na")]
+
+    trio.run(main)
+
+
+def test_a_long_odd_answer_is_quoted_cut_to_64_characters() -> None:
+    dialler, listener = pipe()
+
+    async def main() -> None:
+        await listener.send(ms.encode(ms.HEADER, "/" + "x" * 99))
+        with pytest.raises(ms.NegotiationError) as err:
+            await ms.select(dialler, ["/a"])
+        assert str(err.value) == f"peer answered {('/' + 'x' * 63)!r} to /a"
+
+    trio.run(main)
+
+
+def test_a_refusal_stands_when_the_na_cannot_be_sent() -> None:
+    """The "na" owed to a lazy dialler is best effort: a broken stream under it
+    leaves the refusal as it was."""
+    dialler, listener = pipe()
+
+    async def broken(data: bytes) -> None:
+        raise OSError("stream reset")
+
+    async def main() -> None:
+        await dialler.send(ms.encode(ms.HEADER, "/kad") + b"\x05hello")
+        listener.send = broken  # type: ignore[method-assign]
+        with pytest.raises(ms.NegotiationError):
+            await ms.handle(listener, {"/other"})
+
+    trio.run(main)

@@ -179,6 +179,8 @@ async def _test_buckets_the_self_lookup_covers_are_not_walked_into() -> None:
     await w.m.refresh(Mode.NOT_FULL)
     walked = [common_prefix_len(me, kad_key(k)) for k in w.lookups[1:]]
     assert walked and max(walked) <= reach
+    # The reach itself is walked into: its bucket may hold peers beyond the 20.
+    assert w.table.bucket_len(reach) < 20 and reach in walked
     # The buckets deeper than the reach count as refreshed, by the self-lookup.
     deepest = min(w.table.deepest_cpl() + 1, MAX_REFRESH_CPL)
     assert all(w.m.walked[c] == 1000.0 for c in range(reach + 1, deepest + 1))
