@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedStreamReset
 
 from dhtd import p2p
 from dhtd.ids import encode_uvarint
@@ -265,3 +266,48 @@ def test_an_inbound_stream_gets_na_for_unknown_protocols_and_a_bounded_number(
             assert (await a.request(b.self_id, new_message(4, KEY))).key == KEY
 
     trio.run(main)
+
+
+def test_an_inbound_stream_that_names_no_protocol_is_reset_at_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p2p, "NEGOTIATE_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        async with two_hosts() as (a, b, _):
+            (conn,) = muxed_conns(a, b.self_id)
+            stream = await conn.open_stream()
+            await stream.write(multistream.encode(multistream.HEADER))  # and nothing more
+            start = trio.current_time()
+            with trio.fail_after(5), pytest.raises(MuxedStreamReset):
+                while True:
+                    await stream.read(4096)  # the header comes back, then the reset
+            assert trio.current_time() - start < 2
+
+    trio.run(main)
+
+
+def test_notices_run_inline_a_raising_notifee_is_contained_and_stream_notices_skipped() -> None:
+    heard: list[str] = []
+
+    class Loud:
+        async def connected(self, network: Any, conn: Any) -> None:
+            raise RuntimeError("notifee bug")
+
+        async def opened_stream(self, network: Any, stream: Any) -> None:
+            heard.append("opened_stream")
+
+    class Quiet:
+        async def connected(self, network: Any, conn: Any) -> None:
+            heard.append("connected")
+
+    class Network:
+        notifees = [Loud(), Quiet()]
+
+    notify = p2p._inline_notices(Network())
+
+    async def main() -> None:
+        await notify("connected", object())
+        await notify("opened_stream", object())
+
+    trio.run(main)
+    assert heard == ["connected"]

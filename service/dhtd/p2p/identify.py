@@ -93,9 +93,6 @@ class Identifier:
             event.set()
         self._waiters.clear()
 
-    def protocols_changed(self) -> None:
-        self._reply = None
-
     # -- asking ----------------------------------------------------------------
 
     def schedule(self, peer_id: ID, *, reason: str = "") -> None:

@@ -316,14 +316,6 @@ class Upgrader:
     def _offered(self) -> list[str]:
         return self.muxers if self.offer_muxers else []
 
-    @property
-    def security_multistream(self) -> Any:
-        return self._fallback.security_multistream
-
-    @property
-    def muxer_multistream(self) -> Any:
-        return self._fallback.muxer_multistream
-
     async def upgrade_security(self, raw_conn: IRawConnection, is_initiator: bool,
                                peer_id: ID | None = None) -> ISecureConn:
         stream = _tcp_socket(raw_conn)
