@@ -223,7 +223,7 @@ def test_held_records_survive_reopening_with_their_accounting(tmp_path: Path) ->
         assert held.provider_count() == 0 and held.value_count() == 0
         db.close()
         db = RecordsDb.open(tmp_path)
-        for table in ("providers", "records", "provider_addrs"):
+        for table in ("provider_records", "records", "provider_peers"):
             assert db.conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
         db.close()
 
@@ -232,6 +232,11 @@ def test_held_records_survive_reopening_with_their_accounting(tmp_path: Path) ->
 
 
 def test_a_commit_lost_to_a_full_disk_is_forgotten_by_the_counts_too(tmp_path: Path) -> None:
+    """...and writes are then refused at once for 1 s, 2 s, 4 s ... (up to 30 s) while
+    they keep failing, so that a flood on a full disk cannot make the stores re-read
+    their counts every 50 ms; reads go on meanwhile."""
+    import trio.testing
+
     peer = b"\x00\x24" + b"\x01" * 36
 
     async def main() -> None:
@@ -247,16 +252,39 @@ def test_a_commit_lost_to_a_full_disk_is_forgotten_by_the_counts_too(tmp_path: P
                                         [b"\x04" + bytes(200)], 1000.0)
         db.commit()
         # What the failed transaction had added is gone from the file and the counts.
-        committed = db.conn.execute("SELECT count(*) FROM providers").fetchone()[0]
+        committed = db.conn.execute("SELECT count(*) FROM provider_records").fetchone()[0]
         assert held.providers.usage(peer) == held.provider_count() == committed == 1
         assert db.broken is not None
-        db.conn.execute("PRAGMA max_page_count = 1000000")
+        db.conn.execute("PRAGMA max_page_count = 1000000")  # room again
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        for _ in range(100):  # refused at once, not even tried, for the first second
+            with pytest.raises(StorageFull, match="is full"):
+                await held.add_provider(KEY_B, peer, [], 1001.0)
+        assert statements == []
+        assert [r.peer for r in await held.providers_of(KEY_A, 1001.0)] == [peer]
+        await trio.sleep(0.999)
+        with pytest.raises(StorageFull):
+            await held.add_provider(KEY_B, peer, [], 1001.0)
+        await trio.sleep(0.001)
         await held.add_provider(KEY_B, peer, [], 1001.0)  # writes resume once there is room
         db.commit()
         assert held.providers.usage(peer) == 2 and db.broken is None
+        # A failure again backs off 1 s: the write that went through reset the backoff.
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count = {pages}")
+        for backoff in (1.0, 2.0, 4.0):
+            with pytest.raises(StorageFull):
+                for i in range(5000):
+                    await held.add_provider(b"\x13\x20" + i.to_bytes(32, "big"), peer,
+                                            [b"\x04" + bytes(200)], 1002.0)
+            await trio.sleep(backoff - 0.001)
+            with pytest.raises(StorageFull):
+                await held.add_provider(KEY_B, peer, [], 1003.0)
+            await trio.sleep(0.001)
         db.close()
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 def test_a_corrupt_records_file_is_refused_or_moved_aside(tmp_path: Path) -> None:
@@ -264,7 +292,7 @@ def test_a_corrupt_records_file_is_refused_or_moved_aside(tmp_path: Path) -> Non
     with pytest.raises(CorruptDatabase, match=r"records\.db"):
         RecordsDb.open(tmp_path)
     db = RecordsDb.open(tmp_path, recover=True)
-    assert db.conn.execute("SELECT count(*) FROM providers").fetchone() == (0,)
+    assert db.conn.execute("SELECT count(*) FROM provider_records").fetchone() == (0,)
     db.close()
     moved = [p.name.split("-")[0] for p in tmp_path.glob("records.db.corrupt-*")]
     assert moved == ["records.db.corrupt"]
@@ -279,9 +307,9 @@ def test_records_are_committed_in_the_background_and_checkpointed_off_the_loop(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(held.run)
             await held.add_provider(KEY_A, b"\x00\x24" + b"\x01" * 36, [], 1000.0)
-            assert reader.execute("SELECT count(*) FROM providers").fetchone() == (0,)
+            assert reader.execute("SELECT count(*) FROM provider_records").fetchone() == (0,)
             with trio.fail_after(5):  # committed within COMMIT_DELAY (50 ms)
-                while reader.execute("SELECT count(*) FROM providers").fetchone() != (1,):  # noqa: ASYNC110
+                while reader.execute("SELECT count(*) FROM provider_records").fetchone() != (1,):  # noqa: ASYNC110
                     await trio.sleep(0.01)
             reader.close()
             # The store's own loop may be checkpointing too (its first commit starts
@@ -294,7 +322,7 @@ def test_records_are_committed_in_the_background_and_checkpointed_off_the_loop(
             copy = tmp_path / "copy.db"
             copy.write_bytes((tmp_path / "records.db").read_bytes())
             copied = sqlite3.connect(copy)
-            assert copied.execute("SELECT count(*) FROM providers").fetchone() == (1,)
+            assert copied.execute("SELECT count(*) FROM provider_records").fetchone() == (1,)
             copied.close()
             nursery.cancel_scope.cancel()
         db.close()
@@ -322,7 +350,7 @@ def test_records_commit_once_after_a_write_and_an_idle_store_never_wakes() -> No
             assert commits == []  # idle: no wake-ups at all
             for _ in range(3):  # three writes, one transaction, one commit
                 await db.call(lambda c: c.execute(
-                    "INSERT OR REPLACE INTO provider_addrs VALUES (x'01', x'')"))
+                    "INSERT OR REPLACE INTO provider_peers (id, peer) VALUES (1, x'01')"))
             await trio.sleep(1)
             assert commits == [pytest.approx(100.05)]
             assert not db.conn.in_transaction

@@ -8,7 +8,9 @@ dhtd's own node keeps it in state.db (tests/unit/test_state.py, tests/integratio
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +49,9 @@ def test_one_peer_holds_at_most_50000_records() -> None:
     """5% of the 1,000,000 records the store holds for others. The first 49,999 are
     written straight to the file (as a previous run left them) and read back."""
     conn = memory_connection()
-    conn.executemany("INSERT INTO providers (key, peer, received) VALUES (?, ?, ?)",
-                     ((key(i), b"flooder", NOW) for i in range(49_999)))
+    conn.execute("INSERT INTO provider_peers (id, peer) VALUES (7, ?)", (b"flooder",))
+    conn.executemany("INSERT INTO provider_records (key, peer, received) VALUES (?, 7, ?)",
+                     ((key(i), NOW) for i in range(49_999)))
     store = ProviderStore(conn)
     store.add(key(49_999), b"flooder", [], NOW)
     with pytest.raises(StoreFull) as refused:
@@ -272,7 +275,8 @@ def test_the_limits_must_be_positive() -> None:
 def test_records_go_to_the_connection_given() -> None:
     conn = memory_connection()
     ProviderStore(conn).add(key(1), b"p", [b"/a"], NOW)
-    assert conn.execute("SELECT peer FROM providers").fetchall() == [(b"p",)]
+    assert conn.execute("SELECT p.peer FROM provider_records r JOIN provider_peers p "
+                        "ON p.id = r.peer").fetchall() == [(b"p",)]
     again = ProviderStore(conn)  # counts read back from the file
     assert again.usage(b"p") == 1 and len(again) == 1 and again.keys_count == 1
 
@@ -288,3 +292,98 @@ def test_after_reopening_a_full_store_its_biggest_holder_still_pays() -> None:
     again.add(key(4), b"c", [], NOW + 2)
     assert again.get(key(1), NOW + 2) == []
     assert [again.usage(p) for p in (b"a", b"b", b"c")] == [1, 1, 1]
+
+
+# --- collection's cost, and the file's history -----------------------------------------------
+
+
+def test_collection_touches_nothing_until_a_holders_oldest_record_expires() -> None:
+    """collect() runs on every add: it must cost no SQL while nothing is due, and
+    then visit only the holders whose oldest record expired."""
+    conn = memory_connection()
+    store = ProviderStore(conn, validity=HOUR)
+    for i in range(50):
+        store.add(key(i), b"peer-%d" % (i % 5), [b"/x"], NOW + 10 * i)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert store.collect(NOW + HOUR - 1, 100) == 0 and statements == []
+    # Only the first record (peer-0's, at NOW) has expired at NOW+HOUR+2.
+    assert store.collect(NOW + HOUR + 2, 100) == 1
+    assert statements and all("peer = 1" in s or "DELETE" in s for s in statements
+                              if "provider_records" in s and "WHERE" in s)
+    conn.set_trace_callback(None)
+    assert [store.usage(b"peer-%d" % p) for p in range(5)] == [9, 10, 10, 10, 10]
+    # A budget caps the removals: the others wait for the next call.
+    assert store.collect(NOW + HOUR + 100, 3) == 3 and len(store) == 46
+    assert store.expire(NOW + HOUR + 100) == 7 and len(store) == 39
+    assert store.expire(NOW + 2 * HOUR) == 39 and len(store) == 0
+
+
+def test_a_refresh_postpones_a_holders_collection() -> None:
+    store = ProviderStore(validity=HOUR)
+    store.add(key(1), b"p", [], NOW)
+    store.add(key(1), b"p", [], NOW + 100)  # refreshed
+    assert store.collect(NOW + HOUR + 1, 10) == 0 and len(store) == 1
+    assert store.collect(NOW + HOUR + 100, 10) == 1 and len(store) == 0
+
+
+def test_holders_that_come_and_go_leave_no_trace_in_memory() -> None:
+    """A holder whose last record is collected is forgotten, row and all; the
+    collection schedule does not grow with holders that left."""
+    conn = memory_connection()
+    store = ProviderStore(conn, validity=HOUR)
+    for i in range(2000):  # one record each, 10 s apart: about 360 live at a time
+        store.add(key(i), b"n%d" % i, [b"/n"], NOW + 10 * i)
+    live = [i for i in range(2000) if store.usage(b"n%d" % i)]
+    assert live == list(range(2000 - 360, 2000)) and len(store) == 360
+    assert len(store._due) <= 2 * 360 + 64  # (the bound under test)
+    assert conn.execute("SELECT count(*) FROM provider_peers").fetchone() == (360,)
+
+
+def test_a_refusal_after_collecting_leaves_the_counts_equal_to_the_file() -> None:
+    """An add first collects expired records, then may be refused: what it collected
+    stays collected, in the file and in the counts alike (a rollback of the
+    collection alone would leave the counts short of the file)."""
+    import trio
+
+    from dhtd.stores import HeldRecords, RecordsDb
+    from dhtd.stores.values import ValueStore
+
+    async def main() -> None:
+        db = RecordsDb.memory()
+        held = HeldRecords(db, ProviderStore(db.conn, validity=HOUR, max_per_key=1),
+                           ValueStore(db.conn))
+        await held.add_provider(key(1), b"gone", [], NOW)
+        await held.add_provider(key(2), b"live", [], NOW + HOUR - 1)
+        with pytest.raises(StoreFull, match="too many providers for this key"):
+            await held.add_provider(key(2), b"late", [], NOW + HOUR + 1)
+        rows = db.conn.execute("SELECT count(*) FROM provider_records").fetchone()[0]
+        assert held.provider_count() == rows == 1
+        assert held.providers.usage(b"gone") == 0 and held.providers.usage(b"live") == 1
+
+    trio.run(main)
+
+
+def test_records_of_the_first_schema_are_carried_over(tmp_path: Path) -> None:
+    """A records.db of schema 1 (peers by ID, addresses apart) opens as schema 2 with
+    every record, its received time and its peer's addresses."""
+    from dhtd.state.db import migrate, pack_addrs
+    from dhtd.stores import RecordsDb
+    from dhtd.stores.db import MIGRATIONS
+
+    path = tmp_path / "records.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    migrate(old, path, MIGRATIONS[:1])
+    old.executemany("INSERT INTO providers VALUES (?, ?, ?)",
+                    [(key(1), b"a", NOW), (key(2), b"a", NOW + 1), (key(1), b"b", NOW + 2)])
+    old.execute("INSERT INTO provider_addrs VALUES (?, ?)", (b"a", pack_addrs([b"/a1", b"/a2"])))
+    old.close()
+    db = RecordsDb.open(tmp_path)
+    assert db.conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),) == (2,)
+    store = ProviderStore(db.conn)
+    assert store.get(key(1), NOW + 3) == [ProviderRecord(b"b", (), NOW + 2 + DAY2),
+                                          ProviderRecord(b"a", (b"/a1", b"/a2"), NOW + DAY2)]
+    assert [store.usage(p) for p in (b"a", b"b")] == [2, 1] and len(store) == 3
+    tables = {name for (name,) in db.conn.execute("SELECT name FROM sqlite_master")}
+    assert not tables & {"providers", "provider_addrs"}
+    db.close()

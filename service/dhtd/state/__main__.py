@@ -66,7 +66,7 @@ def stats(db: Database, records: RecordsDb) -> dict[str, object]:
         "provided_never_announced": never,
         "published": count("published"),
         "saved_peers": count("peers"),
-        "provider_records": held("providers"),
+        "provider_records": held("provider_records"),
         "value_records": held("records"),
         "bytes": _size(db.data_dir),
     }

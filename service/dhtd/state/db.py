@@ -370,6 +370,9 @@ def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[str]) -> 
             f"({len(migrations)}): run the newer dhtd, or another --data-dir"
         )
     for number in range(version, len(migrations)):
+        if version:  # (a new file is not news)
+            log.info("migrating %s to schema version %d", path.name, number + 1,
+                     extra={"file": str(path)})
         # One transaction per step: a crash mid-migration leaves the old version.
         conn.executescript(
             f"BEGIN IMMEDIATE;\n{migrations[number]}\nPRAGMA user_version = {number + 1};\nCOMMIT;"

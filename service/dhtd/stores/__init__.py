@@ -68,13 +68,16 @@ class HeldRecords:
     async def add_provider(self, key: bytes, peer: bytes, addrs: Sequence[bytes], now: float
                            ) -> ProviderRecord:
         """ProviderStore.add: raises StoreFull, InvalidRecord, or a storage error."""
-        return await self._db.call(lambda _: self.providers.add(key, peer, addrs, now))
+        return await self._db.call(lambda _: self.providers.add(key, peer, addrs, now),
+                                   atomic=False)
 
     async def providers_of(self, key: bytes, now: float) -> list[ProviderRecord]:
-        return await self._db.call(lambda _: self.providers.get(key, now))
+        return await self._db.call(lambda _: self.providers.get(key, now), atomic=False,
+                                   write=False)
 
     async def collect_providers(self, now: float, budget: int) -> int:
-        return await self._db.call(lambda _: self.providers.collect(now, budget))
+        return await self._db.call(lambda _: self.providers.collect(now, budget),
+                                   atomic=False)
 
     def provider_count(self) -> int:
         """Provider records held (from memory, at once)."""
@@ -89,7 +92,7 @@ class HeldRecords:
         return await self._db.call(lambda _: self.values.put(key, value, now, owner, select))
 
     async def value_of(self, key: bytes, now: float) -> StoredRecord | None:
-        return await self._db.call(lambda _: self.values.get(key, now))
+        return await self._db.call(lambda _: self.values.get(key, now), write=False)
 
     async def collect_values(self, now: float, budget: int) -> int:
         return await self._db.call(lambda _: self.values.collect(now, budget))

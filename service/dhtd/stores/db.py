@@ -68,6 +68,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX records_by_received ON records (received);
     CREATE INDEX records_by_owner ON records (owner, received);
     """,
+    # 2: provider records name their peer by row number (half the bytes per record
+    # and index entry, so ingest at 1,000,000 records dirties fewer pages), and are
+    # collected per holder through (peer, received): no index by time alone.
+    """
+    CREATE TABLE provider_peers (
+        id INTEGER PRIMARY KEY,
+        peer BLOB NOT NULL UNIQUE,      -- the provider's peer ID
+        addrs BLOB NOT NULL DEFAULT x'' -- binary multiaddrs, varint-length-prefixed
+    );
+    INSERT INTO provider_peers (peer, addrs)
+        SELECT h.peer, coalesce(a.addrs, x'')
+        FROM (SELECT DISTINCT peer FROM providers) h
+        LEFT JOIN provider_addrs a ON a.peer = h.peer;
+    CREATE TABLE provider_records (
+        key BLOB NOT NULL,              -- multihash the record is for
+        peer INTEGER NOT NULL,          -- provider_peers.id: who sent it and pays for it
+        received REAL NOT NULL,         -- epoch seconds; the record lasts 48 h from here
+        PRIMARY KEY (key, peer)
+    ) WITHOUT ROWID;
+    INSERT INTO provider_records (key, peer, received)
+        SELECT r.key, p.id, r.received FROM providers r JOIN provider_peers p ON p.peer = r.peer;
+    CREATE INDEX provider_records_by_peer ON provider_records (peer, received);
+    DROP TABLE providers;
+    DROP TABLE provider_addrs;
+    """,
 )
 
 # Ours: how long writes wait in the open transaction before they are committed
@@ -79,6 +104,14 @@ COMMIT_DELAY = 0.05
 # sooner (pages of 4 KiB: 16 MiB).
 CHECKPOINT_INTERVAL = 10.0
 CHECKPOINT_PAGES = 4096
+
+# Ours: after a failed write undid the open transaction, writes are refused at once
+# (with the same error) for WRITE_BACKOFF, doubling up to WRITE_BACKOFF_MAX while
+# they keep failing. Each such failure costs a re-read of the stores' counts (about
+# 150 ms at 1,000,000 records): a flood of ADD_PROVIDERs on a full disk must not
+# be able to make the node do that every COMMIT_DELAY.
+WRITE_BACKOFF = 1.0
+WRITE_BACKOFF_MAX = 30.0
 
 # Ours: SQLite's page cache for this file, the bounded in-memory cache of records.
 CACHE_KIB = 32 * 1024
@@ -95,6 +128,10 @@ class RecordsDb:
         self.conn = conn
         self.path = path  # None: in memory
         self.broken: str | None = None
+        self._refusal: Exception | None = None  # raised by writes until _refuse_until
+        self._refuse_until = 0.0  # trio time
+        self._backoff = WRITE_BACKOFF
+        self._changes = conn.total_changes  # as of the last commit or failure
         # Called after SQLite undid writes that a store counted (a failed commit),
         # so that the stores read their counts again.
         self.on_rollback: list[Callable[[sqlite3.Connection], None]] = []
@@ -117,18 +154,26 @@ class RecordsDb:
         """An in-memory database: keeps nothing (dev peers, tests)."""
         return cls(memory_connection(), None)
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs ``fn`` on the connection, in a savepoint of the open transaction.
+    async def call(self, fn: Callable[[sqlite3.Connection], T], atomic: bool = True,
+                   write: bool = True) -> T:
+        """Runs ``fn`` on the connection, in the open transaction.
 
-        An exception from ``fn`` undoes what it wrote and is raised; an SQLite
-        error is raised as StorageFull or StorageUnavailable."""
+        With ``atomic``, ``fn`` runs in a savepoint: an exception from it undoes
+        what it wrote. Without, ``fn`` must itself leave its tables and its state
+        in memory in agreement at every statement (it saves two statements a
+        call). An exception is raised as it came, an SQLite error as StorageFull
+        or StorageUnavailable. A ``write`` is refused at once with the last such
+        error while the file backs off after a failure (WRITE_BACKOFF)."""
         await trio.lowlevel.checkpoint()
+        if write and self._refusal is not None and trio.current_time() < self._refuse_until:
+            raise type(self._refusal)(str(self._refusal))
         conn = self.conn
         try:
             if not conn.in_transaction:
                 conn.execute("BEGIN")
                 self._written.set()
-            conn.execute("SAVEPOINT job")
+            if atomic:
+                conn.execute("SAVEPOINT job")
         except sqlite3.Error as exc:
             raise self._failed(exc) from None
         try:
@@ -137,12 +182,14 @@ class RecordsDb:
             if not conn.in_transaction:
                 # SQLite ended the whole transaction (a full disk, an I/O error).
                 raise self._failed(exc) from None
-            conn.execute("ROLLBACK TO job")
-            conn.execute("RELEASE job")
+            if atomic:
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
             if isinstance(exc, sqlite3.Error):
                 raise self._failed(exc, rolled_back=False) from None
             raise
-        conn.execute("RELEASE job")
+        if atomic:
+            conn.execute("RELEASE job")
         return result
 
     def commit(self) -> None:
@@ -156,6 +203,9 @@ class RecordsDb:
             self._failed(exc)
             return
         self.broken = None
+        if self.conn.total_changes != self._changes:  # a write went through: no backoff
+            self._refusal, self._backoff = None, WRITE_BACKOFF
+        self._changes = self.conn.total_changes
 
     def _failed(self, exc: Exception, rolled_back: bool = True) -> Exception:
         """The error to raise for ``exc``; if SQLite undid the transaction (or we
@@ -165,9 +215,14 @@ class RecordsDb:
             log.error("records.db write failed", extra={"error": str(error)})
         self.broken = str(error)
         if rolled_back:
+            with contextlib.suppress(RuntimeError):  # (outside trio: closing)
+                self._refuse_until = trio.current_time() + self._backoff
+                self._refusal = error
+                self._backoff = min(2 * self._backoff, WRITE_BACKOFF_MAX)
             with contextlib.suppress(sqlite3.Error):
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
+            self._changes = self.conn.total_changes
             for hook in self.on_rollback:
                 hook(self.conn)
         return error

@@ -19,7 +19,8 @@ accounting here, in memory:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
 
 Owner = bytes | None
 """A peer ID; None is this node itself (exempt from every share)."""
@@ -29,26 +30,30 @@ class StoreFull(Exception):
     """The store refused an entry: its owner is over its share, or the store is full."""
 
 
-class Usage:
+K = TypeVar("K", bound=Hashable)
+
+
+class Usage(Generic[K]):
     """What each owner holds, and the owners biggest first, in O(log owners).
 
     ``total`` is the sum over owners. The biggest owner comes from a heap of
-    (-usage, owner) pairs pushed at every change; stale pairs are skipped when
-    popped and dropped when they dominate."""
+    (-usage, owner) pairs pushed at every change, so every owner has one pair
+    that is up to date; stale pairs are skipped when met and dropped when they
+    dominate. (Owners are peer IDs, or the provider store's row numbers for them.)"""
 
     def __init__(self) -> None:
         self.total = 0
-        self._usage: dict[bytes, int] = {}
-        self._heap: list[tuple[int, bytes]] = []
+        self._usage: dict[K, int] = {}
+        self._heap: list[tuple[int, K]] = []
 
-    def __getitem__(self, owner: bytes) -> int:
+    def __getitem__(self, owner: K) -> int:
         return self._usage.get(owner, 0)
 
     def __len__(self) -> int:
         """Owners holding anything."""
         return len(self._usage)
 
-    def charge(self, owner: bytes, delta: int) -> int:
+    def charge(self, owner: K, delta: int) -> int:
         """Adds ``delta`` to ``owner``'s usage (negative to refund); returns the new usage."""
         usage = self._usage.get(owner, 0) + delta
         self.total += delta
@@ -60,24 +65,29 @@ class Usage:
             self._usage.pop(owner, None)
         return usage
 
-    def reset(self, usage: dict[bytes, int]) -> None:
+    def reset(self, usage: dict[K, int]) -> None:
         """Replaces every owner's usage (e.g. as read back from a file)."""
         self._usage = {o: u for o, u in usage.items() if u > 0}
         self.total = sum(self._usage.values())
         self._heap = [(-u, o) for o, u in self._usage.items()]
         heapq.heapify(self._heap)
 
-    def biggest(self) -> bytes | None:
-        """The owner holding the most (None if nobody holds anything)."""
-        for owner in self.biggest_first():
-            return owner
+    def biggest(self) -> K | None:
+        """The owner holding the most (None if nobody holds anything), in O(1)
+        amortized: stale pairs on top of the heap are dropped on the way."""
+        heap = self._heap
+        while heap:
+            neg, owner = heap[0]
+            if self._usage.get(owner, 0) == -neg:
+                return owner
+            heapq.heappop(heap)
         return None
 
-    def biggest_first(self) -> Iterator[bytes]:
+    def biggest_first(self) -> Iterator[K]:
         """Owners by usage, biggest first. Usage may change between yields (an
         eviction): the heap is repaired when the iteration ends."""
-        seen: set[bytes] = set()
-        popped: list[tuple[int, bytes]] = []
+        seen: set[K] = set()
+        popped: list[tuple[int, K]] = []
         try:
             while self._heap:
                 neg, owner = heapq.heappop(self._heap)

@@ -93,7 +93,7 @@ class ValueStore:
         self.max_bytes = max_bytes
         self.per_peer = per_peer
         self.max_age = max_age
-        self._usage = Usage()
+        self._usage: Usage[bytes] = Usage()
         self._count: int  # set by reload
         self.reload()
 
