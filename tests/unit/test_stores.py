@@ -48,6 +48,29 @@ def test_usage_keeps_its_heap_bounded_through_many_changes() -> None:
     assert list(usage.biggest_first()) == sorted((b"a", b"b", b"c"), key=lambda o: -usage[o])
 
 
+def test_usage_knows_the_biggest_right_after_its_heap_was_rebuilt() -> None:
+    usage = Usage()
+    for _ in range(69):  # the 69th pair passes 4 * 1 + 64: the heap is rebuilt
+        usage.charge(b"a", 1)
+    assert len(usage._heap) == 1 and usage.biggest() == b"a"
+    assert list(usage.biggest_first()) == [b"a"]
+
+
+def test_usage_never_names_an_owner_that_holds_nothing() -> None:
+    usage: Usage[bytes] = Usage()
+    usage.charge(b"a", 1)
+    usage.charge(b"a", -1)  # its (-1, a) pair is stale now
+    assert usage.biggest() is None and list(usage.biggest_first()) == []
+
+
+def test_usage_names_each_owner_once_though_its_pair_was_pushed_twice() -> None:
+    usage: Usage[bytes] = Usage()
+    for delta in (1, 1, -1):  # pairs (-1, a), (-2, a), (-1, a): two valid ones
+        usage.charge(b"a", delta)
+    usage.charge(b"b", 1)
+    assert sorted(usage.biggest_first()) == [b"a", b"b"]
+
+
 # --- ProviderStore ------------------------------------------------------------------------
 
 

@@ -311,6 +311,12 @@ def test_collection_touches_nothing_until_a_holders_oldest_record_expires() -> N
     assert store.collect(NOW + HOUR + 2, 100) == 1
     assert statements and all("peer = 1" in s or "DELETE" in s for s in statements
                               if "provider_records" in s and "WHERE" in s)
+    # peer-0 is due again when its next record expires (NOW+50+HOUR), peer-1 at
+    # NOW+10+HOUR: nothing to do before, in this store or one reopened on the file.
+    statements.clear()
+    assert store.collect(NOW + HOUR + 9, 100) == 0
+    assert ProviderStore(conn, validity=HOUR).collect(NOW + HOUR + 9, 100) == 0
+    assert [s for s in statements if "FROM provider_records WHERE peer" in s] == []
     conn.set_trace_callback(None)
     assert [store.usage(b"peer-%d" % p) for p in range(5)] == [9, 10, 10, 10, 10]
     # A budget caps the removals: the others wait for the next call.
@@ -327,6 +333,61 @@ def test_a_refresh_postpones_a_holders_collection() -> None:
     assert store.collect(NOW + HOUR + 100, 10) == 1 and len(store) == 0
 
 
+def test_a_visit_that_finds_nothing_still_counts_against_the_budget() -> None:
+    """A refreshed record leaves its holder's entry early; visiting it costs a visit,
+    and a budget of 1 then leaves the next holder for the next call."""
+    store = ProviderStore(validity=HOUR)
+    store.add(key(1), b"early", [], NOW)
+    store.add(key(3), b"early too", [], NOW + 1)
+    store.add(key(2), b"late", [], NOW + 50)
+    store.add(key(1), b"early", [], NOW + 100)  # refreshed: expires at NOW+100+HOUR
+    store.add(key(3), b"early too", [], NOW + 100)
+    assert store.collect(NOW + HOUR + 60, 1) == 0 and store.collect(NOW + HOUR + 60, 1) == 0
+    assert len(store) == 3
+    assert store.collect(NOW + HOUR + 60, 1) == 1 and store.usage(b"late") == 0
+    store.add(key(2), b"late", [], NOW + 200)
+    store.add(key(2), b"late", [], NOW + 300)  # early entries for two holders again
+    store.add(key(1), b"early", [], NOW + 400)
+    store.add(key(4), b"due", [], NOW + 250)
+    # Visits in due order: "early" (refreshed: nothing to remove), "early too" (its
+    # record expired: removed); a budget of 2 visits ends there, before "due".
+    assert store.collect(NOW + HOUR + 260, 2) == 1 and store.usage(b"due") == 1
+
+
+def test_a_holder_that_left_by_a_keys_cap_is_passed_over() -> None:
+    """A holder whose last record went to make room under a full key leaves its entry
+    in the schedule; when it comes due it is skipped, and the next holder is visited."""
+    store = ProviderStore(validity=HOUR, max_per_key=1)
+    for i in range(4):  # the four that the next add's collection takes
+        store.add(key(10 + i), b"p%d" % i, [], NOW + i)
+    store.add(key(1), b"gone", [], NOW + 10)
+    store.add(key(2), b"next", [], NOW + 20)
+    store.add(key(1), b"newcomer", [], NOW + HOUR + 30)  # key(1)'s expired record goes
+    assert store.usage(b"gone") == 0 and store.usage(b"next") == 1 and len(store) == 2
+    assert store.collect(NOW + HOUR + 30, 10) == 1 and store.usage(b"next") == 0
+
+
+def test_a_holder_that_left_and_came_back_is_found_with_its_addresses() -> None:
+    store = ProviderStore(validity=HOUR)
+    store.add(key(1), b"p", [b"/old"], NOW)
+    assert store.expire(NOW + HOUR) == 1 and store.usage(b"p") == 0
+    store.add(key(2), b"p", [b"/old"], NOW + HOUR)
+    assert store.get(key(2), NOW + HOUR) == [ProviderRecord(b"p", (b"/old",), NOW + 2 * HOUR)]
+
+
+def test_a_peers_unchanged_addresses_are_not_written_again() -> None:
+    conn = memory_connection()
+    store = ProviderStore(conn)
+    store.add(key(1), b"p", [b"/a"], NOW)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    store.add(key(2), b"p", [b"/a"], NOW + 1)
+    assert not [s for s in statements if s.startswith("UPDATE provider_peers")]
+    store.add(key(3), b"p", [b"/b"], NOW + 2)
+    assert len([s for s in statements if s.startswith("UPDATE provider_peers")]) == 1
+    assert store.get(key(1), NOW + 3)[0].addrs == (b"/b",)
+
+
 def test_holders_that_come_and_go_leave_no_trace_in_memory() -> None:
     """A holder whose last record is collected is forgotten, row and all; the
     collection schedule does not grow with holders that left."""
@@ -336,7 +397,7 @@ def test_holders_that_come_and_go_leave_no_trace_in_memory() -> None:
         store.add(key(i), b"n%d" % i, [b"/n"], NOW + 10 * i)
     live = [i for i in range(2000) if store.usage(b"n%d" % i)]
     assert live == list(range(2000 - 360, 2000)) and len(store) == 360
-    assert len(store._due) <= 2 * 360 + 64  # (the bound under test)
+    assert len(store._due) <= 361 and len(store._addrs_seen) <= 360  # (the bounds under test)
     assert conn.execute("SELECT count(*) FROM provider_peers").fetchone() == (360,)
 
 

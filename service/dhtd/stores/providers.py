@@ -125,12 +125,15 @@ class ProviderStore:
         self._per_peer = per_peer
         self._max_per_key = max_per_key
         self._usage: Usage[int] = Usage()  # by provider_peers.id
-        self._ids: dict[bytes, int] = {}  # peers holding records -> their row
-        self._peers: dict[int, bytes] = {}
-        self._addrs_seen: dict[int, int] = {}  # holder -> hash of the addresses last stored
-        # When each holder's oldest record expires (lazily: an entry may be early,
-        # or name a peer that holds nothing any more): what collect() visits.
-        self._due: list[tuple[float, int]] = []
+        # (all four filled by reload)
+        self._ids: dict[bytes, int]  # peers holding records -> their row
+        self._peers: dict[int, bytes]
+        self._addrs_seen: dict[int, int]  # holder -> hash of the addresses last stored
+        # When each holder's oldest record expires, lazily: an entry may be early (a
+        # refresh), or name a holder whose last record went by a key's cap; each is
+        # used up when it comes due, so there are at most about as many entries as
+        # holders. What collect() visits.
+        self._due: list[tuple[float, int]]
         self.reload()
 
     def reload(self) -> None:
@@ -196,8 +199,7 @@ class ProviderStore:
             self._expire_key(key, now)
             if db.execute(_AT_KEY, (None, key)).fetchone()[0] >= self._max_per_key:
                 raise StoreFull("too many providers for this key")
-        pid = self._ids.get(peer)
-        after = (self._usage[pid] if pid is not None else 0) + 1
+        after = self.usage(peer) + 1
         if after > self._per_peer:
             raise StoreFull(f"this peer's share of the store is used up ({self._per_peer} units)")
         if self._usage.total + 1 <= self._max_records:
@@ -219,8 +221,8 @@ class ProviderStore:
                 for peer, received, addrs in rows]
 
     def _addrs_of(self, pid: int) -> tuple[bytes, ...]:
-        row = self._db.execute(_ADDRS, (pid,)).fetchone()
-        return unpack_addrs(bytes(row[0])) if row else ()
+        """The addresses of a holder (whose row exists while it holds a record)."""
+        return unpack_addrs(bytes(self._db.execute(_ADDRS, (pid,)).fetchone()[0]))
 
     def _expire_key(self, key: bytes, now: float) -> None:
         rows = self._db.execute(_EXPIRED_AT_KEY, (key, now - self.validity)).fetchall()
@@ -257,23 +259,17 @@ class ProviderStore:
                 if not rows:  # early (rounding): not again in this call
                     at = max(at, now + 1e-3)
                 heapq.heappush(due, (at, pid))
-        if len(due) > 2 * len(self._usage) + 64:  # drop the entries of departed holders
-            self._due = [(t, pid) for t, pid in due if self._usage[pid]]
-            heapq.heapify(self._due)
         return removed
 
     def expire(self, now: float) -> int:
         """Removes every record expired at ``now`` (tests and shutdown; the node
         collects incrementally with :meth:`collect`)."""
-        removed = 0
-        while (batch := self.collect(now, max(len(self), 1))) > 0:
-            removed += batch
-        return removed
+        # One call visits every holder due (there are at most len(self) of them).
+        return self.collect(now, max(len(self), 1))
 
     def usage(self, peer: bytes) -> int:
         """Records paid for by ``peer``."""
-        pid = self._ids.get(peer)
-        return self._usage[pid] if pid is not None else 0
+        return self._usage[self._ids.get(peer, -1)]  # (rows are numbered from 1)
 
     @property
     def keys_count(self) -> int:
