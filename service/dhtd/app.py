@@ -26,6 +26,7 @@ from dht.v1 import dht_pb2, dht_pb2_grpc
 from dhtd.addrs import format_addr, loopback_dial_addr, parse_listen_addr
 from dhtd.api.interceptor import EdgeInterceptor
 from dhtd.api.servicer import MAX_VALUE_BYTES, SERVER_OPTIONS, DhtServicer, NodeServicer
+from dhtd.blocks import parse_source
 from dhtd.bridge import Bridge, start_trio
 from dhtd.config import Config
 from dhtd.httpd import OpsServer
@@ -204,7 +205,9 @@ async def serve(config: Config) -> None:
                            limited=(DHT_SERVICE, NODE_SERVICE))
     server = grpc.aio.server(interceptors=[edge], options=SERVER_OPTIONS)
     dht_pb2_grpc.add_DhtServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        DhtServicer(node, bridge, config.query_timeout), server)
+        DhtServicer(node, bridge, config.query_timeout,
+                    [parse_source(text, config.block_source_timeout)
+                     for text in config.block_sources]), server)
     dht_pb2_grpc.add_NodeServiceServicer_to_server(  # type: ignore[no-untyped-call]
         NodeServicer(node, bridge, config.query_timeout), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

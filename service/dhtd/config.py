@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dhtd
 from dhtd.addrs import parse_dial_addr, parse_listen_addr
+from dhtd.blocks.sources import DEFAULT_SOURCE_TIMEOUT, parse_source
 from dhtd.errors import InvalidArgument
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:50051"
@@ -41,6 +42,8 @@ DEFAULT_REFRESH_INTERVAL = 600.0
 DEFAULT_CONN_LOW_WATER = 128
 DEFAULT_CONN_HIGH_WATER = 192
 DEFAULT_CONN_GRACE = 20.0
+# Ours: --block-source given more often is a mistake (each is tried in turn).
+MAX_BLOCK_SOURCES = 16
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
 # dht.v1 calls in flight at once (server streams until they end); one more gets
@@ -89,6 +92,8 @@ class Config:
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     republish_interval: float = DEFAULT_REPUBLISH_INTERVAL
     db_recover: bool = False
+    block_sources: tuple[str, ...] = ()
+    block_source_timeout: float = DEFAULT_SOURCE_TIMEOUT
 
     @property
     def protocol_id(self) -> str:
@@ -177,6 +182,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    "down to --conn-low-water (default %(default)s)")
     p.add_argument("--conn-grace", default=env("conn-grace", str(DEFAULT_CONN_GRACE)),
                    help="seconds a new connection is never trimmed (default %(default)s)")
+    p.add_argument("--block-source", action="append", default=None,
+                   help="where recursive Provide reads DAGs: file:///dir (CAR files) or "
+                   "http(s)://host:port (an IPFS trustless gateway); repeatable, tried in order")
+    p.add_argument("--block-source-timeout",
+                   default=env("block-source-timeout", str(DEFAULT_SOURCE_TIMEOUT)),
+                   help="seconds a block source may take to connect or to send more, "
+                   "before it counts as unavailable (default %(default)s)")
     p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
                    help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
                    "(default %(default)s)")
@@ -184,6 +196,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         _env_listen=env_list("listen", [DEFAULT_LISTEN]),
         _env_bootstrap=env_list("bootstrap", []),
         _env_namespace=env_list("namespace", []),
+        _env_block_source=env_list("block-source", []),
     )
     return p
 
@@ -240,6 +253,20 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             bootstrap.append(parse_dial_addr(text, "--bootstrap"))
         except InvalidArgument as exc:
             problems.append(f"--bootstrap: {text!r}: {exc.reason}")
+
+    block_sources: list[str] = []
+    for text in args.block_source or args._env_block_source:
+        try:
+            parse_source(text.strip())
+        except ValueError as exc:
+            problems.append(f"--block-source: {text!r}: {exc}")
+        else:
+            block_sources.append(text.strip())
+    if len(block_sources) > MAX_BLOCK_SOURCES:
+        problems.append(f"--block-source: {len(block_sources)} given, at most "
+                        f"{MAX_BLOCK_SOURCES}")
+    source_timeout = _number(args.block_source_timeout, "block-source-timeout", problems,
+                             low=0.1, high=3600)
 
     metrics: tuple[str, int] | None = None
     if args.metrics_addr.strip().lower() != "off":
@@ -317,4 +344,6 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         max_concurrent_rpcs=max_rpcs,
         republish_interval=republish,
         db_recover=recover in ("true", "1", "yes"),
+        block_sources=tuple(block_sources),
+        block_source_timeout=source_timeout,
     )

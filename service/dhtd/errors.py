@@ -65,6 +65,10 @@ class InvalidRecord(DhtdError):
     """A record failed its namespace's validator."""
 
 
+class DataLoss(DhtdError):
+    """Data dhtd was given is corrupt (a block that does not hash to its CID)."""
+
+
 class ResourceExhausted(DhtdError):
     """dhtd is at one of its limits (e.g. calls in flight); the message names the limit,
     and the same request may succeed later."""

@@ -680,14 +680,16 @@ class DhtNode:
         return stored
 
     async def provide(
-        self, keys: Sequence[bytes], emit: Callable[[int, QueryEvent], None], timeout: float
+        self, keys: Sequence[bytes], emit: Callable[[int, QueryEvent], None], timeout: float,
+        strict: bool = True,
     ) -> list[int]:
         """Announces this node as a provider of each key (a multihash).
 
         ``emit`` gets the index of the key with each event (a key given twice is
         walked once, under its first index). The keys are committed to the
         provide set before the first event. Returns the number of peers that
-        took each announcement; Unavailable if any took none."""
+        took each announcement; Unavailable if any took none, unless not
+        ``strict`` (then its count is 0)."""
         if not self.table:
             raise Unavailable(NO_PEERS)
         async with self._operation("provide", timeout):
@@ -731,7 +733,7 @@ class DhtNode:
                 self._announcing -= mine
             counts = [counts[first[key]] for key in keys]
             missed = [i for i, n in enumerate(counts) if n == 0]
-            if missed:
+            if missed and strict:
                 raise Unavailable(
                     f"no peer accepted the provider record of {len(missed)} of "
                     f"{len(keys)} CIDs (first: index {missed[0]})"

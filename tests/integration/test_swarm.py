@@ -176,12 +176,13 @@ def test_malformed_input_is_invalid_argument(
     assert err.value.details().startswith(f"{field}:"), err.value.details()
 
 
-def test_recursive_provide_is_failed_precondition(five: list[Node]) -> None:
+def test_recursive_provide_without_a_block_source_is_failed_precondition(
+        five: list[Node]) -> None:
     call = five[0].dht.Provide(pb.ProvideRequest(cids=[UNKNOWN_CID], recursive=True), timeout=5)
     with pytest.raises(grpc.RpcError) as err:
         list(call)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "recursive" in err.value.details()
+    assert "--block-source" in err.value.details()
 
 
 def test_info_describes_the_node(five: list[Node]) -> None:

@@ -39,6 +39,7 @@ EXIT_CODES = {
     "UNAVAILABLE": 6,
     "FAILED_PRECONDITION": 7,
     "CANCELLED": 8,
+    "DATA_LOSS": 9,
 }
 
 

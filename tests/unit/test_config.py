@@ -342,3 +342,29 @@ def test_maintenance_and_connection_flags_and_variables() -> None:
     config = load([], env)
     assert (config.conn_low_water, config.conn_high_water) == (5, 6)
     assert (config.conn_grace, config.refresh_interval) == (1.0, 2.0)
+
+
+def test_block_sources_from_flags_or_a_variable(tmp_path: Path) -> None:
+    config = load(["--block-source", f"file://{tmp_path}", "--block-source",
+                   "http://127.0.0.1:8080", "--block-source-timeout", "2.5"], BASE_ENV)
+    assert config.block_sources == (f"file://{tmp_path}", "http://127.0.0.1:8080")
+    assert config.block_source_timeout == 2.5
+    env = {**BASE_ENV, "DHTD_BLOCK_SOURCE": f"file://{tmp_path}, https://gw.example",
+           "DHTD_BLOCK_SOURCE_TIMEOUT": "7"}
+    config = load([], env)
+    assert config.block_sources == (f"file://{tmp_path}", "https://gw.example")
+    assert config.block_source_timeout == 7.0
+    assert load([], BASE_ENV).block_sources == ()
+    assert load([], BASE_ENV).block_source_timeout == 30.0
+
+
+def test_bad_block_sources_get_one_line_each(tmp_path: Path) -> None:
+    assert problems_of(["--block-source", f"file://{tmp_path}/missing",
+                        "--block-source", "ftp://x", "--block-source-timeout", "0"]) == [
+        f"--block-source: 'file://{tmp_path}/missing': {tmp_path}/missing is not a directory",
+        "--block-source: 'ftp://x': a block source is file:///dir (CAR files) or "
+        "http(s)://host[:port] (a trustless gateway)",
+        "--block-source-timeout: 0 is outside 0.1..3600",
+    ]
+    many = [arg for _ in range(17) for arg in ("--block-source", "http://h")]
+    assert problems_of(many) == ["--block-source: 17 given, at most 16"]

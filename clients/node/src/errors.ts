@@ -45,8 +45,12 @@ export class DeadlineExceededError extends DhtdError {}
 /** UNAVAILABLE: dhtd is unreachable or has no DHT peers, or no peer accepted a record. */
 export class UnavailableError extends DhtdError {}
 
-/** FAILED_PRECONDITION: e.g. a recursive Provide, or a Put older than the held record. */
+/** FAILED_PRECONDITION: e.g. a recursive Provide without a block source, a DAG with a
+ * missing block, or a Put older than the held record. */
 export class FailedPreconditionError extends DhtdError {}
+
+/** DATA_LOSS: a block of a recursive Provide's DAG does not hash to its CID. */
+export class DataLossError extends DhtdError {}
 
 /** CANCELLED: the call was cancelled (its AbortSignal fired, or the client closed). */
 export class CancelledError extends DhtdError {}
@@ -66,6 +70,7 @@ const BY_CODE: ReadonlyMap<Status, DhtdErrorClass> = new Map<Status, DhtdErrorCl
   [Status.DEADLINE_EXCEEDED, DeadlineExceededError],
   [Status.UNAVAILABLE, UnavailableError],
   [Status.FAILED_PRECONDITION, FailedPreconditionError],
+  [Status.DATA_LOSS, DataLossError],
   [Status.CANCELLED, CancelledError],
   [Status.INTERNAL, InternalError],
 ]);

@@ -8,7 +8,7 @@ two decorators below.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -17,10 +17,10 @@ import dhtd
 from dht.v1 import dht_pb2 as pb
 from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd.addrs import format_addr, parse_dial_addr
+from dhtd.blocks import BlockSource, provide_dags
 from dhtd.bridge import Bridge
 from dhtd.errors import (
     ECHO_CHARS,
-    FailedPrecondition,
     InvalidArgument,
     InvalidRecord,
     NotFound,
@@ -161,6 +161,11 @@ class _Base:
 class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
     """dht.v1.DhtService."""
 
+    def __init__(self, node: DhtNode, bridge: Bridge, query_timeout: float,
+                 sources: Sequence[BlockSource] = ()) -> None:
+        super().__init__(node, bridge, query_timeout)
+        self.sources = tuple(sources)  # --block-source, for recursive Provide
+
     @unary
     async def FindPeer(self, request: pb.FindPeerRequest, context: grpc.aio.ServicerContext
                        ) -> pb.FindPeerResponse:
@@ -202,10 +207,9 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             )
         cids = [parse_cid(text, f"cids[{i}]") for i, text in enumerate(request.cids)]
         if request.recursive:
-            raise FailedPrecondition(
-                "recursive provide needs a block source to walk the DAG, and dhtd has none "
-                "yet; provide each CID with recursive=false"
-            )
+            async for response in self._provide_dags(request, cids, context):
+                yield response
+            return
         t = self.timeout(context)
         keys = [c.multihash for c in cids]
 
@@ -219,6 +223,31 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             return
         async for index, event in self.bridge.stream(work):
             yield pb.ProvideResponse(event=query_event(event), cid=request.cids[index])
+
+    async def _provide_dags(self, request: pb.ProvideRequest, cids: list[Cid],
+                            context: grpc.aio.ServicerContext
+                            ) -> AsyncIterator[pb.ProvideResponse]:
+        """Provide with recursive: the DAG under each CID (dhtd.blocks.provide). Its
+        events name the CID they belong to: a root as the request wrote it, the
+        rest in their canonical text."""
+        remaining = context.time_remaining()
+        total = None if remaining is None else max(0.0, float(remaining) - DEADLINE_MARGIN)
+        texts = {c.multihash: text for c, text in zip(cids, request.cids, strict=True)}
+
+        def text(cid: Cid) -> str:
+            return texts.get(cid.multihash) or str(cid)
+
+        async def work(put: Callable[[tuple[Cid, QueryEvent]], None]) -> int:
+            return await provide_dags(self.node, self.sources, cids,
+                                      lambda c, e: put((c, e)), total, self.query_timeout)
+
+        if request.batch_events:
+            async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
+                yield pb.ProvideResponse(events=[
+                    pb.ProvideEvent(event=query_event(e), cid=text(c)) for c, e in batch])
+            return
+        async for cid, event in self.bridge.stream(work):
+            yield pb.ProvideResponse(event=query_event(event), cid=text(cid))
 
     @streaming
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext

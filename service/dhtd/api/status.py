@@ -9,6 +9,7 @@
 | Unavailable           | UNAVAILABLE         | no DHT peers, no peer accepted, shutting down |
 | FailedPrecondition    | FAILED_PRECONDITION | well formed, but not possible in this state   |
 | ResourceExhausted     | RESOURCE_EXHAUSTED  | at a limit (--max-concurrent-rpcs); retry     |
+| DataLoss              | DATA_LOSS           | a block that does not hash to its CID         |
 | anything else         | INTERNAL            | a bug: logged with its traceback              |
 
 A message is at most MAX_STATUS_MESSAGE_CHARS characters, whatever raised it.
@@ -22,6 +23,7 @@ import grpc
 
 from dhtd.errors import (
     ELLIPSIS,
+    DataLoss,
     DeadlineExceeded,
     DhtdError,
     FailedPrecondition,
@@ -48,6 +50,7 @@ STATUS_OF: dict[type[DhtdError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 
 

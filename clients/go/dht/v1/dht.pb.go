@@ -581,8 +581,11 @@ type ProvideRequest struct {
 
 	// One or more CIDs, v0 or v1, in any multibase.
 	Cids []string `protobuf:"bytes,1,rep,name=cids,proto3" json:"cids,omitempty"`
-	// Provide the whole DAG under each CID. Needs a block source, which dhtd
-	// does not have yet: true answers FAILED_PRECONDITION.
+	// Provide the whole DAG under each CID: every CID reachable from it, read
+	// from dhtd's block sources (--block-source: CAR files or a trustless
+	// gateway), each named in its events. Without a block source: FAILED_PRECONDITION.
+	// A block missing partway: a QUERY_ERROR event naming it, then
+	// FAILED_PRECONDITION; a block that does not hash to its CID: DATA_LOSS.
 	Recursive bool `protobuf:"varint,2,opt,name=recursive,proto3" json:"recursive,omitempty"`
 	// Several events per response message, in `events`, instead of one per message:
 	// the events the node has ready when it writes go out together (at most 128).

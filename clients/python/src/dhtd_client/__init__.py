@@ -3,6 +3,7 @@
 from ._aio import AsyncClient
 from ._errors import (
     CallCancelledError,
+    DataLossError,
     DeadlineExceededError,
     DhtdError,
     FailedPreconditionError,
@@ -28,6 +29,7 @@ __all__ = [
     "CallCancelledError",
     "Client",
     "ConnectResult",
+    "DataLossError",
     "DeadlineExceededError",
     "DhtdError",
     "FailedPreconditionError",

@@ -49,7 +49,12 @@ class UnavailableError(DhtdError):
 
 
 class FailedPreconditionError(DhtdError):
-    """FAILED_PRECONDITION: the node cannot do this now (e.g. recursive provide)."""
+    """FAILED_PRECONDITION: the node cannot do this now (e.g. recursive provide without
+    a block source, or a DAG with a missing block)."""
+
+
+class DataLossError(DhtdError):
+    """DATA_LOSS: a block of a recursive provide's DAG does not hash to its CID."""
 
 
 class CallCancelledError(DhtdError):
@@ -66,6 +71,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DhtdError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
     grpc.StatusCode.CANCELLED: CallCancelledError,
     grpc.StatusCode.INTERNAL: InternalError,
 }

@@ -45,6 +45,7 @@ EXIT_BY_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 6,
     grpc.StatusCode.FAILED_PRECONDITION: 7,
     grpc.StatusCode.CANCELLED: 8,
+    grpc.StatusCode.DATA_LOSS: 9,
 }
 
 EXIT_CODES_HELP = """\
@@ -56,9 +57,10 @@ exit codes:
   4    INVALID_ARGUMENT     dhtd refused a peer ID, CID, key, value or multiaddr
   5    DEADLINE_EXCEEDED    --timeout (or dhtd's --query-timeout) passed
   6    UNAVAILABLE          dhtd unreachable or without DHT peers, or no peer took the record
-  7    FAILED_PRECONDITION  not possible now (provide --recursive, a put older than the
-                            record dhtd holds)
+  7    FAILED_PRECONDITION  not possible now (provide --recursive without a block source
+                            or with a block missing, a put older than the record dhtd holds)
   8    CANCELLED            the call was cancelled on dhtd's side
+  9    DATA_LOSS            provide --recursive met a block that does not hash to its CID
   130  interrupted (Ctrl-C); the call is cancelled first
   141  stdout was closed early (broken pipe)
 Every failure prints one line on stderr: "dhtctl: <what went wrong>".
@@ -204,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cids", metavar="CID", nargs="*",
                    help="CIDs to announce; with none, or '-', read CIDs from stdin, one a line")
     p.add_argument("-r", "--recursive", action="store_true",
-                   help="provide the whole DAG (dhtd answers FAILED_PRECONDITION for now)")
+                   help="provide every CID of the DAG under each CID, read from dhtd's "
+                   "--block-source")
 
     p = command("query", "print the peers closest to a peer ID",
                 "Walk the DHT towards PEER and print the IDs of the closest peers found, "

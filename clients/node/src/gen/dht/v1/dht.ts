@@ -209,8 +209,11 @@ export interface ProvideRequest {
   /** One or more CIDs, v0 or v1, in any multibase. */
   cids: string[];
   /**
-   * Provide the whole DAG under each CID. Needs a block source, which dhtd
-   * does not have yet: true answers FAILED_PRECONDITION.
+   * Provide the whole DAG under each CID: every CID reachable from it, read
+   * from dhtd's block sources (--block-source: CAR files or a trustless
+   * gateway), each named in its events. Without a block source: FAILED_PRECONDITION.
+   * A block missing partway: a QUERY_ERROR event naming it, then
+   * FAILED_PRECONDITION; a block that does not hash to its CID: DATA_LOSS.
    */
   recursive: boolean;
   /**
