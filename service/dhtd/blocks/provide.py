@@ -22,6 +22,7 @@ whole DAG. Outcomes, as the API states them:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
@@ -105,7 +106,10 @@ async def _one_dag(node: DhtNode, sources: Sequence[BlockSource], root: Cid, emi
                             await send.send(cid)
                 except (BadBlock, MissingBlock, DagTooLarge, RootNotFound,
                         SourceUnavailable) as exc:
-                    await send.send(exc)
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await send.send(exc)
+                except trio.BrokenResourceError:
+                    pass  # the announcements stopped (an error there): so does the walk
 
         failed: DhtdError | None = None
         async with trio.open_nursery() as nursery:
