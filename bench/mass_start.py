@@ -33,7 +33,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +79,10 @@ class Network:
 
 
 @contextmanager
-def network(tmp: Path, processes: int, dev_peers: int) -> Iterator[Network]:
+def network(tmp: Path, processes: int, dev_peers: int,
+            extra: Sequence[Sequence[str]] = ()) -> Iterator[Network]:
+    """``processes`` dhtd processes with ``dev_peers`` each, in a ring; ``extra[i]``
+    are more flags for process i."""
     ids, ports = [], []
     for i in range(processes):
         pair = load_or_create_identity(tmp / f"p{i}")
@@ -93,7 +96,8 @@ def network(tmp: Path, processes: int, dev_peers: int) -> Iterator[Network]:
                 f"p{i}", tmp / f"p{i}",
                 ["--dev-peers", str(dev_peers), "--namespace", NAMESPACE,
                  "--refresh-interval", REFRESH_INTERVAL,
-                 "--bootstrap", f"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{ids[j]}"],
+                 "--bootstrap", f"/ip4/127.0.0.1/tcp/{ports[j]}/p2p/{ids[j]}",
+                 *(extra[i] if i < len(extra) else ())],
                 listen=f"/ip4/127.0.0.1/tcp/{ports[i]}",
             ))
         started = time.monotonic()

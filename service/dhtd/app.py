@@ -107,6 +107,7 @@ async def _run_dht(
             bootstrap=[Bootstrap(p, a) for p, a in config.bootstrap],
             observer=metrics.observer(),
             reprovide_interval=config.reprovide_interval,
+            provide_batch_min=config.provide_batch_min,
             refresh_interval=config.refresh_interval,
             republish_interval=config.republish_interval,
             state=DiskState(db),

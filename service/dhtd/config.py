@@ -42,6 +42,9 @@ DEFAULT_REFRESH_INTERVAL = 600.0
 DEFAULT_CONN_LOW_WATER = 128
 DEFAULT_CONN_HIGH_WATER = 192
 DEFAULT_CONN_GRACE = 20.0
+# dhtd.node.PROVIDE_BATCH_MIN: a Provide or reprovide round of this many CIDs or
+# more is announced in one sweep (a few lookups per keyspace region).
+DEFAULT_PROVIDE_BATCH_MIN = 32
 # Ours: --block-source given more often is a mistake (each is tried in turn).
 MAX_BLOCK_SOURCES = 16
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
@@ -92,6 +95,7 @@ class Config:
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     republish_interval: float = DEFAULT_REPUBLISH_INTERVAL
     db_recover: bool = False
+    provide_batch_min: int = DEFAULT_PROVIDE_BATCH_MIN
     block_sources: tuple[str, ...] = ()
     block_source_timeout: float = DEFAULT_SOURCE_TIMEOUT
 
@@ -182,6 +186,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    "down to --conn-low-water (default %(default)s)")
     p.add_argument("--conn-grace", default=env("conn-grace", str(DEFAULT_CONN_GRACE)),
                    help="seconds a new connection is never trimmed (default %(default)s)")
+    p.add_argument("--provide-batch-min",
+                   default=env("provide-batch-min", str(DEFAULT_PROVIDE_BATCH_MIN)),
+                   help="a Provide or reprovide round of this many CIDs or more is announced "
+                   "in one sweep (a few lookups per keyspace region, then each peer gets all "
+                   "its records on one stream) instead of a walk per CID; 0: never "
+                   "(default %(default)s)")
     p.add_argument("--block-source", action="append", default=None,
                    help="where recursive Provide reads DAGs: file:///dir (CAR files) or "
                    "http(s)://host:port (an IPFS trustless gateway); repeatable, tried in order")
@@ -265,6 +275,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if len(block_sources) > MAX_BLOCK_SOURCES:
         problems.append(f"--block-source: {len(block_sources)} given, at most "
                         f"{MAX_BLOCK_SOURCES}")
+    batch_min = _whole(args.provide_batch_min, "provide-batch-min", problems,
+                       low=0, high=1_000_000)
     source_timeout = _number(args.block_source_timeout, "block-source-timeout", problems,
                              low=0.1, high=3600)
 
@@ -344,6 +356,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         max_concurrent_rpcs=max_rpcs,
         republish_interval=republish,
         db_recover=recover in ("true", "1", "yes"),
+        provide_batch_min=batch_min,
         block_sources=tuple(block_sources),
         block_source_timeout=source_timeout,
     )

@@ -152,6 +152,10 @@ class LookupResult:
     stopped: bool
     queried: int
     failed: int
+    # The k nearest peers that were asked and failed (down, or not a DHT server):
+    # they hold a place in the keyspace that answers did not fill (dhtd.sweep counts
+    # them when it asks whether a region was seen in full).
+    unreachable: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -283,7 +287,9 @@ async def lookup(
     closest = [
         PeerRecord(p, walk.addrs.get(p, ())) for p in walk.nearest(k, _State.QUERIED)
     ]
-    return LookupResult(closest=closest, stopped=stopped, queried=queried, failed=failed)
+    unreachable = walk.nearest(k, _State.UNREACHABLE)
+    return LookupResult(closest=closest, stopped=stopped, queried=queried, failed=failed,
+                        unreachable=unreachable)
 
 
 def describe(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ timeout, counts it as in flight, and turns a passed deadline into
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from dhtd import sweep
 from dhtd.errors import DeadlineExceeded, FailedPrecondition, InvalidRecord, NotFound, Unavailable
 from dhtd.handlers import KadHandlers, Peers, Rejected, record_selector
 from dhtd.ids import kad_key, peer_id_to_str
@@ -87,6 +89,15 @@ PROVIDE_CONCURRENCY = 8
 # records never expire on other peers (go-libp2p-kad-dht / Kubo reprovide every
 # 22 h; records live 48 h).
 REPROVIDE_INTERVAL = 22 * 3600.0
+
+# Ours: a Provide (or reprovide round) of at least this many CIDs is announced in
+# one sweep (dhtd.sweep: a few lookups per keyspace region instead of a walk per
+# CID); --provide-batch-min, 0 for never.
+PROVIDE_BATCH_MIN = 32
+
+# Ours: peers a batched provide sends ADD_PROVIDERs to at once (each gets its
+# keys one after another, on one stream).
+SEND_CONCURRENCY = 32
 
 # One reprovide round (all CIDs due) may take this long before it is abandoned
 # until the next round.
@@ -178,6 +189,7 @@ class DhtNode:
     on_table_change: Callable[[int], None] = _ignore
     clock: Callable[[], float] = time.time
     reprovide_interval: float = REPROVIDE_INTERVAL
+    provide_batch_min: int = PROVIDE_BATCH_MIN
     refresh_interval: float = REFRESH_INTERVAL
     republish_interval: float = REPUBLISH_INTERVAL
     state: NodeState = field(default_factory=NodeState)
@@ -711,24 +723,23 @@ class DhtNode:
                         result = await self._walk(key, MessageType.FIND_NODE, tagged)
                     except Unavailable:
                         return  # the table emptied meanwhile: no peer took it (count 0)
-                    message = new_message(MessageType.ADD_PROVIDER, key)
-                    add_peers(message.providerPeers, [PeerRecord(self.self_id, addrs)],
-                              frozenset())
+                    message = self._add_provider(key, addrs)
                     counts[index] = await self._store_on(
                         result.closest, tagged, lambda peer: self._send(peer, message)
                     )
-                if counts[index] and key in self.provided:
-                    self.provided[key] = self.clock()
-                    self.state.announced([key], self.provided[key])
+                self._announced([key] if counts[index] else [])
 
             # A key given twice is announced once (its events carry the first index).
             first = {key: i for i, key in reversed(list(enumerate(keys)))}
             mine = set(first) - self._announcing
             self._announcing |= mine
             try:
-                async with trio.open_nursery() as nursery:
-                    for i in first.values():
-                        nursery.start_soon(announce, i)
+                if self.provide_batch_min and len(first) >= self.provide_batch_min:
+                    await self._announce_batched(first, counts, emit, addrs)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for i in first.values():
+                            nursery.start_soon(announce, i)
             finally:
                 self._announcing -= mine
             counts = [counts[first[key]] for key in keys]
@@ -739,6 +750,70 @@ class DhtNode:
                     f"{len(keys)} CIDs (first: index {missed[0]})"
                 )
             return counts
+
+    def _add_provider(self, key: bytes, addrs: tuple[bytes, ...]) -> Message:
+        message = new_message(MessageType.ADD_PROVIDER, key)
+        add_peers(message.providerPeers, [PeerRecord(self.self_id, addrs)], frozenset())
+        return message
+
+    def _announced(self, keys: Sequence[bytes]) -> None:
+        """Records that ``keys`` reached at least one peer now (their next reprovide is
+        an interval from now)."""
+        now = self.clock()
+        mine = [k for k in keys if k in self.provided]
+        for key in mine:
+            self.provided[key] = now
+        if mine:
+            self.state.announced(mine, now)
+
+    async def _announce_batched(self, first: dict[bytes, int], counts: list[int],
+                                emit: Callable[[int, QueryEvent], None],
+                                addrs: tuple[bytes, ...]) -> None:
+        """Announces many keys at once (dhtd.sweep): their k closest peers come from a
+        few lookups per keyspace region, then each peer gets the ADD_PROVIDER of every
+        key it is among the closest of, one after another on one stream. A key's
+        events are SENDING_QUERY, then FINAL_PEER or QUERY_ERROR, per peer (no walk
+        of its own to report); ``counts[first[key]]`` counts the peers that took it."""
+
+        async def closest(target: bytes) -> tuple[list[PeerRecord], list[bytes]]:
+            result = await self._walk(target, MessageType.FIND_NODE, _ignore)
+            return result.closest, result.unreachable
+
+        try:
+            found = await sweep.plan(list(first), closest, k=BUCKET_SIZE,
+                                     concurrency=PROVIDE_CONCURRENCY)
+        except Unavailable:
+            return  # the table emptied meanwhile: no peer took any (counts 0)
+        to_peer: dict[bytes, tuple[PeerRecord, list[bytes]]] = {}
+        for key, peers in found.peers_of.items():
+            for peer in peers:
+                to_peer.setdefault(peer.id, (peer, []))[1].append(key)
+        limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
+
+        async def send_all(peer: PeerRecord, keys: list[bytes]) -> None:
+            failure = ""  # once a send to this peer failed, the rest are not tried
+            async with limiter:
+                for key in keys:
+                    index = first[key]
+                    tagged = self._emitter(functools.partial(emit, index))
+                    tagged(QueryEvent(EventType.SENDING_QUERY, peer.id))
+                    if not failure:
+                        try:
+                            await self._send(peer.id, self._add_provider(key, addrs))
+                        except Exception as exc:  # one peer's failure is that peer's
+                            failure = describe(exc)
+                    if failure:
+                        tagged(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=failure))
+                        continue
+                    counts[index] += 1
+                    tagged(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+
+        async with trio.open_nursery() as nursery:
+            for peer, keys in to_peer.values():
+                nursery.start_soon(send_all, peer, keys)
+        self._announced([key for key, i in first.items() if counts[i]])
+        log.debug("batched provide", extra={"keys": len(first), "lookups": found.lookups,
+                                            "walked": found.walked, "peers": len(to_peer)})
 
     async def query(self, target: bytes, emit: Emit, timeout: float) -> list[PeerRecord]:
         """Walks towards ``target``; emits the walk, then FINAL_PEER per closest peer found."""

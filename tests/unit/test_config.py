@@ -368,3 +368,11 @@ def test_bad_block_sources_get_one_line_each(tmp_path: Path) -> None:
     ]
     many = [arg for _ in range(17) for arg in ("--block-source", "http://h")]
     assert problems_of(many) == ["--block-source: 17 given, at most 16"]
+
+
+def test_provide_batch_min_from_a_flag_or_a_variable() -> None:
+    assert load([], BASE_ENV).provide_batch_min == 32
+    assert load(["--provide-batch-min", "0"], BASE_ENV).provide_batch_min == 0
+    assert load([], {**BASE_ENV, "DHTD_PROVIDE_BATCH_MIN": "500"}).provide_batch_min == 500
+    assert problems_of(["--provide-batch-min", "-1"]) == [
+        "--provide-batch-min: -1 is outside 0..1e+06"]

@@ -27,7 +27,7 @@ from dhtd.errors import (
 )
 from dhtd.ids import kad_key, peer_id_to_str, xor_distance
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record
-from dhtd.lookup import EventType, PeerRecord, QueryEvent
+from dhtd.lookup import EventType, PeerRecord, PeerRequestError, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.state import Loaded, NodeState
 from dhtd.stores import ValueStore
@@ -1799,3 +1799,79 @@ def test_a_key_is_not_reprovided_while_its_first_provide_is_still_announcing_it(
             assert sent == sum(counts)
 
     run(main)
+
+
+# --- batched provide (dhtd.sweep) ----------------------------------------------------------
+
+
+def batch_keys(count: int) -> list[bytes]:
+    return [b"\x12\x20" + kad_key(b"batch %d" % i) for i in range(count)]
+
+
+@pytest.mark.parametrize("batch_min", [0, 32])
+def test_a_large_provide_puts_every_record_on_its_true_k_closest(batch_min: int) -> None:
+    """200 keys on 60 nodes: batched (the default for 32 keys or more) or a walk per
+    key (batch_min 0), each key's record lands on exactly its 20 closest peers; the
+    batch asks far fewer FIND_NODEs for it."""
+    net = SimNet()
+    nodes = star(net, 60)
+    nodes[5].provide_batch_min = batch_min
+    keys = batch_keys(200)
+    events: list[tuple[int, QueryEvent]] = []
+
+    async def main() -> list[int]:
+        async with running(nodes):
+            await settle(nodes)
+            before = len(net.log)
+            counts = await nodes[5].provide(keys, lambda i, e: events.append((i, e)), BOUND)
+            asked = [m for m in net.log[before:] if m[1] == nodes[5].self_id]
+            find_nodes.append(sum(1 for m in asked if m[2] == MessageType.FIND_NODE))
+            return counts
+
+    find_nodes: list[int] = []
+    assert run(main) == [20] * 200
+    others = [n for n in nodes if n is not nodes[5]]
+    for key in keys:
+        holders = {n.self_id for n in others if n.records.providers.get(key, EPOCH + 1000)}
+        assert holders == {n.self_id for n in nearest(others, key, 20)}
+    assert all(nodes[5].provided[k] > 0 for k in keys)
+    finals = [i for i, e in events if e.type == EventType.FINAL_PEER]
+    assert sorted(set(finals)) == list(range(200)) and len(finals) == 200 * 20
+    if batch_min:
+        assert find_nodes[0] < 200  # a walk per key asks several FIND_NODEs per key
+        assert {e.type for _, e in events} == {EventType.SENDING_QUERY, EventType.FINAL_PEER}
+    else:
+        assert find_nodes[0] > 200
+
+
+def test_a_batched_provide_reports_a_peer_that_fails_on_each_of_its_keys() -> None:
+    net = SimNet()
+    nodes = star(net, 30)
+    keys = batch_keys(40)
+    events: list[tuple[int, QueryEvent]] = []
+
+    failing = nodes[9].self_id
+    sends: list[bytes] = []
+    real_send = nodes[1]._send
+
+    async def send(peer: bytes, message: Message) -> None:
+        sends.append(peer)
+        if peer == failing:  # it answers lookups, but its ADD_PROVIDER stream breaks
+            raise PeerRequestError("stream reset")
+        await real_send(peer, message)
+
+    nodes[1]._send = send  # type: ignore[method-assign]
+
+    async def main() -> list[int]:
+        async with running(nodes):
+            await settle(nodes)
+            return await nodes[1].provide(keys, lambda i, e: events.append((i, e)), BOUND)
+
+    counts = run(main)
+    assert sends.count(failing) == 1  # after its first failure, the rest are not tried
+    others = [n for n in nodes if n is not nodes[1]]
+    for i, key in enumerate(keys):
+        closest = {n.self_id for n in nearest(others, key, 20)}
+        errors = {e.peer for j, e in events if j == i and e.type == EventType.QUERY_ERROR}
+        assert errors == closest & {nodes[9].self_id}
+        assert counts[i] == len(closest - errors)

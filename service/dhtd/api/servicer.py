@@ -53,18 +53,17 @@ DEADLINE_MARGIN = 0.02
 # for any sane record and keeps one Put from flooding 20 peers.
 MAX_VALUE_BYTES = 64 * 1024
 
-# The most CIDs one Provide call takes. Each CID costs a full walk and up to 20
-# ADD_PROVIDER messages, so the cap bounds one call's work (and, with
-# MAX_ID_TEXT_CHARS, its request to about 1 MiB); more CIDs take more calls, as
-# Kubo's and go-libp2p-kad-dht's bulk provides batch them. 1000 is larger than
-# any batch an app needs to see progress on, small enough for one deadline.
-MAX_CIDS_PER_PROVIDE = 1000
+# The most CIDs one Provide call takes. Each CID costs up to 20 ADD_PROVIDER
+# messages (and, below --provide-batch-min CIDs, a walk), so the cap bounds one
+# call's work; more CIDs take more calls. 10,000 typical CIDs (about 60
+# characters) make a request of about 620 KiB, within MAX_REQUEST_BYTES; a
+# call of long ones meets that limit first (RESOURCE_EXHAUSTED).
+MAX_CIDS_PER_PROVIDE = 10_000
 
 # The largest request message the server reads (grpc's own default is 4 MiB).
-# The largest valid request, a Provide of MAX_CIDS_PER_PROVIDE CIDs of
-# MAX_ID_TEXT_CHARS characters each, is about 1 MiB; a Put is at most
-# MAX_VALUE_BYTES + MAX_KEY_BYTES. Twice that room, and no more, bounds what one
-# call can make dhtd hold. Past it grpc answers RESOURCE_EXHAUSTED itself.
+# A Provide of MAX_CIDS_PER_PROVIDE typical CIDs is about 620 KiB; a Put is at
+# most MAX_VALUE_BYTES + MAX_KEY_BYTES. This bounds what one call can make dhtd
+# hold. Past it grpc answers RESOURCE_EXHAUSTED itself.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
 # Ours: events per response message when a call asks for batch_events. A

@@ -579,7 +579,10 @@ type ProvideRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// One or more CIDs, v0 or v1, in any multibase.
+	// One or more CIDs, v0 or v1, in any multibase; at most 10,000. From 32 CIDs
+	// on (--provide-batch-min) they are announced in one sweep: each CID's events
+	// are then SENDING_QUERY and FINAL_PEER or QUERY_ERROR per peer, without a
+	// walk of its own.
 	Cids []string `protobuf:"bytes,1,rep,name=cids,proto3" json:"cids,omitempty"`
 	// Provide the whole DAG under each CID: every CID reachable from it, read
 	// from dhtd's block sources (--block-source: CAR files or a trustless
@@ -1441,7 +1444,7 @@ type StopProvidingRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// At most 1000 CIDs.
+	// At most 10,000 CIDs.
 	Cids []string `protobuf:"bytes,1,rep,name=cids,proto3" json:"cids,omitempty"`
 }
 

@@ -206,7 +206,12 @@ export interface GetResponse {
 }
 
 export interface ProvideRequest {
-  /** One or more CIDs, v0 or v1, in any multibase. */
+  /**
+   * One or more CIDs, v0 or v1, in any multibase; at most 10,000. From 32 CIDs
+   * on (--provide-batch-min) they are announced in one sweep: each CID's events
+   * are then SENDING_QUERY and FINAL_PEER or QUERY_ERROR per peer, without a
+   * walk of its own.
+   */
   cids: string[];
   /**
    * Provide the whole DAG under each CID: every CID reachable from it, read
@@ -351,7 +356,7 @@ export interface ListProvidesResponse {
 }
 
 export interface StopProvidingRequest {
-  /** At most 1000 CIDs. */
+  /** At most 10,000 CIDs. */
   cids: string[];
 }
 
