@@ -48,12 +48,16 @@ from dhtd.lookup import EventType, QueryEvent
 if TYPE_CHECKING:
     from dhtd.node import DhtNode
 
-# Ours: CIDs announced per DhtNode.provide call (one commit to the provide set,
-# then their walks, PROVIDE_CONCURRENCY at a time).
-PROVIDE_BATCH = 64
+# Ours: CIDs announced per DhtNode.provide call: one commit to the provide set,
+# then one sweep (dhtd.sweep: at least --provide-batch-min of them, else a walk each).
+PROVIDE_BATCH = 512
+
+# Ours: how long a batch waits for more CIDs after its first (a slow source's
+# CIDs are announced at most this late; a fast one fills PROVIDE_BATCH first).
+BATCH_LINGER = 0.5
 
 # Ours: how far the walk may run ahead of the announcements, in CIDs.
-WALK_AHEAD = 256
+WALK_AHEAD = 1024
 
 NO_SOURCE = (
     "recursive provide reads the DAG from a block source, and this node has none: "
@@ -138,35 +142,38 @@ async def _announce(node: DhtNode, receive: trio.MemoryReceiveChannel[Cid | Exce
                     emit: EmitCid, budget: Callable[[], float]
                     ) -> tuple[int, int, Exception | None]:
     """Provides what the walk sends, a batch at a time; returns (provided, of which
-    no peer took, the walk's fault). Unavailable at once if the node has no peers."""
+    no peer took, the walk's fault). Unavailable at once if the node has no peers.
+
+    A batch is PROVIDE_BATCH CIDs, or what the walk found by BATCH_LINGER after
+    the batch's first CID, or the rest when the walk ends: large enough to be
+    announced in one sweep (dhtd.sweep), soon enough from a slow source."""
     provided = missed = 0
+    ended = False
     async with receive:
-        while True:
-            try:
-                first = await receive.receive()
-            except trio.EndOfChannel:
-                return provided, missed, None
+        while not ended:
             batch: list[Cid] = []
-            fault = first if isinstance(first, Exception) else None
-            if fault is None:
-                batch.append(first)  # type: ignore[arg-type]
-            while fault is None and len(batch) < PROVIDE_BATCH:
-                try:
-                    item = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                if isinstance(item, Exception):
-                    fault = item
-                else:
+            fault: Exception | None = None
+            with trio.move_on_after(math.inf) as linger:
+                while len(batch) < PROVIDE_BATCH:
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        ended = True
+                        break
+                    if isinstance(item, Exception):
+                        fault, ended = item, True
+                        break
                     batch.append(item)
+                    if len(batch) == 1:
+                        linger.deadline = trio.current_time() + BATCH_LINGER
             if batch:
                 counts = await node.provide([c.multihash for c in batch],
-                                            _tagged(batch, emit),
-                                            budget(), strict=False)
+                                            _tagged(batch, emit), budget(), strict=False)
                 provided += len(batch)
                 missed += counts.count(0)
             if fault is not None:
                 return provided, missed, fault
+    return provided, missed, None
 
 
 def _tagged(batch: list[Cid], emit: EmitCid) -> Callable[[int, QueryEvent], None]:
