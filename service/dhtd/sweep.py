@@ -99,7 +99,9 @@ class _Sweep:
         self._answers: dict[bytes, tuple[list[PeerRecord], list[bytes]]] = {}
         self._pending: dict[bytes, trio.Event] = {}
         self._point: dict[bytes, int] = {}  # key or peer ID -> its place in the keyspace
-        self._seen: dict[bytes, PeerRecord] = {}  # every peer a lookup returned
+        # every peer a lookup returned, in the order met (targets are picked from it,
+        # so a plan is the same every run)
+        self._seen: dict[bytes, None] = {}
 
     def point(self, key: bytes) -> int:
         at = self._point.get(key)
@@ -122,8 +124,7 @@ class _Sweep:
             async with self._limiter:
                 answered, failed = await self._lookup(target)
             answer = self._answers[target] = answered[:self.k], failed
-            for peer in answered:
-                self._seen.setdefault(peer.id, peer)
+            self._seen.update(dict.fromkeys(peer.id for peer in answered))
             return answer
         finally:
             del self._pending[target]
