@@ -789,6 +789,8 @@ class DhtNode:
             for peer in peers:
                 to_peer.setdefault(peer.id, (peer, []))[1].append(key)
         limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
+        # One message per key, sent to each of its peers (not built again per peer).
+        messages = {key: self._add_provider(key, addrs) for key in found.peers_of}
 
         async def send_all(peer: PeerRecord, keys: list[bytes]) -> None:
             failure = ""  # once a send to this peer failed, the rest are not tried
@@ -799,7 +801,7 @@ class DhtNode:
                     tagged(QueryEvent(EventType.SENDING_QUERY, peer.id))
                     if not failure:
                         try:
-                            await self._send(peer.id, self._add_provider(key, addrs))
+                            await self._send(peer.id, messages[key])
                         except Exception as exc:  # one peer's failure is that peer's
                             failure = describe(exc)
                     if failure:

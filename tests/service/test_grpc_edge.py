@@ -159,6 +159,7 @@ def test_a_request_over_the_size_limit_is_resource_exhausted(live: Node) -> None
 
 
 def test_more_cids_than_the_cap_are_refused_before_any_is_parsed(live: Node) -> None:
+    assert MAX_CIDS_PER_PROVIDE == 10_000  # as README and docs/limits.md state it
     too_many = [f"not-a-cid-{i}" for i in range(MAX_CIDS_PER_PROVIDE + 1)]
     with pytest.raises(grpc.RpcError) as err:
         list(live.dht.Provide(pb.ProvideRequest(cids=too_many), timeout=WAIT))

@@ -17,7 +17,7 @@ from dhtd.blocks.car import MAX_SECTION_BYTES, CarError, CarReader, read_cid
 from dhtd.blocks.dag import BadBlock, links, verify
 from dhtd.blocks.provide import NO_SOURCE, provide_dags
 from dhtd.blocks.sources import CarDirectory, RootNotFound, SourceUnavailable, parse_source
-from dhtd.blocks.walk import DagTooLarge, MissingBlock, walk
+from dhtd.blocks.walk import MAX_DAG_BLOCKS, DagTooLarge, MissingBlock, walk
 from dhtd.errors import DataLoss, FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from dhtd.ids import RAW, Cid
 from dhtd.lookup import EventType, QueryEvent
@@ -53,10 +53,6 @@ async def read_all(data: bytes) -> tuple[tuple[Cid, ...], list[Block]]:
     reader = CarReader(Bytes(data))
     header = await reader.header()
     return header.roots, [block async for block in reader.blocks()]
-
-
-def run(fn: Callable[[], object]) -> object:
-    return trio.run(fn)  # type: ignore[arg-type]
 
 
 # --- CAR -----------------------------------------------------------------------------------
@@ -253,6 +249,7 @@ def test_an_inline_identity_cid_is_followed_not_provided() -> None:
 
 
 def test_the_walk_tracks_a_bounded_number_of_blocks() -> None:
+    assert MAX_DAG_BLOCKS == 1_000_000  # as docs/limits.md states it
     leaves = [raw(b"leaf %d" % i) for i in range(10)]
     root = dag_cbor([link(cid) for cid, _ in leaves])
     with pytest.raises(DagTooLarge, match="more than 5 blocks"):
@@ -344,6 +341,27 @@ def test_recursive_provide_announces_every_cid_in_batches() -> None:
     events = provided(node, [ListSource("s", dag.blocks)], [dag.root])
     assert [c for c, _ in events] == dag.cids
     assert [k for batch in node.batches for k in batch] == [c.multihash for c in dag.cids]
+
+
+class SlowSource(ListSource):
+    """Yields a block, then lets everything else run: the walk hands the announcer
+    one CID at a time, as a source slower than the network would."""
+
+    async def blocks(self, root: Cid) -> AsyncIterator[Block]:
+        for block in self._blocks:
+            await trio.sleep(0.001)
+            yield block
+
+
+def test_a_batch_waits_for_the_walk_so_a_large_dag_is_one_sweep() -> None:
+    """A batch is what the walk found within BATCH_LINGER (0.5 s) after its first CID,
+    up to PROVIDE_BATCH: 200 CIDs found 1 ms apart are one batch, not 200 (each
+    below --provide-batch-min, which would be a walk per CID)."""
+    leaves = [raw(b"leaf %d" % i) for i in range(199)]
+    root = dag_cbor([link(cid) for cid, _ in leaves])
+    node = FakeNode()
+    provided(node, [SlowSource("slow", [root, *leaves])], [root[0]])
+    assert [len(batch) for batch in node.batches] == [200]
 
 
 def test_sources_are_tried_in_order_until_one_has_the_root() -> None:
