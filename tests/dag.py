@@ -48,6 +48,24 @@ def dag_pb(links: Sequence[tuple[Cid, str]] = (), data: bytes | None = None,
     return Cid(0 if v0 else 1, DAG_PB, sha256_mh(body)), body
 
 
+def unixfs_file(content: bytes, chunk: int = 64 * 1024) -> Dag:
+    """A UnixFS file (the UnixFS spec), as ``ipfs add --raw-leaves`` makes one of up
+    to 174 chunks: raw leaves of ``chunk`` bytes under one dag-pb node whose Data
+    says File, the file's size and each leaf's size."""
+    leaves = [raw(content[i:i + chunk]) for i in range(0, len(content), chunk)]
+    data = _varint(1 << 3) + _varint(2)  # Type: File
+    data += _varint(3 << 3) + _varint(len(content))  # filesize
+    for _, block in leaves:
+        data += _varint(4 << 3) + _varint(len(block))  # blocksizes
+    body = b""
+    for cid, block in leaves:
+        entry = _field(1, cid.to_bytes()) + _field(2, b"") + _varint(3 << 3) + _varint(len(block))
+        body += _field(2, entry)
+    body += _field(1, data)
+    root = Cid(1, DAG_PB, sha256_mh(body)), body
+    return Dag(root[0], [root, *leaves])
+
+
 def link(cid: Cid) -> cbor2.CBORTag:
     return cbor2.CBORTag(42, b"\x00" + cid.to_bytes())
 

@@ -65,6 +65,28 @@ def parse_listen_addr(text: str, field: str = "listen") -> bytes:
     return bytes(addr.to_bytes())
 
 
+# The first protocol of an announced address: where it is (Kubo's
+# Addresses.Announce takes any multiaddr; ours must at least say where).
+ANNOUNCE_FIRST = ("ip4", "ip6", "dns", "dns4", "dns6")
+
+
+def parse_announce_addr(text: str, field: str = "announce") -> bytes:
+    """An address to announce (``--announce``, ``--announce-append``) as bytes: a
+    multiaddr that starts with /ip4, /ip6, /dns, /dns4 or /dns6 and has no /p2p/
+    (the peer ID is added where one is needed). Anything after the host is taken
+    as the operator wrote it: /tcp/4001, /tcp/443/tls/http, /tcp/443/https ..."""
+    addr = _parse(text, field)
+    names = [p.name for p in addr.protocols()]
+    if names[0] not in ANNOUNCE_FIRST:
+        raise InvalidArgument(field, "must start with /ip4, /ip6, /dns, /dns4 or /dns6")
+    if len(names) < 2:
+        raise InvalidArgument(field, "needs a transport after the host, e.g. /tcp/4001 "
+                              "or /tcp/443/https")
+    if "p2p" in names:
+        raise InvalidArgument(field, "must not contain /p2p/ (this node's ID is implied)")
+    return bytes(addr.to_bytes())
+
+
 def loopback_dial_addr(listen: bytes) -> bytes:
     """Where a local process reaches a listen address: 0.0.0.0 / :: become loopback."""
     addr = multiaddr.Multiaddr(listen)

@@ -99,7 +99,8 @@ async def _run_dht(
     Closes ``records_db`` and ``db`` (the lock last) when it ends."""
     with closing(db), closing(records_db):
         budget = ConnectionBudget(config.conn_low_water, config.conn_high_water, config.conn_grace)
-        host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget)
+        host = Host(load_or_create_identity(config.data_dir), config.protocol_id, budget,
+                    config.announce, config.announce_append)
         node = DhtNode(
             host,
             build_validators(config.namespaces),
@@ -252,6 +253,7 @@ async def serve(config: Config) -> None:
         "peer_id": peer_id_to_str(info.peer_id),
         "addrs": ",".join(f"{format_addr(a)}/p2p/{peer_id_to_str(info.peer_id)}"
                           for a in info.addrs),
+        "announced": ",".join(format_addr(a) for a in info.announced),
         "protocol": info.protocol,
         "mode": "server" if info.server else "client",
         "dev_peers": config.dev_peers,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dhtd
-from dhtd.addrs import parse_dial_addr, parse_listen_addr
+from dhtd.addrs import parse_announce_addr, parse_dial_addr, parse_listen_addr
 from dhtd.blocks.sources import DEFAULT_SOURCE_TIMEOUT, parse_source
 from dhtd.errors import InvalidArgument
 
@@ -47,6 +47,9 @@ DEFAULT_CONN_GRACE = 20.0
 DEFAULT_PROVIDE_BATCH_MIN = 32
 # Ours: --block-source given more often is a mistake (each is tried in turn).
 MAX_BLOCK_SOURCES = 16
+# Ours: addresses one node announces (--announce plus --announce-append); a peer
+# keeps at most 32 addresses of another (dhtd.kadmsg), go-libp2p about as many.
+MAX_ANNOUNCE_ADDRS = 16
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
 # dht.v1 calls in flight at once (server streams until they end); one more gets
@@ -97,6 +100,10 @@ class Config:
     db_recover: bool = False
     provide_batch_min: int = DEFAULT_PROVIDE_BATCH_MIN
     block_sources: tuple[str, ...] = ()
+    # What identify and provider records carry instead of (announce) or beside
+    # (announce_append) the listen addresses: binary multiaddrs.
+    announce: tuple[bytes, ...] = ()
+    announce_append: tuple[bytes, ...] = ()
     block_source_timeout: float = DEFAULT_SOURCE_TIMEOUT
 
     @property
@@ -199,6 +206,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    default=env("block-source-timeout", str(DEFAULT_SOURCE_TIMEOUT)),
                    help="seconds a block source may take to connect or to send more, "
                    "before it counts as unavailable (default %(default)s)")
+    p.add_argument("--announce", action="append", default=None,
+                   help="announce this address instead of the listen addresses, in identify "
+                   "and provider records, as Kubo's Addresses.Announce: e.g. "
+                   "/dns4/dht.example.com/tcp/4001 for a Kubernetes Service; repeatable")
+    p.add_argument("--announce-append", action="append", default=None,
+                   help="announce this address beside the listen addresses (or beside "
+                   "--announce), as Kubo's Addresses.AppendAnnounce: e.g. "
+                   "/dns4/gw.example.com/tcp/443/https for a trustless gateway serving "
+                   "the provided content; repeatable")
     p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
                    help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
                    "(default %(default)s)")
@@ -207,6 +223,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         _env_bootstrap=env_list("bootstrap", []),
         _env_namespace=env_list("namespace", []),
         _env_block_source=env_list("block-source", []),
+        _env_announce=env_list("announce", []),
+        _env_announce_append=env_list("announce-append", []),
     )
     return p
 
@@ -243,6 +261,19 @@ def _whole(text: str, flag: str, problems: list[str], *, low: int, high: int) ->
     return int(value)
 
 
+def _announce(texts: Sequence[str], flag: str, problems: list[str]) -> tuple[bytes, ...]:
+    out: list[bytes] = []
+    for text in texts:
+        try:
+            addr = parse_announce_addr(text, f"--{flag}")
+        except InvalidArgument as exc:
+            problems.append(f"--{flag}: {text!r}: {exc.reason}")
+            continue
+        if addr not in out:
+            out.append(addr)
+    return tuple(out)
+
+
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Parses and validates; raises ConfigError listing every problem."""
     environ = os.environ if environ is None else environ
@@ -275,6 +306,12 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if len(block_sources) > MAX_BLOCK_SOURCES:
         problems.append(f"--block-source: {len(block_sources)} given, at most "
                         f"{MAX_BLOCK_SOURCES}")
+    announce = _announce(args.announce or args._env_announce, "announce", problems)
+    announce_append = _announce(args.announce_append or args._env_announce_append,
+                                "announce-append", problems)
+    if len(announce) + len(announce_append) > MAX_ANNOUNCE_ADDRS:
+        problems.append(f"--announce, --announce-append: {len(announce) + len(announce_append)}"
+                        f" addresses, at most {MAX_ANNOUNCE_ADDRS}")
     batch_min = _whole(args.provide_batch_min, "provide-batch-min", problems,
                        low=0, high=1_000_000)
     source_timeout = _number(args.block_source_timeout, "block-source-timeout", problems,
@@ -358,5 +395,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         db_recover=recover in ("true", "1", "yes"),
         provide_batch_min=batch_min,
         block_sources=tuple(block_sources),
+        announce=announce,
+        announce_append=announce_append,
         block_source_timeout=source_timeout,
     )

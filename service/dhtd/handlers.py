@@ -70,6 +70,10 @@ class KadHandlers:
     on_request: Callable[[int], None] = field(default=lambda _kind: None)
     # Told of every record a store refused (kind "provider" or "value").
     on_refused: Callable[[str], None] = field(default=lambda _kind: None)
+    # Whether this node itself provides a key (its provide set): GET_PROVIDERS
+    # then names this node first, as go-libp2p-kad-dht, which stores its own
+    # provider record beside those of others.
+    provides: Callable[[bytes], bool] = field(default=lambda _key: False)
 
     async def handle(self, sender: bytes, request: Message) -> Message | None:
         """Answers ``request`` from ``sender``; raises Rejected on invalid input."""
@@ -190,7 +194,11 @@ async def get_providers(h: KadHandlers, sender: bytes, request: Message) -> Mess
     _provider_key(request)
     answer = h._answer(request, sender)
     records = (await h.records.providers_of(request.key, h.clock()))[:MAX_PROVIDERS_PER_ANSWER]
-    peers = [PeerRecord(r.peer, r.addrs or h.peers.addrs_of(r.peer)) for r in records]
+    peers = [PeerRecord(r.peer, r.addrs or h.peers.addrs_of(r.peer)) for r in records
+             if r.peer != h.self_id]
+    if h.provides(request.key):
+        peers = [PeerRecord(h.self_id, h.peers.addrs_of(h.self_id)),
+                 *peers[:MAX_PROVIDERS_PER_ANSWER - 1]]
     add_peers(answer.providerPeers, peers, h.peers.connected())
     return answer
 

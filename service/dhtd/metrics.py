@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from dhtd import logs
 from dhtd.lookup import EventType
 from dhtd.node import DhtNode, Observer
+from dhtd.provider import Status
 from dhtd.wire.kad_pb2 import Message
 
 # The operations of DhtNode, so that every in-flight series exists from the start.
@@ -220,12 +221,18 @@ class _Gauges:
     in_flight: dict[str, int]
     provider_records: int
     value_records: int
+    provide: Status
+    reprovide_cycles: int
+    reprovided: int
+    reprovide_failures: int
 
     @classmethod
     def of(cls, node: DhtNode) -> _Gauges:
         info = node.info()
+        cycles = node.reprovider
         return cls(info.routing_table_size, info.connected_peers, dict(node.in_flight),
-                   node.records.provider_count(), node.records.value_count())
+                   node.records.provider_count(), node.records.value_count(),
+                   cycles.status(), cycles.cycles, cycles.announced, cycles.failures)
 
 
 class _NodeCollector(Collector):
@@ -259,3 +266,43 @@ class _NodeCollector(Collector):
             "dht_value_records",
             "Value records (/pk/, /ipns/, operator namespaces) this node stores.",
             value=g.value_records)
+        yield from _provide_metrics(g)
+
+
+def _provide_metrics(g: _Gauges) -> Iterable[Metric]:
+    """The provide set and its reprovide cycle (dhtd.provider)."""
+    status = g.provide
+    yield GaugeMetricFamily(
+        "dht_provide_set_cids",
+        "CIDs this node keeps announcing (Provide until StopProviding).", value=status.keys)
+    yield CounterMetricFamily(
+        "dht_reprovide_cycles",
+        "Reprovide cycles ended since start. Flat while the set is not empty for longer than "
+        "the reprovide interval: the cycle cannot run (no peers).", value=g.reprovide_cycles)
+    keys = CounterMetricFamily(
+        "dht_reprovide_keys",
+        "CIDs announced again by reprovide cycles, by outcome. Rising 'failed': announcements "
+        "reach no peer, and the records of those CIDs will expire on the network.",
+        labels=["outcome"])
+    keys.add_metric(["announced"], g.reprovided)
+    keys.add_metric(["failed"], g.reprovide_failures)
+    yield keys
+    cycle = GaugeMetricFamily(
+        "dht_reprovide_cycle_keys",
+        "CIDs of the running ('current') or last ended ('last') cycle: due at its start, "
+        "done, failed. Current done + failed approaching due: the cycle is nearly over.",
+        labels=["cycle", "state"])
+    for name, run in (("current", status.current), ("last", status.last)):
+        if run is not None:
+            for state, value in (("due", run.due), ("done", run.done), ("failed", run.failed)):
+                cycle.add_metric([name, state], value)
+    yield cycle
+    yield GaugeMetricFamily(
+        "dht_reprovide_last_cycle_duration_seconds",
+        "How long the last ended cycle ran. Approaching the reprovide interval: the node "
+        "cannot keep up with its provide set.",
+        value=status.last.duration(status.last.ended) if status.last else 0.0)
+    yield GaugeMetricFamily(
+        "dht_reprovide_next_cycle_timestamp_seconds",
+        "Unix time of the next reprovide cycle (0: nothing to provide). In the past: a cycle "
+        "runs now.", value=status.next_cycle or 0.0)

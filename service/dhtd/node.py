@@ -34,6 +34,7 @@ from dhtd.lookup import (
     lookup,
 )
 from dhtd.p2p import Host
+from dhtd.provider import ProvideSet, Reprovider
 from dhtd.records import Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
@@ -155,6 +156,7 @@ class NodeInfo:
     routing_table_size: int
     connected_peers: int
     queries_in_flight: int
+    announced: list[bytes] = field(default_factory=list)
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -209,14 +211,25 @@ class DhtNode:
             clock=self.clock,
             on_request=self.observer.inbound,
             on_refused=self.observer.refused,
+            provides=lambda key: key in self.provided,
         )
         self._table_nonempty = trio.Event()
-        # Keys this node announced as a provider, and when it last did. This node
-        # answers for them itself; they never compete for the provider store.
-        self.provided: dict[bytes, float] = {}
         # Keys a Provide is announcing right now: not due for a reprovide meanwhile
         # (a new key's time is 0 until its first announcement ends).
         self._announcing: set[bytes] = set()
+        # Keys this node announced as a provider, and when it last did (state.db for
+        # dhtd's own node). This node answers for them itself; they never compete
+        # for the provider store.
+        self.provided = ProvideSet()
+        self.reprovider = Reprovider(
+            keys=self.provided,
+            provide=lambda keys, timeout: self.provide(keys, _ignore, timeout, strict=False),
+            ready=lambda: bool(self.table),
+            busy=self._announcing.__contains__,
+            clock=self.clock,
+            interval=lambda: self.reprovide_interval,
+            timeout=REPROVIDE_TIMEOUT,
+        )
         # Records this node Put and keeps putting: key -> (value, when it last reached a peer).
         self.published: dict[bytes, tuple[bytes, float]] = {}
         # Peers saved by the last run, dialled like bootstrap peers while the table is empty.
@@ -252,7 +265,7 @@ class DhtNode:
         keeps the table fresh and the commitments announced."""
         handler = self._serve if self.server else None
         loaded = self.state.load()
-        self.provided.update(loaded.provided)
+        self.provided = self.reprovider.keys = self.state.provide_set(loaded)
         self.published.update(loaded.published)
         async with (
             self.host.open(listen, handler, self.add_peer, self.maintainer.disconnected),
@@ -263,7 +276,7 @@ class DhtNode:
             self.maintainer.has_bootstrap = bool(self.bootstrap or self._saved)
             self._background = nursery
             nursery.start_soon(self.maintainer.run, self._wait_table)
-            nursery.start_soon(self._reprovide)
+            nursery.start_soon(self.reprovider.run)
             nursery.start_soon(self._republish)
             nursery.start_soon(self._collect)
             nursery.start_soon(self.records.run)
@@ -321,25 +334,6 @@ class DhtNode:
 
     def _connected_set(self) -> frozenset[bytes]:
         return frozenset(self.host.connected_peers())
-
-    async def _reprovide(self) -> None:
-        """Announces again every key whose last announcement is older than the interval.
-
-        A round that finds no peers, or fails, is retried at the next check."""
-        check = max(1.0, self.reprovide_interval / 10)
-        while True:
-            await trio.sleep(check)
-            due_before = self.clock() - self.reprovide_interval
-            due = [k for k, at in self.provided.items()
-                   if at <= due_before and k not in self._announcing]
-            if not due or not self.table:
-                continue
-            try:
-                counts = await self.provide(due, _ignore, REPROVIDE_TIMEOUT)
-            except (Unavailable, DeadlineExceeded) as exc:
-                log.info("reprovide incomplete", extra={"keys": len(due), "error": str(exc)})
-                continue
-            log.debug("reprovided", extra={"keys": len(due), "peers": sum(counts)})
 
     async def _republish(self) -> None:
         """Puts again every record whose last Put is older than the interval.
@@ -522,7 +516,7 @@ class DhtNode:
         """The addresses of ``target``. NotFound when no peer on the walk knows any."""
         async with self._operation("find_peer", timeout) as op:
             if target == self.self_id:
-                return PeerRecord(target, tuple(self.host.listen_addrs()))
+                return PeerRecord(target, tuple(self.host.announced_addrs()))
             if self.host.is_connected(target):
                 # Connected but maybe not identified yet: its listen addrs come from identify.
                 await self.host.wait_identified(target)
@@ -560,7 +554,7 @@ class DhtNode:
                 on_provider(record)
 
             if key in self.provided:
-                found(PeerRecord(self.self_id, tuple(self.host.listen_addrs())))
+                found(PeerRecord(self.self_id, tuple(self.host.announced_addrs())))
             for local in await self.records.providers_of(key, self.clock()):
                 found(PeerRecord(local.peer, local.addrs or self.host.addrs_of(local.peer)))
             if len(seen) < count:
@@ -693,27 +687,24 @@ class DhtNode:
 
     async def provide(
         self, keys: Sequence[bytes], emit: Callable[[int, QueryEvent], None], timeout: float,
-        strict: bool = True,
+        strict: bool = True, on_committed: Callable[[], None] = lambda: None,
     ) -> list[int]:
         """Announces this node as a provider of each key (a multihash).
 
         ``emit`` gets the index of the key with each event (a key given twice is
         walked once, under its first index). The keys are committed to the
-        provide set before the first event. Returns the number of peers that
-        took each announcement; Unavailable if any took none, unless not
-        ``strict`` (then its count is 0)."""
+        provide set before the first event (then ``on_committed`` is called).
+        Returns the number of peers that took each announcement; Unavailable if
+        any took none, unless not ``strict`` (then its count is 0)."""
         if not self.table:
             raise Unavailable(NO_PEERS)
         async with self._operation("provide", timeout):
-            new = list(dict.fromkeys(k for k in keys if k not in self.provided))
-            if new:
-                # Committed before the first event: an acknowledged Provide is kept.
-                await self.state.add_provided(new, self.clock())
-                for key in new:
-                    self.provided[key] = 0.0
+            # Committed before the first event: an acknowledged Provide is kept.
+            await self.provided.add(keys, self.clock())
+            on_committed()
             counts = [0] * len(keys)
             limiter = trio.CapacityLimiter(PROVIDE_CONCURRENCY)
-            addrs = tuple(self.host.listen_addrs())
+            addrs = tuple(self.host.announced_addrs())
 
             async def announce(index: int) -> None:
                 key = keys[index]
@@ -759,12 +750,8 @@ class DhtNode:
     def _announced(self, keys: Sequence[bytes]) -> None:
         """Records that ``keys`` reached at least one peer now (their next reprovide is
         an interval from now)."""
-        now = self.clock()
-        mine = [k for k in keys if k in self.provided]
-        for key in mine:
-            self.provided[key] = now
-        if mine:
-            self.state.announced(mine, now)
+        if keys:
+            self.provided.announced(keys, self.clock())
 
     async def _announce_batched(self, first: dict[bytes, int], counts: list[int],
                                 emit: Callable[[int, QueryEvent], None],
@@ -785,12 +772,20 @@ class DhtNode:
         except Unavailable:
             return  # the table emptied meanwhile: no peer took any (counts 0)
         to_peer: dict[bytes, tuple[PeerRecord, list[bytes]]] = {}
-        for key, peers in found.peers_of.items():
+        for i, (key, peers) in enumerate(found.peers_of.items(), 1):
             for peer in peers:
                 to_peer.setdefault(peer.id, (peer, []))[1].append(key)
+            if i % sweep.CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()
         limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
-        # One message per key, sent to each of its peers (not built again per peer).
-        messages = {key: self._add_provider(key, addrs) for key in found.peers_of}
+        # One message per key, built when first sent and sent to each of its peers.
+        messages: dict[bytes, Message] = {}
+
+        def message(key: bytes) -> Message:
+            built = messages.get(key)
+            if built is None:
+                built = messages[key] = self._add_provider(key, addrs)
+            return built
 
         async def send_all(peer: PeerRecord, keys: list[bytes]) -> None:
             failure = ""  # once a send to this peer failed, the rest are not tried
@@ -801,7 +796,7 @@ class DhtNode:
                     tagged(QueryEvent(EventType.SENDING_QUERY, peer.id))
                     if not failure:
                         try:
-                            await self._send(peer.id, messages[key])
+                            await self._send(peer.id, message(key))
                         except Exception as exc:  # one peer's failure is that peer's
                             failure = describe(exc)
                     if failure:
@@ -833,18 +828,12 @@ class DhtNode:
     def list_provided(self, after: bytes, limit: int) -> list[tuple[bytes, float]]:
         """Up to ``limit`` provided keys after ``after`` in byte order, with when each
         last reached a peer (0: not yet)."""
-        keys = sorted(k for k in self.provided if k > after)[:limit]
-        return [(k, self.provided[k]) for k in keys]
+        return self.provided.page(after, limit)
 
     async def stop_providing(self, keys: Sequence[bytes]) -> int:
         """Stops announcing ``keys``; returns how many were provided. Records already
         on other peers expire there within 48 h."""
-        known = [k for k in dict.fromkeys(keys) if k in self.provided]
-        if known:
-            await self.state.remove_provided(known)
-            for key in known:
-                self.provided.pop(key, None)
-        return len(known)
+        return await self.provided.remove(keys)
 
     def list_published(self, after: bytes, limit: int) -> list[tuple[bytes, bytes, float]]:
         """Up to ``limit`` records this node keeps putting, after ``after`` by key."""
@@ -865,6 +854,7 @@ class DhtNode:
         return NodeInfo(
             peer_id=self.self_id,
             addrs=self.host.listen_addrs(),
+            announced=self.host.announced_addrs(),
             server=self.server,
             protocol=self.host.protocol_id,
             routing_table_size=len(self.table),

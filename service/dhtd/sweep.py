@@ -73,6 +73,10 @@ class _Incomplete(Exception):
     """A region could not be enumerated (no target, or the lookup budget ran out)."""
 
 
+# Ours: keys handled between two checkpoints in the loops over every key.
+CHECKPOINT = 500
+
+
 async def plan(keys: Sequence[bytes], lookup: Lookup, k: int = BUCKET_SIZE,
                few: int = FEW_KEYS, concurrency: int = 8) -> Plan:
     """The k closest peers of each key (multihashes), in fewer lookups than keys
@@ -173,8 +177,7 @@ class _Sweep:
             except _Incomplete:
                 await self.per_key(keys)
                 return
-            for key in keys:
-                self.result.peers_of[key] = self.nearest(pool, key)
+            await self.assign_nearest(pool, keys)
             return
         await self.assign(0, 0, keys)
 
@@ -202,8 +205,15 @@ class _Sweep:
         except _Incomplete:
             await self.per_key(keys)
             return
-        for key in keys:
+        await self.assign_nearest(pool, keys)
+
+    async def assign_nearest(self, pool: list[PeerRecord], keys: list[bytes]) -> None:
+        """Each key's k nearest of ``pool``; lets other tasks run every CHECKPOINT keys
+        (a plan of 10,000 keys would otherwise hold the loop for tens of ms)."""
+        for i, key in enumerate(keys, 1):
             self.result.peers_of[key] = self.nearest(pool, key)
+            if i % CHECKPOINT == 0:
+                await trio.lowlevel.checkpoint()
 
     async def explore(self, d: int, v: int, keys: Sequence[bytes] = ()) -> list[PeerRecord]:
         """Every live peer of region (d, v) (raises _Incomplete if that cannot be known)."""

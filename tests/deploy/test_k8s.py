@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from dhtd import config as dhtd_config
+from dhtd.addrs import format_addr
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -94,9 +95,15 @@ def dhtd_env(docs: tuple[Doc, ...], container: Doc) -> dict[str, str]:
     for source in container.get("envFrom", []):
         ref = source["configMapRef"]["name"]
         env.update(one(docs, "ConfigMap", ref).get("data", {}))
+    pod_fields = {"metadata.name": "pod-0", "metadata.namespace": "ns",
+                  "status.podIP": "10.0.0.7"}
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            # The kubelet expands $(NAME) from variables defined before it.
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]),
+                                       item["value"])
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = pod_fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return {k: v for k, v in env.items() if k.startswith("DHTD_")}
 
 
@@ -343,3 +350,16 @@ def test_bootstrap_peer_ids_match_the_example_keys(name: str) -> None:
 def test_sidecar_base_alone_has_no_bootstrap() -> None:
     for _, _, env in dhtd_pods("sidecar"):
         assert not env.get("DHTD_BOOTSTRAP")
+
+
+def test_bootstrap_nodes_announce_their_stable_dns_names_not_pod_ips() -> None:
+    """deploy/README.md's recipe: DHTD_ANNOUNCE is the pod's name under the headless
+    Service, made from the pod's own name by the kubelet."""
+    ((workload, container, env),) = dhtd_pods("bootstrap")
+    service = workload["spec"]["serviceName"]
+    namespace = workload["metadata"]["namespace"]
+    assert env["DHTD_ANNOUNCE"] == f"/dns4/pod-0.{service}.{namespace}.svc.cluster.local/tcp/4001"
+    names = [item["name"] for item in container["env"]]
+    assert names.index("POD_NAME") < names.index("DHTD_ANNOUNCE")  # defined before use
+    config = dhtd_config.load([], environ=env)
+    assert [format_addr(a) for a in config.announce] == [env["DHTD_ANNOUNCE"]]

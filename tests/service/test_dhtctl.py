@@ -127,8 +127,9 @@ def test_info_connect_and_the_address_variable(live: Node) -> None:
     # Global options work after the command too.
     [info] = json_lines(dhtctl("info", "--json", addr=live.grpc_addr))
     assert set(info) == {"peer_id", "addrs", "mode", "protocol", "routing_table_size",
-                         "connected_peers", "version", "queries_in_flight"}
+                         "connected_peers", "version", "queries_in_flight", "announced_addrs"}
     assert info["peer_id"] == live.peer_id and info["mode"] == "server"
+    assert info["announced_addrs"] == info["addrs"]  # (no --announce: the listen addrs)
     assert info["routing_table_size"] >= 4
 
     peer = live.dev_peer_ids()[1]

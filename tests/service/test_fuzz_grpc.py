@@ -1,8 +1,9 @@
 """Fuzzing the gRPC edge of a live dhtd with hypothesis.
 
-Every request message of dht.v1 (FindPeer, FindProvs, Get, Provide, Put, Query,
-Info, Connect, ListProvides, StopProviding, ListPuts, StopRepublishing) is sent
-as raw wire bytes, built two ways:
+Every request message of dht.v1 (FindPeer, FindProvs, Get, Provide, ProvideMany,
+Put, Query, Info, Connect, ListProvides, StopProviding, ProvideStatus, ListPuts,
+StopRepublishing) is sent as raw wire bytes (ProvideMany's twice, as a stream of
+two messages), built two ways:
 
 * field by field: odd and huge text, text that is not UTF-8, bytes, varints
   (negative, past 32 bits, past 64), repeated and duplicated fields, wrong wire
@@ -64,8 +65,9 @@ FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database
 SERVICES = [pb.DESCRIPTOR.services_by_name[n] for n in ("DhtService", "NodeService")]
 METHODS: list[MethodDescriptor] = [m for s in SERVICES for m in s.methods]
 assert {m.name for m in METHODS} == {
-    "FindPeer", "FindProvs", "Get", "Provide", "Put", "Query", "Info", "Connect",
-    "ListProvides", "StopProviding", "ListPuts", "StopRepublishing"}
+    "FindPeer", "FindProvs", "Get", "Provide", "ProvideMany", "Put", "Query", "Info",
+    "Connect", "ListProvides", "StopProviding", "ProvideStatus", "ListPuts",
+    "StopRepublishing"}
 
 # A peer ID no node of the swarm has, and CIDs and keys in every shape dhtd reads.
 STRANGER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
@@ -210,7 +212,11 @@ def call(node: Node, method: MethodDescriptor, body: bytes) -> None:
     started = time.monotonic()
     code = grpc.StatusCode.OK
     try:
-        if method.server_streaming:
+        if method.client_streaming:
+            for _ in node.channel.stream_stream(path)(iter([body, body]),
+                                                      timeout=CALL_DEADLINE):
+                pass
+        elif method.server_streaming:
             for _ in node.channel.unary_stream(path)(body, timeout=CALL_DEADLINE):
                 pass
         else:

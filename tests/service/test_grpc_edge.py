@@ -41,6 +41,8 @@ DHT_METHODS = [
      and m.input_type.fields_by_number[1].type == m.input_type.fields_by_number[1].TYPE_STRING)
     for service in (DHT, NODE) for m in service.methods
 ]
+BIDI = {f"/{service.full_name}/{m.name}" for service in (DHT, NODE) for m in service.methods
+        if m.client_streaming}
 ALL_METHODS = [*DHT_METHODS, (HEALTH + "Check", False, True), (HEALTH + "Watch", True, True)]
 GARBAGE = b"\xff\xff\xff\xff"  # tag 0x1fffffff..., a truncated varint: no message decodes it
 BAD_UTF8 = b"\x0a\x02\xff\xfe"  # field 1, length 2, not UTF-8: no string field decodes it
@@ -102,7 +104,8 @@ def test_undecodable_requests_are_invalid_argument(
         assert err.details().startswith("request: does not decode as "), err.details()
         assert len(err.details()) < MAX_MESSAGE_BYTES
     service, name = method.strip("/").split("/")
-    kind = "server_stream" if streaming else "unary"
+    bidi = method in BIDI  # (a stream of requests; one undecodable message was sent)
+    kind = "bidi_stream" if bidi else "server_stream" if streaming else "unary"
     labels = {"grpc_type": kind, "grpc_service": service, "grpc_method": name,
               "grpc_code": "INVALID_ARGUMENT"}
     # The server may count a call a moment after its status reached the client.
@@ -166,7 +169,7 @@ def test_more_cids_than_the_cap_are_refused_before_any_is_parsed(live: Node) -> 
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == (
         f"cids: has {MAX_CIDS_PER_PROVIDE + 1} CIDs; at most {MAX_CIDS_PER_PROVIDE} per call "
-        "(provide the rest in further calls)")
+        "(provide the rest in further calls, or stream them with ProvideMany)")
 
 
 def test_the_cap_itself_is_allowed(live: Node) -> None:

@@ -126,6 +126,9 @@ class SimHost:
     def listen_addrs(self) -> list[bytes]:
         return [self.addr]
 
+    def announced_addrs(self) -> list[bytes]:
+        return [self.addr]
+
     def is_connected(self, peer: bytes) -> bool:
         return peer in self.connected
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtd.addrs import parse_dial_addr, parse_listen_addr
+from dhtd.addrs import format_addr, parse_dial_addr, parse_listen_addr
 from dhtd.config import (
     DEFAULT_GRPC_ADDR,
     DEFAULT_LISTEN,
@@ -376,3 +376,48 @@ def test_provide_batch_min_from_a_flag_or_a_variable() -> None:
     assert load([], {**BASE_ENV, "DHTD_PROVIDE_BATCH_MIN": "500"}).provide_batch_min == 500
     assert problems_of(["--provide-batch-min", "-1"]) == [
         "--provide-batch-min: -1 is outside 0..1e+06"]
+
+
+def test_announce_addresses_from_flags_or_variables() -> None:
+    config = load(["--announce", "/dns4/dht.example.com/tcp/4001",
+                   "--announce", "/ip4/203.0.113.7/tcp/4001",
+                   "--announce-append", "/dns4/gw.example.com/tcp/443/https",
+                   "--announce-append", "/ip4/203.0.113.7/tcp/8080/http",
+                   "--announce-append", "/dns/gw.example.com/tcp/443/tls/http"], BASE_ENV)
+    assert [format_addr(a) for a in config.announce] == [
+        "/dns4/dht.example.com/tcp/4001", "/ip4/203.0.113.7/tcp/4001"]
+    assert [format_addr(a) for a in config.announce_append] == [
+        "/dns4/gw.example.com/tcp/443/https", "/ip4/203.0.113.7/tcp/8080/http",
+        "/dns/gw.example.com/tcp/443/tls/http"]
+    env = {**BASE_ENV, "DHTD_ANNOUNCE": "/dns6/dht.example.com/tcp/4001",
+           "DHTD_ANNOUNCE_APPEND": "/ip6/2001:db8::1/tcp/443/https, /ip4/1.2.3.4/tcp/1"}
+    config = load([], env)
+    assert [format_addr(a) for a in config.announce] == ["/dns6/dht.example.com/tcp/4001"]
+    assert [format_addr(a) for a in config.announce_append] == [
+        "/ip6/2001:db8::1/tcp/443/https", "/ip4/1.2.3.4/tcp/1"]
+    assert load([], BASE_ENV).announce == () == load([], BASE_ENV).announce_append
+    # The same address twice is announced once.
+    twice = load(["--announce-append", "/ip4/1.2.3.4/tcp/1"] * 2, BASE_ENV)
+    assert len(twice.announce_append) == 1
+
+
+def test_bad_announce_addresses_get_one_line_each() -> None:
+    peer = BOOT_A.rsplit("/", 1)[1]
+    problems = problems_of([
+        "--announce", "/tcp/4001",
+        "--announce", "/ip4/1.2.3.4",
+        "--announce-append", f"/ip4/1.2.3.4/tcp/1/p2p/{peer}",
+        "--announce-append", "https://gw.example.com",
+    ])
+    assert problems[:3] == [
+        "--announce: '/tcp/4001': must start with /ip4, /ip6, /dns, /dns4 or /dns6",
+        "--announce: '/ip4/1.2.3.4': needs a transport after the host, e.g. /tcp/4001 or "
+        "/tcp/443/https",
+        f"--announce-append: '/ip4/1.2.3.4/tcp/1/p2p/{peer}': must not contain /p2p/ "
+        "(this node's ID is implied)",
+    ]
+    assert problems[3].startswith("--announce-append: 'https://gw.example.com': not a multiaddr")
+    assert len(problems) == 4
+    many = [arg for i in range(17) for arg in ("--announce-append", f"/ip4/1.2.3.4/tcp/{i + 1}")]
+    assert problems_of(many) == [
+        "--announce, --announce-append: 17 addresses, at most 16"]

@@ -513,6 +513,27 @@ def test_get_providers_fills_in_missing_addrs_and_caps_the_answer() -> None:
     assert got == [(p, addrs(p)) for p in newest]
 
 
+def test_get_providers_names_this_node_first_for_a_key_it_provides() -> None:
+    """As go-libp2p-kad-dht, which stores its own record: a peer asking this node
+    for a key it provides hears of this node, with its announced addresses, ahead
+    of the records held for others, and the answer stays within the cap."""
+    w = World(peers=MAX_PROVIDERS_PER_ANSWER + 10)
+    key = b"\x12\x20" + bytes(32)
+    other_key = b"\x12\x20" + bytes([1]) * 32
+    w.addrs[w.self_id] = (b"announced",)
+    w.h.provides = lambda k: k == key
+    for i, peer in enumerate(w.peers):
+        w.clock.now = NOW + i
+        w.providers.add(key, peer, (), w.clock.now)
+    w.providers.add(key, w.self_id, (b"stale",), w.clock.now + 1)  # never twice
+    got = [(p.id, tuple(p.addrs)) for p in
+           w.answer(new_message(MessageType.GET_PROVIDERS, key)).providerPeers]
+    assert len(got) == MAX_PROVIDERS_PER_ANSWER
+    assert got[0] == (w.self_id, (b"announced",))
+    assert [p for p, _ in got[1:]] == list(reversed(w.peers))[:MAX_PROVIDERS_PER_ANSWER - 1]
+    assert not w.answer(new_message(MessageType.GET_PROVIDERS, other_key)).providerPeers
+
+
 def test_get_providers_for_an_unknown_key() -> None:
     w = World()
     answer = w.answer(new_message(MessageType.GET_PROVIDERS, b"\x12\x20" + bytes(32)))

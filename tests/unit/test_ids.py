@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -446,3 +447,24 @@ def test_distance_properties(a: bytes, b: bytes) -> None:
     bits_b = bin(int.from_bytes(b, "big"))[2:].zfill(256)
     shared = next((i for i in range(256) if bits_a[i] != bits_b[i]), 256)
     assert common_prefix_len(a, b) == shared
+
+
+def test_the_fast_base32_path_decodes_exactly_as_the_general_loop() -> None:
+    """multibase_decode takes lowercase unpadded base32 (the usual CIDv1 text) down
+    a fast path; every payload, valid or not, gets the general decoder's answer."""
+    from dhtd.ids import _B32_ALPHABET, _rfc4648_decode, multibase_decode
+
+    rng = random.Random(5)
+    payloads = ["", "a", "ab", "abc", "abcd", "abcde", "77", "7777777", "aaaaaaaa",
+                *("".join(rng.choice(_B32_ALPHABET) for _ in range(rng.randrange(80)))
+                  for _ in range(20_000))]
+    for payload in payloads:
+        try:
+            want: bytes | str = _rfc4648_decode(payload, _B32_ALPHABET, 5, False, "base32")
+        except ValueError as exc:
+            want = str(exc)
+        try:
+            got: bytes | str = multibase_decode("b" + payload)
+        except ValueError as exc:
+            got = str(exc)
+        assert got == want, payload

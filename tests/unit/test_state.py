@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from dhtd.ids import kad_key
 from dhtd.lookup import PeerRecord
+from dhtd.provider import ProvideSet
 from dhtd.state import (
     CorruptDatabase,
     Database,
     DataDirLocked,
     DiskState,
+    Loaded,
+    NodeState,
     StorageFull,
     StorageUnavailable,
 )
@@ -66,8 +70,9 @@ def test_commitments_survive_reopening(tmp_path: Path) -> None:
     async def main() -> None:
         db = Database.open(tmp_path)
         state = DiskState(db)
-        await state.add_provided([KEY_A, KEY_B], 100.0)
-        state.announced([KEY_A], 150.0)
+        keys = state.provide_set(Loaded())
+        await keys.add([KEY_A, KEY_B], 100.0)
+        keys.announced([KEY_A], 150.0)
         await state.add_published(b"/demo/k", b"v1", 100.0)
         await state.add_published(b"/demo/k", b"v2", 110.0)  # a new value replaces the old
         state.republished(b"/demo/k", 160.0)
@@ -75,16 +80,18 @@ def test_commitments_survive_reopening(tmp_path: Path) -> None:
             [PeerRecord(KEY_A, (b"\x04\x7f\x00\x00\x01\x06\x10\x00", b"x")), PeerRecord(KEY_B, ())],
             170.0,
         )
-        await state.remove_provided([KEY_B])
+        assert await keys.remove([KEY_B, KEY_B]) == 1
         db.close()
 
     trio.run(main)
     db = Database.open(tmp_path)
     try:
-        loaded = DiskState(db).load()
+        state = DiskState(db)
+        loaded = state.load()
+        provided = dict(state.provide_set(loaded))
     finally:
         db.close()
-    assert loaded.provided == {KEY_A: 150.0}
+    assert provided == {KEY_A: 150.0}
     assert loaded.published == {b"/demo/k": (b"v2", 160.0)}
     # Peers without addresses are useless to a restarted node, so not saved.
     assert loaded.peers == [PeerRecord(KEY_A, (b"\x04\x7f\x00\x00\x01\x06\x10\x00", b"x"))]
@@ -113,16 +120,17 @@ def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
 def test_a_full_disk_fails_writes_with_a_clear_error_and_reads_go_on(tmp_path: Path) -> None:
     async def main() -> None:
         db = Database.open(tmp_path)
-        state = DiskState(db)
-        await state.add_provided([KEY_A], 1.0)
+        keys = DiskState(db).provide_set(Loaded())
+        await keys.add([KEY_A], 1.0)
         pages = db.read("PRAGMA page_count")[0][0]
         db._writer.execute(f"PRAGMA max_page_count = {pages}")  # as if the disk were full
         with pytest.raises(StorageFull, match="is full"):
-            await state.add_provided([b"\x12\x20" + bytes([i]) * 32 for i in range(200)], 2.0)
+            await keys.add([b"\x12\x20" + bytes([i]) * 32 for i in range(200)], 2.0)
         assert db.broken is not None
-        assert state.load().provided == {KEY_A: 0.0}  # reads keep working, nothing half-written
+        # Reads keep working, nothing half-written, and the size counts what is there.
+        assert dict(keys) == {KEY_A: 0.0} and len(keys) == 1
         db._writer.execute("PRAGMA max_page_count = 1000000")
-        await state.add_provided([KEY_B], 3.0)  # and writes resume once there is room
+        assert await keys.add([KEY_B], 3.0) == [KEY_B]  # writes resume once there is room
         assert db.broken is None
         db.close()
 
@@ -134,7 +142,7 @@ def test_an_unwritable_database_fails_writes_as_unavailable(tmp_path: Path) -> N
         db = Database.open(tmp_path)
         db._writer.execute("PRAGMA query_only = ON")  # as if the dir had turned read-only
         with pytest.raises(StorageUnavailable, match="cannot be written"):
-            await DiskState(db).add_provided([KEY_A], 1.0)
+            await DiskState(db).provide_set(Loaded()).add([KEY_A], 1.0)
         db.close()
 
     trio.run(main)
@@ -143,10 +151,10 @@ def test_an_unwritable_database_fails_writes_as_unavailable(tmp_path: Path) -> N
 def test_many_concurrent_writers_are_all_committed(tmp_path: Path) -> None:
     async def main() -> None:
         db = Database.open(tmp_path)
-        state = DiskState(db)
+        keys = DiskState(db).provide_set(Loaded())
         async with trio.open_nursery() as nursery:
             for i in range(300):
-                nursery.start_soon(state.add_provided, [bytes([i % 256, i // 256]) * 17], 1.0)
+                nursery.start_soon(keys.add, [bytes([i % 256, i // 256]) * 17], 1.0)
         assert db.read("SELECT count(*) FROM provided") == [(300,)]
         db.close()
 
@@ -157,10 +165,11 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
     async def fill() -> None:
         db = Database.open(tmp_path)
         state = DiskState(db)
-        await state.add_provided([bytes([i]) * 34 for i in range(200)], 1.0)
-        state.announced([bytes([0]) * 34], 2.0)
+        keys = state.provide_set(Loaded())
+        await keys.add([bytes([i]) * 34 for i in range(200)], 1.0)
+        keys.announced([bytes([0]) * 34], 2.0)
         await state.add_published(b"/demo/k", b"v" * 1000, 1.0)
-        await state.remove_provided([bytes([i]) * 34 for i in range(100, 200)])
+        await keys.remove([bytes([i]) * 34 for i in range(100, 200)])
         db.close()
 
     trio.run(fill)
@@ -170,7 +179,7 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
     stats = json.loads(shown.stdout)
     assert (stats["provided"], stats["provided_never_announced"], stats["published"],
             stats["saved_peers"], stats["provider_records"], stats["schema_version"]
-            ) == (100, 99, 1, 0, 0, 1)
+            ) == (100, 99, 1, 0, 0, len(MIGRATIONS))
     vacuumed = subprocess.run([*run, "vacuum", str(tmp_path)], capture_output=True, text=True,
                               check=True, timeout=60)
     sizes = json.loads(vacuumed.stdout)
@@ -185,6 +194,96 @@ def test_the_operator_command_shows_stats_and_vacuums(tmp_path: Path) -> None:
         assert busy.stderr.startswith("dhtd.state: another dhtd")
     finally:
         db.close()
+
+
+# --- the provide set (dhtd.provider.keyset), in memory and in state.db ---------------------
+
+PROVIDE_KEYS = [b"\x12\x20" + bytes([i]) * 32 for i in range(40)]
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_the_provide_set_lists_due_keys_in_keyspace_order_a_chunk_at_a_time(
+    tmp_path: Path, on_disk: bool
+) -> None:
+    """Both sets answer alike: due keys come in Kademlia-key order after a cursor, only
+    those last announced at or before the time; sizes, pages and the oldest time agree."""
+
+    async def main() -> None:
+        db = Database.open(tmp_path) if on_disk else None
+        keys = DiskState(db).provide_set(Loaded()) if db else NodeState().provide_set(Loaded())
+        assert keys.oldest() is None and len(keys) == 0
+        assert await keys.add(PROVIDE_KEYS + PROVIDE_KEYS[:3], 5.0) == PROVIDE_KEYS
+        assert await keys.add(PROVIDE_KEYS[:2], 6.0) == []
+        keys.announced(PROVIDE_KEYS[:10], 100.0)
+        keys.announced(PROVIDE_KEYS[10:20], 200.0)
+        keys.announced([b"\x12\x20" + b"\xff" * 32], 300.0)  # not in the set: ignored
+        if db:
+            await db.call(lambda conn: None)  # (bookkeeping is queued: let it commit)
+        assert len(keys) == 40 and keys.oldest() == 0.0
+        assert await keys.count_due(0.0) == 20 and await keys.count_due(100.0) == 30
+        by_kad = sorted((kad_key(k), k) for k in PROVIDE_KEYS[:10] + PROVIDE_KEYS[20:])
+        first = await keys.due(100.0, b"", 7)
+        assert first == by_kad[:7]
+        assert await keys.due(100.0, first[-1][0], 100) == by_kad[7:]
+        assert await keys.due(100.0, by_kad[-1][0], 100) == []
+        assert keys.page(b"", 3) == [(k, keys[k]) for k in sorted(PROVIDE_KEYS)[:3]]
+        assert keys.page(sorted(PROVIDE_KEYS)[-2], 3) == [(sorted(PROVIDE_KEYS)[-1], 0.0)]
+        assert PROVIDE_KEYS[0] in keys and b"nope" not in keys
+        assert await keys.remove([*PROVIDE_KEYS[20:], b"nope"]) == 20
+        assert len(keys) == 20 and keys.oldest() == 100.0
+        assert await keys.due(150.0, b"", 100) == sorted(
+            (kad_key(k), k) for k in PROVIDE_KEYS[:10])
+        if db:
+            before = dict(keys)
+            db.close()
+            db = Database.open(tmp_path)
+            reopened = DiskState(db).provide_set(Loaded())
+            assert len(reopened) == 20 and dict(reopened) == before
+            db.close()
+
+    trio.run(main)
+
+
+def test_a_schema_1_file_gets_the_keyspace_position_of_every_provided_key(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    conn.executemany("INSERT INTO provided (key, added, announced) VALUES (?, 1, ?)",
+                     [(k, float(i)) for i, k in enumerate(PROVIDE_KEYS)])
+    conn.commit()
+    conn.close()
+
+    async def main() -> None:
+        db = Database.open(tmp_path)
+        keys = DiskState(db).provide_set(Loaded())
+        assert len(keys) == 40 and keys[PROVIDE_KEYS[7]] == 7.0
+        assert await keys.due(1e9, b"", 100) == sorted((kad_key(k), k) for k in PROVIDE_KEYS)
+        db.close()
+
+    trio.run(main)
+
+
+def test_the_in_memory_set_tells_its_state_of_every_change() -> None:
+    told: list[tuple[str, object]] = []
+
+    class Told(NodeState):
+        async def add_provided(self, keys: object, now: float) -> None:
+            told.append(("add", list(keys)))  # type: ignore[call-overload]
+
+        def announced(self, keys: object, now: float) -> None:
+            told.append(("announced", list(keys)))  # type: ignore[call-overload]
+
+        async def remove_provided(self, keys: object) -> None:
+            told.append(("remove", list(keys)))  # type: ignore[call-overload]
+
+    async def main() -> None:
+        keys: ProvideSet = Told().provide_set(Loaded(provided={KEY_A: 3.0}))
+        await keys.add([KEY_A, KEY_B], 4.0)
+        keys.announced([KEY_B, b"other"], 5.0)
+        await keys.remove([KEY_A, b"other"])
+        await keys.remove([b"other"])
+
+    trio.run(main)
+    assert told == [("add", [KEY_B]), ("announced", [KEY_B]), ("remove", [KEY_A])]
 
 
 # --- jobs on the writer thread, and the records held for others ------------------------------

@@ -7,6 +7,7 @@ two decorators below.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
@@ -24,6 +25,7 @@ from dhtd.errors import (
     InvalidArgument,
     InvalidRecord,
     NotFound,
+    Unavailable,
     excerpt,
 )
 from dhtd.ids import (
@@ -36,7 +38,8 @@ from dhtd.ids import (
     peer_id_to_str,
 )
 from dhtd.lookup import PeerRecord, QueryEvent
-from dhtd.node import DhtNode
+from dhtd.node import NO_PEERS, DhtNode
+from dhtd.provider import Cycle
 
 from .status import status_of
 
@@ -71,6 +74,9 @@ MAX_REQUEST_BYTES = 2 * 1024 * 1024
 # the 4 MiB gRPC clients accept by default.
 MAX_EVENTS_PER_MESSAGE = 128
 
+# Ours: CIDs parsed between two yields to the event loop (10,000 take about 90 ms).
+PARSE_SLICE = 1000
+
 # Options of the grpc.aio server that bound its memory.
 SERVER_OPTIONS = (("grpc.max_receive_message_length", MAX_REQUEST_BYTES),)
 
@@ -104,6 +110,8 @@ def streaming(
         try:
             async for item in fn(self, request, context):
                 yield item
+        except grpc.aio.AbortError:
+            raise  # the edge ended the call already (a streamed request did not decode)
         except Exception as exc:
             code, message = status_of(exc)
             await context.abort(code, message)
@@ -129,6 +137,33 @@ def query_event(event: QueryEvent) -> pb.QueryEvent:
         responses=[peer_info(r) for r in event.responses],
         extra=event.extra,
     )
+
+
+async def provide_cids(texts: Sequence[str], field: str, more: str) -> list[Cid]:
+    """1 to MAX_CIDS_PER_PROVIDE CIDs, parsed; ``field`` names them in errors, and
+    ``more`` says where the rest go. Lets other calls run every PARSE_SLICE CIDs."""
+    if not texts:
+        raise InvalidArgument(field, "is empty: give at least one CID")
+    if len(texts) > MAX_CIDS_PER_PROVIDE:
+        raise InvalidArgument(
+            field, f"has {len(texts)} CIDs; at most {MAX_CIDS_PER_PROVIDE} {more}")
+    cids = []
+    for i, text in enumerate(texts):
+        cids.append(parse_cid(text, f"{field}[{i}]"))
+        if i % PARSE_SLICE == PARSE_SLICE - 1:
+            await asyncio.sleep(0)
+    return cids
+
+
+def reprovide_cycle(cycle: Cycle | None, now: float) -> pb.ReprovideCycle | None:
+    if cycle is None:
+        return None
+    return pb.ReprovideCycle(started=cycle.started, duration=cycle.duration(now), due=cycle.due,
+                             done=cycle.done, failed=cycle.failed, error=cycle.error)
+
+
+def _ignore(*args: object) -> None:
+    return None
 
 
 def record_key(key: bytes, node: DhtNode) -> bytes:
@@ -197,14 +232,9 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
     @streaming
     async def Provide(self, request: pb.ProvideRequest, context: grpc.aio.ServicerContext
                       ) -> AsyncIterator[pb.ProvideResponse]:
-        if not request.cids:
-            raise InvalidArgument("cids", "is empty: give at least one CID")
-        if len(request.cids) > MAX_CIDS_PER_PROVIDE:
-            raise InvalidArgument(
-                "cids", f"has {len(request.cids)} CIDs; at most {MAX_CIDS_PER_PROVIDE} per call "
-                "(provide the rest in further calls)"
-            )
-        cids = [parse_cid(text, f"cids[{i}]") for i, text in enumerate(request.cids)]
+        cids = await provide_cids(
+            request.cids, "cids",
+            "per call (provide the rest in further calls, or stream them with ProvideMany)")
         if request.recursive:
             async for response in self._provide_dags(request, cids, context):
                 yield response
@@ -247,6 +277,37 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             return
         async for cid, event in self.bridge.stream(work):
             yield pb.ProvideResponse(event=query_event(event), cid=text(cid))
+
+    @streaming
+    async def ProvideMany(self, requests: AsyncIterator[pb.ProvideManyRequest],
+                          context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[pb.ProvideManyResponse]:
+        if not await self.bridge.call(lambda: _now(bool(self.node.table))):
+            raise Unavailable(NO_PEERS)
+        totals = pb.ProvideManyResponse()
+        index = 0
+        async for request in requests:
+            keys = [c.multihash for c in await provide_cids(
+                request.cids, f"message {index}: cids",
+                "per message (send the rest in further messages)")]
+            totals.received += len(keys)
+            t = self.timeout(context)
+
+            async def work(put: Callable[[list[int] | None], None],
+                           keys: list[bytes] = keys, t: float = t) -> None:
+                put(await self.node.provide(keys, _ignore, t, strict=False,
+                                            on_committed=lambda: put(None)))
+
+            async for counts in self.bridge.stream(work):
+                if counts is None:
+                    totals.committed += len(keys)
+                else:
+                    failed = counts.count(0)
+                    totals.announced += len(keys) - failed
+                    totals.failed += failed
+                    totals.batches += 1
+                yield totals
+            index += 1
 
     @streaming
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext
@@ -308,6 +369,7 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
             connected_peers=info.connected_peers,
             version=dhtd.__version__,
             queries_in_flight=info.queries_in_flight,
+            announced_addrs=[_addr_text(a) for a in info.announced],
         )
 
     @unary
@@ -338,6 +400,20 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
         keys = [parse_cid(text, f"cids[{i}]").multihash for i, text in enumerate(request.cids)]
         stopped = await self.bridge.call(lambda: self.node.stop_providing(keys))
         return pb.StopProvidingResponse(stopped=stopped)
+
+    @unary
+    async def ProvideStatus(self, request: pb.ProvideStatusRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ProvideStatusResponse:
+        status, cycles, now = await self.bridge.call(lambda: _now((
+            self.node.reprovider.status(), self.node.reprovider.cycles, self.node.clock())))
+        return pb.ProvideStatusResponse(
+            cids=status.keys,
+            current=reprovide_cycle(status.current, now),
+            last=reprovide_cycle(status.last, now),
+            next_cycle=status.next_cycle or 0.0,
+            reprovide_interval=status.interval,
+            cycles=cycles,
+        )
 
     @unary
     async def ListPuts(self, request: pb.ListPutsRequest, context: grpc.aio.ServicerContext

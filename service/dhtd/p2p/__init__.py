@@ -405,9 +405,12 @@ class Host:
     """
 
     def __init__(
-        self, key_pair: KeyPair, protocol_id: str, budget: ConnectionBudget | None = None
+        self, key_pair: KeyPair, protocol_id: str, budget: ConnectionBudget | None = None,
+        announce: Sequence[bytes] = (), announce_append: Sequence[bytes] = (),
     ) -> None:
         self._pair = key_pair
+        self._announce = tuple(announce)
+        self._announce_append = tuple(announce_append)
         self.protocol_id = protocol_id
         self.self_id = peer_id_of(key_pair)
         budget = budget or ConnectionBudget()
@@ -436,7 +439,9 @@ class Host:
         # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections, and
         # its own identify (dhtd.p2p.identify).
         network.upgrader = Upgrader(key_pair, network.upgrader)
-        self._identify = Identifier(self._host, protocol_id)
+        self._identify = Identifier(
+            self._host, protocol_id,
+            self.announced_addrs if self._announce or self._announce_append else None)
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
         # Peers a request is in flight to: protected from connection trimming, and
@@ -514,6 +519,14 @@ class Host:
             return out
         return list(self._listen)
 
+    def announced_addrs(self) -> list[bytes]:
+        """The addresses this host tells others it has, in identify, provider
+        records and answers about itself: ``announce`` if given (Kubo's
+        Addresses.Announce), else :meth:`listen_addrs`; then ``announce_append``
+        (Kubo's Addresses.AppendAnnounce)."""
+        own = list(self._announce) if self._announce else self.listen_addrs()
+        return own + [a for a in self._announce_append if a not in own]
+
     def is_connected(self, peer: bytes) -> bool:
         return bool(self._host.get_network().get_connections(ID(peer)))
 
@@ -529,7 +542,7 @@ class Host:
 
     def addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
         if peer == self.self_id:
-            return tuple(self.listen_addrs())
+            return tuple(self.announced_addrs())
         try:
             known = self._host.get_peerstore().addrs(ID(peer))
         except Exception:

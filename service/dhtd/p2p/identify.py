@@ -36,6 +36,7 @@ from libp2p.identity.identify.identify import ID as _IDENTIFY_ID
 from libp2p.identity.identify.identify import _mk_identify_protobuf
 from libp2p.identity.identify.pb.identify_pb2 import Identify
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import create_signed_peer_record
 
 from dhtd.ids import decode_uvarint, encode_uvarint
 from dhtd.kadmsg import peer_addrs
@@ -68,9 +69,13 @@ class Identifier:
     """Runs identify for one py-libp2p host (see the module doc). Call
     :meth:`start` once the host runs; until then the host's own identify runs."""
 
-    def __init__(self, host: Any, protocol_id: str) -> None:
+    def __init__(self, host: Any, protocol_id: str,
+                 announced: Callable[[], list[bytes]] | None = None) -> None:
         self._host = host
         self._protocol_id = protocol_id
+        # The addresses to tell peers instead of py-libp2p's listen addresses
+        # (--announce, --announce-append); None: py-libp2p's.
+        self._announced = announced
         self._nursery: trio.Nursery | None = None
         self._on_kad_peer: Callable[[bytes], None] = lambda peer: None
         self._running: set[bytes] = set()
@@ -197,6 +202,16 @@ class Identifier:
 
     # -- answering --------------------------------------------------------------
 
+    def _announce(self, message: Identify, addrs: list[bytes]) -> None:
+        """Puts ``addrs`` in the message, as listen addresses and in a signed peer
+        record of their own (go-libp2p prefers the signed record's addresses)."""
+        del message.listen_addrs[:]
+        message.listen_addrs.extend(addrs)
+        record = create_signed_peer_record(
+            self._host.get_id(), [multiaddr.Multiaddr(a) for a in addrs],
+            self._host.get_private_key())
+        message.signedPeerRecord = record.marshal_envelope()
+
     async def serve(self, stream: Any) -> None:
         """Answers one identify request: the cached message plus where we see the
         peer from, then closes the stream."""
@@ -204,6 +219,8 @@ class Identifier:
             if self._reply is None:
                 message = _mk_identify_protobuf(self._host, None)
                 message.ClearField("observed_addr")
+                if self._announced is not None:
+                    self._announce(message, self._announced())
                 self._reply = message.SerializeToString()
             body = self._reply + _observed(stream)
             await stream.write(encode_uvarint(len(body)) + body)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dhtd.lookup import PeerRecord
 from dhtd.state.db import (
@@ -31,6 +32,9 @@ from dhtd.state.db import (
     pack_addrs,
     unpack_addrs,
 )
+
+if TYPE_CHECKING:
+    from dhtd.provider.keyset import ProvideSet
 
 __all__ = [
     "CorruptDatabase",
@@ -65,6 +69,12 @@ class NodeState:
     def load(self) -> Loaded:
         return Loaded()
 
+    def provide_set(self, loaded: Loaded) -> ProvideSet:
+        """The provide set, which tells this state of each change."""
+        from dhtd.provider.keyset import ProvideSet
+
+        return ProvideSet(self, loaded.provided)
+
     async def add_provided(self, keys: Sequence[bytes], now: float) -> None:
         return None
 
@@ -94,9 +104,9 @@ class DiskState(NodeState):
         self.db = db
 
     def load(self) -> Loaded:
+        """The published records and saved peers (the provide set stays on disk:
+        :meth:`provide_set`)."""
         loaded = Loaded()
-        for key, announced in self.db.read("SELECT key, announced FROM provided"):
-            loaded.provided[bytes(key)] = float(announced)
         for key, value, put_at in self.db.read("SELECT key, value, put_at FROM published"):
             loaded.published[bytes(key)] = (bytes(value), float(put_at))
         rows = self.db.read("SELECT id, addrs FROM peers ORDER BY seen DESC LIMIT ?",
@@ -104,18 +114,11 @@ class DiskState(NodeState):
         loaded.peers = [PeerRecord(bytes(peer), unpack_addrs(bytes(addrs))) for peer, addrs in rows]
         return loaded
 
-    async def add_provided(self, keys: Sequence[bytes], now: float) -> None:
-        await self.db.write([
-            ("INSERT OR IGNORE INTO provided (key, added, announced) VALUES (?, ?, 0)", (k, now))
-            for k in keys
-        ])
+    def provide_set(self, loaded: Loaded) -> ProvideSet:
+        """The provide set, read and written in state.db (none of it in memory)."""
+        from dhtd.provider.keyset import DiskProvideSet
 
-    def announced(self, keys: Sequence[bytes], now: float) -> None:
-        self.db.write_soon([("UPDATE provided SET announced = ? WHERE key = ?", (now, k))
-                            for k in keys])
-
-    async def remove_provided(self, keys: Sequence[bytes]) -> None:
-        await self.db.write([("DELETE FROM provided WHERE key = ?", (k,)) for k in keys])
+        return DiskProvideSet(self.db)
 
     async def add_published(self, key: bytes, value: bytes, now: float) -> None:
         await self.db.write([(

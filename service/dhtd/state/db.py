@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import queue
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -70,6 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
         seen REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: the provide set by keyspace position (the reprovide cycle sweeps it region
+    # by region: dhtd.provider) and by when each key last reached a peer.
+    """
+    ALTER TABLE provided ADD COLUMN kad BLOB NOT NULL DEFAULT x'';
+    UPDATE provided SET kad = dhtd_sha256(key);
+    CREATE INDEX provided_by_kad ON provided (kad);
+    CREATE INDEX provided_by_announced ON provided (announced);
+    """,
 )
 
 # Jobs committed in one transaction at most (ours: a Provide of 1,000 CIDs is
@@ -86,6 +95,7 @@ COMMIT_DELAY = 0.05
 CLOSE_TIMEOUT = 10.0
 
 Statement = tuple[str, Sequence[Any]]
+T = TypeVar("T")
 
 
 class StorageFull(ResourceExhausted):
@@ -124,6 +134,11 @@ class Database:
         self._lock_fd = lock_fd
         self._reader = reader
         self._writer = writer
+        # Long reads (a sweep of the provide set) run on a worker thread, one at a
+        # time, on a connection of their own.
+        self._scanner = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                        check_same_thread=False)
+        self._scanning = trio.CapacityLimiter(1)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._write_loop, name="dhtd-db-writer",
                                         daemon=True)
@@ -155,6 +170,7 @@ class Database:
         self._queue.put(None)
         self._thread.join(CLOSE_TIMEOUT)
         self._reader.close()
+        self._scanner.close()
         if not self._thread.is_alive():
             self._writer.close()
         os.close(self._lock_fd)
@@ -167,6 +183,12 @@ class Database:
         Raises StorageFull or StorageUnavailable. Cancelling the wait does not
         cancel the write."""
         await self._submit(_executor(statements), durable=True)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``fn`` on the writer's connection, in a transaction; returns its result
+        once it is durable. Raises what ``fn`` raised (its writes undone), or
+        StorageFull / StorageUnavailable."""
+        return cast(T, await self._submit(fn, durable=True))
 
     def write_soon(self, statements: Sequence[Statement]) -> None:
         """Queues ``statements`` without waiting (bookkeeping whose loss costs at
@@ -264,7 +286,14 @@ class Database:
     # -- reading ------------------------------------------------------------------
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A small indexed query, on the caller's thread."""
         return self._reader.execute(sql, params).fetchall()
+
+    async def scan(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A query that may visit many rows, on a worker thread (the trio loop runs on)."""
+        async with self._scanning:
+            return await trio.to_thread.run_sync(
+                lambda: self._scanner.execute(sql, params).fetchall())
 
 
 def _executor(statements: Sequence[Statement]) -> Callable[[sqlite3.Connection], None]:
@@ -338,6 +367,7 @@ def open_checked(path: Path, migrations: Sequence[str], synchronous: str,
 
 def _connect(path: Path, migrations: Sequence[str], synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.create_function("dhtd_sha256", 1, _sha256, deterministic=True)  # (migrations)
     try:
         try:
             ok = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -355,6 +385,10 @@ def _connect(path: Path, migrations: Sequence[str], synchronous: str) -> sqlite3
         conn.close()
         raise
     return conn
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 # SQLite result codes that mean the file itself is bad (not the disk, not access).

@@ -31,6 +31,19 @@ type DhtServiceClient interface {
 	// of each announcement. Ends with UNAVAILABLE if any CID was accepted by no
 	// peer.
 	Provide(ctx context.Context, in *ProvideRequest, opts ...grpc.CallOption) (DhtService_ProvideClient, error)
+	// ProvideMany takes CIDs as a stream of batches, for sets too large for one
+	// Provide (a million CIDs is 100 messages of 10,000). Each message is one
+	// batch: it is committed to the provide set, then announced in one sweep,
+	// and the next message is read after that (gRPC flow control holds the
+	// client back meanwhile), so dhtd holds one batch at a time. Responses report
+	// progress twice per batch: once committed, once announced. The call ends OK
+	// after the client closed its side and the last batch was announced. CIDs
+	// that reached no peer are counted in `failed` and stay in the provide set:
+	// the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+	// peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+	// batches before it stay committed, and so do all batches of a call that is
+	// cancelled or runs out of time.
+	ProvideMany(ctx context.Context, opts ...grpc.CallOption) (DhtService_ProvideManyClient, error)
 	// Put stores a record on this node and on the peers closest to its key,
 	// streaming the events. Ends with UNAVAILABLE if no peer accepted it.
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (DhtService_PutClient, error)
@@ -129,8 +142,39 @@ func (x *dhtServiceProvideClient) Recv() (*ProvideResponse, error) {
 	return m, nil
 }
 
+func (c *dhtServiceClient) ProvideMany(ctx context.Context, opts ...grpc.CallOption) (DhtService_ProvideManyClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_DhtService_serviceDesc.Streams[2], "/dht.v1.DhtService/ProvideMany", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &dhtServiceProvideManyClient{stream}
+	return x, nil
+}
+
+type DhtService_ProvideManyClient interface {
+	Send(*ProvideManyRequest) error
+	Recv() (*ProvideManyResponse, error)
+	grpc.ClientStream
+}
+
+type dhtServiceProvideManyClient struct {
+	grpc.ClientStream
+}
+
+func (x *dhtServiceProvideManyClient) Send(m *ProvideManyRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *dhtServiceProvideManyClient) Recv() (*ProvideManyResponse, error) {
+	m := new(ProvideManyResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func (c *dhtServiceClient) Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (DhtService_PutClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_DhtService_serviceDesc.Streams[2], "/dht.v1.DhtService/Put", opts...)
+	stream, err := c.cc.NewStream(ctx, &_DhtService_serviceDesc.Streams[3], "/dht.v1.DhtService/Put", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +206,7 @@ func (x *dhtServicePutClient) Recv() (*PutResponse, error) {
 }
 
 func (c *dhtServiceClient) Query(ctx context.Context, in *QueryRequest, opts ...grpc.CallOption) (DhtService_QueryClient, error) {
-	stream, err := c.cc.NewStream(ctx, &_DhtService_serviceDesc.Streams[3], "/dht.v1.DhtService/Query", opts...)
+	stream, err := c.cc.NewStream(ctx, &_DhtService_serviceDesc.Streams[4], "/dht.v1.DhtService/Query", opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +255,19 @@ type DhtServiceServer interface {
 	// of each announcement. Ends with UNAVAILABLE if any CID was accepted by no
 	// peer.
 	Provide(*ProvideRequest, DhtService_ProvideServer) error
+	// ProvideMany takes CIDs as a stream of batches, for sets too large for one
+	// Provide (a million CIDs is 100 messages of 10,000). Each message is one
+	// batch: it is committed to the provide set, then announced in one sweep,
+	// and the next message is read after that (gRPC flow control holds the
+	// client back meanwhile), so dhtd holds one batch at a time. Responses report
+	// progress twice per batch: once committed, once announced. The call ends OK
+	// after the client closed its side and the last batch was announced. CIDs
+	// that reached no peer are counted in `failed` and stay in the provide set:
+	// the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+	// peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+	// batches before it stay committed, and so do all batches of a call that is
+	// cancelled or runs out of time.
+	ProvideMany(DhtService_ProvideManyServer) error
 	// Put stores a record on this node and on the peers closest to its key,
 	// streaming the events. Ends with UNAVAILABLE if no peer accepted it.
 	Put(*PutRequest, DhtService_PutServer) error
@@ -235,6 +292,9 @@ func (UnimplementedDhtServiceServer) Get(context.Context, *GetRequest) (*GetResp
 }
 func (UnimplementedDhtServiceServer) Provide(*ProvideRequest, DhtService_ProvideServer) error {
 	return status.Errorf(codes.Unimplemented, "method Provide not implemented")
+}
+func (UnimplementedDhtServiceServer) ProvideMany(DhtService_ProvideManyServer) error {
+	return status.Errorf(codes.Unimplemented, "method ProvideMany not implemented")
 }
 func (UnimplementedDhtServiceServer) Put(*PutRequest, DhtService_PutServer) error {
 	return status.Errorf(codes.Unimplemented, "method Put not implemented")
@@ -333,6 +393,32 @@ func (x *dhtServiceProvideServer) Send(m *ProvideResponse) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _DhtService_ProvideMany_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(DhtServiceServer).ProvideMany(&dhtServiceProvideManyServer{stream})
+}
+
+type DhtService_ProvideManyServer interface {
+	Send(*ProvideManyResponse) error
+	Recv() (*ProvideManyRequest, error)
+	grpc.ServerStream
+}
+
+type dhtServiceProvideManyServer struct {
+	grpc.ServerStream
+}
+
+func (x *dhtServiceProvideManyServer) Send(m *ProvideManyResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *dhtServiceProvideManyServer) Recv() (*ProvideManyRequest, error) {
+	m := new(ProvideManyRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 func _DhtService_Put_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(PutRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -400,6 +486,12 @@ var _DhtService_serviceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 		{
+			StreamName:    "ProvideMany",
+			Handler:       _DhtService_ProvideMany_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
 			StreamName:    "Put",
 			Handler:       _DhtService_Put_Handler,
 			ServerStreams: true,
@@ -436,6 +528,10 @@ type NodeServiceClient interface {
 	// StopRepublishing stops putting the record under a key again. NOT_FOUND if
 	// this node keeps no record under it.
 	StopRepublishing(ctx context.Context, in *StopRepublishingRequest, opts ...grpc.CallOption) (*StopRepublishingResponse, error)
+	// ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+	// `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+	// last one, and when the next one starts.
+	ProvideStatus(ctx context.Context, in *ProvideStatusRequest, opts ...grpc.CallOption) (*ProvideStatusResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -500,6 +596,15 @@ func (c *nodeServiceClient) StopRepublishing(ctx context.Context, in *StopRepubl
 	return out, nil
 }
 
+func (c *nodeServiceClient) ProvideStatus(ctx context.Context, in *ProvideStatusRequest, opts ...grpc.CallOption) (*ProvideStatusResponse, error) {
+	out := new(ProvideStatusResponse)
+	err := c.cc.Invoke(ctx, "/dht.v1.NodeService/ProvideStatus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility
@@ -523,6 +628,10 @@ type NodeServiceServer interface {
 	// StopRepublishing stops putting the record under a key again. NOT_FOUND if
 	// this node keeps no record under it.
 	StopRepublishing(context.Context, *StopRepublishingRequest) (*StopRepublishingResponse, error)
+	// ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+	// `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+	// last one, and when the next one starts.
+	ProvideStatus(context.Context, *ProvideStatusRequest) (*ProvideStatusResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -547,6 +656,9 @@ func (UnimplementedNodeServiceServer) ListPuts(context.Context, *ListPutsRequest
 }
 func (UnimplementedNodeServiceServer) StopRepublishing(context.Context, *StopRepublishingRequest) (*StopRepublishingResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method StopRepublishing not implemented")
+}
+func (UnimplementedNodeServiceServer) ProvideStatus(context.Context, *ProvideStatusRequest) (*ProvideStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ProvideStatus not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 
@@ -669,6 +781,24 @@ func _NodeService_StopRepublishing_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_ProvideStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProvideStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ProvideStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/dht.v1.NodeService/ProvideStatus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ProvideStatus(ctx, req.(*ProvideStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _NodeService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "dht.v1.NodeService",
 	HandlerType: (*NodeServiceServer)(nil),
@@ -696,6 +826,10 @@ var _NodeService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StopRepublishing",
 			Handler:    _NodeService_StopRepublishing_Handler,
+		},
+		{
+			MethodName: "ProvideStatus",
+			Handler:    _NodeService_ProvideStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -18,9 +18,12 @@ from ._models import (
     PeerInfo,
     ProvidedCid,
     ProvideEvent,
+    ProvideProgress,
+    ProvideStatus,
     PutRecord,
     QueryEvent,
     QueryEventType,
+    ReprovideCycle,
 )
 from ._sync import Client
 
@@ -39,9 +42,12 @@ __all__ = [
     "NotFoundError",
     "PeerInfo",
     "ProvideEvent",
+    "ProvideProgress",
+    "ProvideStatus",
     "ProvidedCid",
     "PutRecord",
     "QueryEvent",
     "QueryEventType",
+    "ReprovideCycle",
     "UnavailableError",
 ]

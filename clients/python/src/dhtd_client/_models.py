@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -12,11 +13,17 @@ __all__ = [
     "NodeInfo",
     "PeerInfo",
     "ProvideEvent",
+    "ProvideProgress",
+    "ProvideStatus",
     "ProvidedCid",
     "PutRecord",
     "QueryEvent",
     "QueryEventType",
+    "ReprovideCycle",
 ]
+
+# CIDs per ProvideMany message: the server's cap per message.
+MAX_CIDS_PER_MESSAGE = 10_000
 
 
 class QueryEventType(IntEnum):
@@ -64,7 +71,8 @@ class ProvideEvent:
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """What dhtd says about itself. ``mode`` is "server", "client" or "unspecified"."""
+    """What dhtd says about itself. ``mode`` is "server", "client" or "unspecified";
+    ``addrs`` are where it listens, ``announced_addrs`` what peers are told."""
 
     peer_id: str
     addrs: tuple[str, ...]
@@ -74,6 +82,7 @@ class NodeInfo:
     connected_peers: int
     version: str
     queries_in_flight: int
+    announced_addrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,44 @@ class ProvidedCid:
 
     cid: str
     last_announced: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProvideProgress:
+    """Totals of a ProvideMany call so far: CIDs read by dhtd, committed to its
+    provide set, announced to at least one peer, and announced to none (retried by
+    the reprovide cycle); ``batches`` counts the messages fully announced."""
+
+    received: int
+    committed: int
+    announced: int
+    failed: int
+    batches: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReprovideCycle:
+    """One run of the reprovide cycle (times are Unix seconds)."""
+
+    started: float
+    duration: float
+    due: int
+    done: int
+    failed: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProvideStatus:
+    """The provide set and its reprovide cycle: ``current`` is None when no cycle
+    runs, ``last`` before the first ended; ``next_cycle`` is 0 when the set is empty."""
+
+    cids: int
+    current: ReprovideCycle | None
+    last: ReprovideCycle | None
+    next_cycle: float
+    reprovide_interval: float
+    cycles: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +183,7 @@ def node_info_from_pb(msg: dht_pb2.InfoResponse) -> NodeInfo:
         connected_peers=msg.connected_peers,
         version=msg.version,
         queries_in_flight=msg.queries_in_flight,
+        announced_addrs=tuple(msg.announced_addrs),
     )
 
 
@@ -143,3 +191,44 @@ def connect_result_from_pb(msg: dht_pb2.ConnectResponse) -> ConnectResult:
     return ConnectResult(
         peer=peer_from_pb(msg.peer), added_to_routing_table=msg.added_to_routing_table
     )
+
+
+def provide_progress_from_pb(msg: dht_pb2.ProvideManyResponse) -> ProvideProgress:
+    return ProvideProgress(received=msg.received, committed=msg.committed,
+                           announced=msg.announced, failed=msg.failed, batches=msg.batches)
+
+
+def _cycle_from_pb(msg: dht_pb2.ReprovideCycle) -> ReprovideCycle:
+    return ReprovideCycle(started=msg.started, duration=msg.duration, due=msg.due, done=msg.done,
+                          failed=msg.failed, error=msg.error)
+
+
+def provide_status_from_pb(msg: dht_pb2.ProvideStatusResponse) -> ProvideStatus:
+    return ProvideStatus(
+        cids=msg.cids,
+        current=_cycle_from_pb(msg.current) if msg.HasField("current") else None,
+        last=_cycle_from_pb(msg.last) if msg.HasField("last") else None,
+        next_cycle=msg.next_cycle,
+        reprovide_interval=msg.reprovide_interval,
+        cycles=msg.cycles,
+    )
+
+
+def provide_batches(cids: Iterable[str], size: int) -> Iterator[dht_pb2.ProvideManyRequest]:
+    """ProvideMany messages of up to ``size`` CIDs each, made as ``cids`` is read."""
+    if not 1 <= size <= MAX_CIDS_PER_MESSAGE:  # (checked now, not when the stream starts)
+        raise ValueError(f"batch_size must be 1 to {MAX_CIDS_PER_MESSAGE}, not {size}")
+    if isinstance(cids, str):
+        raise TypeError("cids must be an iterable of CID strings, not one string")
+
+    def batches() -> Iterator[dht_pb2.ProvideManyRequest]:
+        batch: list[str] = []
+        for cid in cids:
+            batch.append(cid)
+            if len(batch) == size:
+                yield dht_pb2.ProvideManyRequest(cids=batch)
+                batch = []
+        if batch:
+            yield dht_pb2.ProvideManyRequest(cids=batch)
+
+    return batches()

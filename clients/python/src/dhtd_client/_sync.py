@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -12,18 +12,24 @@ from dht.v1 import dht_pb2, dht_pb2_grpc
 
 from ._errors import from_rpc_error
 from ._models import (
+    MAX_CIDS_PER_MESSAGE,
     ConnectResult,
     NodeInfo,
     PeerInfo,
     ProvidedCid,
     ProvideEvent,
+    ProvideProgress,
+    ProvideStatus,
     PutRecord,
     QueryEvent,
     connect_result_from_pb,
     event_from_pb,
     node_info_from_pb,
     peer_from_pb,
+    provide_batches,
     provide_event_from_pb,
+    provide_progress_from_pb,
+    provide_status_from_pb,
 )
 
 __all__ = ["Client"]
@@ -127,6 +133,17 @@ class Client:
         request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive)
         return self._stream(self._dht.Provide, request, timeout, provide_event_from_pb)
 
+    def provide_many(
+        self, cids: Iterable[str], *, batch_size: int = MAX_CIDS_PER_MESSAGE,
+        timeout: float | None = None,
+    ) -> Generator[ProvideProgress, None, None]:
+        """Announce any number of CIDs through one ProvideMany stream, ``batch_size``
+        per message, read from ``cids`` as they are sent (a generator of a million
+        CIDs is never held whole); yields the totals after each batch is committed
+        and after it is announced. ``timeout`` bounds the whole call."""
+        return self._stream(self._dht.ProvideMany, provide_batches(cids, batch_size), timeout,
+                            provide_progress_from_pb)
+
     def put(
         self, key: bytes, value: bytes, *, timeout: float | None = None
     ) -> Generator[QueryEvent, None, None]:
@@ -164,6 +181,11 @@ class Client:
         """Take CIDs out of the provide set; returns how many were in it."""
         request = dht_pb2.StopProvidingRequest(cids=list(cids))
         return int(self._unary(self._node.StopProviding, request, timeout).stopped)
+
+    def provide_status(self, *, timeout: float | None = None) -> ProvideStatus:
+        """The provide set's size and its reprovide cycle (current, last, next)."""
+        resp = self._unary(self._node.ProvideStatus, dht_pb2.ProvideStatusRequest(), timeout)
+        return provide_status_from_pb(resp)
 
     def list_puts(self, *, page_size: int = 100, timeout: float | None = None
                   ) -> Iterator[PutRecord]:

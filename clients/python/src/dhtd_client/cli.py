@@ -15,7 +15,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from typing import Any, TextIO
 
@@ -23,7 +24,14 @@ import grpc
 
 from ._aio import AsyncClient
 from ._errors import DhtdError
-from ._models import NodeInfo, PeerInfo, QueryEvent, QueryEventType
+from ._models import (
+    NodeInfo,
+    PeerInfo,
+    ProvideProgress,
+    QueryEvent,
+    QueryEventType,
+    ReprovideCycle,
+)
 from ._sync import DEFAULT_TARGET
 from .cli_display import Screen, Status
 
@@ -209,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="provide every CID of the DAG under each CID, read from dhtd's "
                    "--block-source")
 
+    p = command("provide-many", "announce any number of CIDs, streamed from a file",
+                "Stream CIDs, one a line, from FILE (or stdin) to dhtd's ProvideMany, "
+                "BATCH per message, without reading FILE whole; print the totals after each "
+                "batch is announced.")
+    p.add_argument("file", metavar="FILE", nargs="?", default="-",
+                   help="a file of CIDs, one a line; '-' or none reads stdin")
+    p.add_argument("--batch", metavar="BATCH", type=_positive_int, default=10_000,
+                   help="CIDs per message, at most 10000 (default: 10000)")
+
+    command("provide-status", "describe the provide set and its reprovide cycle",
+            "Print how many CIDs dhtd keeps announcing, the reprovide cycle running now or "
+            "the last one, and when the next one starts (as `ipfs provide stat`).")
+
     p = command("query", "print the peers closest to a peer ID",
                 "Walk the DHT towards PEER and print the IDs of the closest peers found, "
                 "nearest first.")
@@ -272,6 +293,14 @@ def read_inputs(args: argparse.Namespace, stdin: TextIO, stderr: TextIO) -> None
         if not cids:
             raise UsageError("provide: no CID given, as arguments or on stdin")
         args.cid_list = cids
+    if args.command == "provide-many":
+        if args.batch > 10_000:
+            raise UsageError("provide-many: --batch is at most 10000")
+        if args.file == "-":
+            _prompt(stdin, stderr, "CIDs, one a line,")
+            args.cid_source = stdin
+        else:  # read a line at a time while the call runs; closed by the command
+            args.cid_source = open(args.file, encoding="utf-8")  # noqa: SIM115
 
 
 # -- output ----------------------------------------------------------------------------
@@ -308,6 +337,7 @@ def info_json(info: NodeInfo) -> dict[str, Any]:
         "connected_peers": info.connected_peers,
         "version": info.version,
         "queries_in_flight": info.queries_in_flight,
+        "announced_addrs": list(info.announced_addrs),
     }
 
 
@@ -405,6 +435,80 @@ async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Scr
     summarize()
 
 
+def _lines(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        if line.strip():
+            yield line.strip()
+
+
+def progress_json(p: ProvideProgress) -> dict[str, Any]:
+    return {"received": p.received, "committed": p.committed, "announced": p.announced,
+            "failed": p.failed, "batches": p.batches}
+
+
+async def cmd_provide_many(client: AsyncClient, args: argparse.Namespace,
+                           screen: Screen) -> None:
+    source: TextIO = args.cid_source
+    last = ProvideProgress(0, 0, 0, 0, 0)
+    try:
+        async with screen.progress(Status("providing")) as status, aclosing(
+                client.provide_many(_lines(source), batch_size=args.batch)) as totals:
+            async for last in totals:
+                status.label = (f"providing: {last.committed} committed, {last.announced} "
+                                f"announced, {last.failed} reached no peer")
+                if last.batches and last.announced + last.failed == last.committed:
+                    if args.json:
+                        _emit(screen, progress_json(last))
+                    elif screen.verbose:
+                        screen.note(f"batch {last.batches}: {last.committed} CIDs committed, "
+                                    f"{last.announced} announced")
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    if not args.json:
+        screen.result(f"{_plural(last.committed, 'CID')} in the provide set: "
+                      f"{last.announced} announced, {last.failed} reached no peer yet "
+                      "(the reprovide cycle retries them)")
+
+
+def _cycle_text(cycle: ReprovideCycle) -> str:
+    text = (f"started {_when(cycle.started)}, {cycle.duration:.1f}s, {cycle.due} due, "
+            f"{cycle.done} done, {cycle.failed} failed")
+    return text + (f" ({cycle.error})" if cycle.error else "")
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
+
+
+def _cycle_json(cycle: ReprovideCycle | None) -> dict[str, Any] | None:
+    if cycle is None:
+        return None
+    return {"started": cycle.started, "duration": cycle.duration, "due": cycle.due,
+            "done": cycle.done, "failed": cycle.failed, "error": cycle.error}
+
+
+async def cmd_provide_status(client: AsyncClient, args: argparse.Namespace,
+                             screen: Screen) -> None:
+    async with screen.progress(Status("asking dhtd")):
+        st = await client.provide_status()
+    if args.json:
+        _emit(screen, {"cids": st.cids, "current": _cycle_json(st.current),
+                       "last": _cycle_json(st.last), "next_cycle": st.next_cycle,
+                       "reprovide_interval": st.reprovide_interval, "cycles": st.cycles})
+        return
+    rows = [
+        ("provide set", _plural(st.cids, "CID")),
+        ("interval", f"{st.reprovide_interval:g}s"),
+        ("current cycle", _cycle_text(st.current) if st.current else "none running"),
+        ("last cycle", _cycle_text(st.last) if st.last else "none yet"),
+        ("next cycle", _when(st.next_cycle) if st.next_cycle else "none (nothing to provide)"),
+        ("cycles", str(st.cycles)),
+    ]
+    for name, value in rows:
+        screen.result(f"{name + ':':<15}{value}")
+
+
 async def cmd_query(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
     await _print_walk(client.query(args.peer), args, screen,
                       Status("querying", kind="walk", final_word="closest"), "closest peer")
@@ -430,6 +534,10 @@ async def cmd_info(client: AsyncClient, args: argparse.Namespace, screen: Screen
     screen.result("addrs:")
     for addr in info.addrs:
         screen.result(f"  {addr}")
+    if info.announced_addrs and list(info.announced_addrs) != list(info.addrs):
+        screen.result("announced:")
+        for addr in info.announced_addrs:
+            screen.result(f"  {addr}")
 
 
 async def cmd_connect(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
@@ -451,6 +559,8 @@ COMMANDS: dict[str, Command] = {
     "get": cmd_get,
     "put": cmd_put,
     "provide": cmd_provide,
+    "provide-many": cmd_provide_many,
+    "provide-status": cmd_provide_status,
     "query": cmd_query,
     "info": cmd_info,
     "connect": cmd_connect,

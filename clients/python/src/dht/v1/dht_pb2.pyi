@@ -121,6 +121,26 @@ class ProvideEvent(_message.Message):
     cid: str
     def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ...) -> None: ...
 
+class ProvideManyRequest(_message.Message):
+    __slots__ = ("cids",)
+    CIDS_FIELD_NUMBER: _ClassVar[int]
+    cids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProvideManyResponse(_message.Message):
+    __slots__ = ("received", "committed", "announced", "failed", "batches")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    committed: int
+    announced: int
+    failed: int
+    batches: int
+    def __init__(self, received: _Optional[int] = ..., committed: _Optional[int] = ..., announced: _Optional[int] = ..., failed: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
+
 class PutRequest(_message.Message):
     __slots__ = ("key", "value", "batch_events")
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -160,7 +180,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "connected_peers", "version", "queries_in_flight")
+    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "connected_peers", "version", "queries_in_flight", "announced_addrs")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +189,7 @@ class InfoResponse(_message.Message):
     CONNECTED_PEERS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCED_ADDRS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     addrs: _containers.RepeatedScalarFieldContainer[str]
     mode: Mode
@@ -177,7 +198,8 @@ class InfoResponse(_message.Message):
     connected_peers: int
     version: str
     queries_in_flight: int
-    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., connected_peers: _Optional[int] = ..., version: _Optional[str] = ..., queries_in_flight: _Optional[int] = ...) -> None: ...
+    announced_addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., connected_peers: _Optional[int] = ..., version: _Optional[str] = ..., queries_in_flight: _Optional[int] = ..., announced_addrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("addr",)
@@ -264,3 +286,39 @@ class StopRepublishingRequest(_message.Message):
 class StopRepublishingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ProvideStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReprovideCycle(_message.Message):
+    __slots__ = ("started", "duration", "due", "done", "failed", "error")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    DUE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    started: float
+    duration: float
+    due: int
+    done: int
+    failed: int
+    error: str
+    def __init__(self, started: _Optional[float] = ..., duration: _Optional[float] = ..., due: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ProvideStatusResponse(_message.Message):
+    __slots__ = ("cids", "current", "last", "next_cycle", "reprovide_interval", "cycles")
+    CIDS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CYCLE_FIELD_NUMBER: _ClassVar[int]
+    REPROVIDE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CYCLES_FIELD_NUMBER: _ClassVar[int]
+    cids: int
+    current: ReprovideCycle
+    last: ReprovideCycle
+    next_cycle: float
+    reprovide_interval: float
+    cycles: int
+    def __init__(self, cids: _Optional[int] = ..., current: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., last: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., next_cycle: _Optional[float] = ..., reprovide_interval: _Optional[float] = ..., cycles: _Optional[int] = ...) -> None: ...

@@ -55,6 +55,11 @@ class DhtServiceStub:
                 request_serializer=dht_dot_v1_dot_dht__pb2.ProvideRequest.SerializeToString,
                 response_deserializer=dht_dot_v1_dot_dht__pb2.ProvideResponse.FromString,
                 _registered_method=True)
+        self.ProvideMany = channel.stream_stream(
+                '/dht.v1.DhtService/ProvideMany',
+                request_serializer=dht_dot_v1_dot_dht__pb2.ProvideManyRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.ProvideManyResponse.FromString,
+                _registered_method=True)
         self.Put = channel.unary_stream(
                 '/dht.v1.DhtService/Put',
                 request_serializer=dht_dot_v1_dot_dht__pb2.PutRequest.SerializeToString,
@@ -105,6 +110,24 @@ class DhtServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProvideMany(self, request_iterator, context):
+        """ProvideMany takes CIDs as a stream of batches, for sets too large for one
+        Provide (a million CIDs is 100 messages of 10,000). Each message is one
+        batch: it is committed to the provide set, then announced in one sweep,
+        and the next message is read after that (gRPC flow control holds the
+        client back meanwhile), so dhtd holds one batch at a time. Responses report
+        progress twice per batch: once committed, once announced. The call ends OK
+        after the client closed its side and the last batch was announced. CIDs
+        that reached no peer are counted in `failed` and stay in the provide set:
+        the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+        peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+        batches before it stay committed, and so do all batches of a call that is
+        cancelled or runs out of time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Put(self, request, context):
         """Put stores a record on this node and on the peers closest to its key,
         streaming the events. Ends with UNAVAILABLE if no peer accepted it.
@@ -143,6 +166,11 @@ def add_DhtServiceServicer_to_server(servicer, server):
                     servicer.Provide,
                     request_deserializer=dht_dot_v1_dot_dht__pb2.ProvideRequest.FromString,
                     response_serializer=dht_dot_v1_dot_dht__pb2.ProvideResponse.SerializeToString,
+            ),
+            'ProvideMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProvideMany,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.ProvideManyRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.ProvideManyResponse.SerializeToString,
             ),
             'Put': grpc.unary_stream_rpc_method_handler(
                     servicer.Put,
@@ -275,6 +303,33 @@ class DhtService:
             _registered_method=True)
 
     @staticmethod
+    def ProvideMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dht.v1.DhtService/ProvideMany',
+            dht_dot_v1_dot_dht__pb2.ProvideManyRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.ProvideManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Put(request,
             target,
             options=(),
@@ -369,6 +424,11 @@ class NodeServiceStub:
                 request_serializer=dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.SerializeToString,
                 response_deserializer=dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.FromString,
                 _registered_method=True)
+        self.ProvideStatus = channel.unary_unary(
+                '/dht.v1.NodeService/ProvideStatus',
+                request_serializer=dht_dot_v1_dot_dht__pb2.ProvideStatusRequest.SerializeToString,
+                response_deserializer=dht_dot_v1_dot_dht__pb2.ProvideStatusResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -424,6 +484,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProvideStatus(self, request, context):
+        """ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+        `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+        last one, and when the next one starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +525,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.StopRepublishing,
                     request_deserializer=dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.FromString,
                     response_serializer=dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.SerializeToString,
+            ),
+            'ProvideStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvideStatus,
+                    request_deserializer=dht_dot_v1_dot_dht__pb2.ProvideStatusRequest.FromString,
+                    response_serializer=dht_dot_v1_dot_dht__pb2.ProvideStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +695,33 @@ class NodeService:
             '/dht.v1.NodeService/StopRepublishing',
             dht_dot_v1_dot_dht__pb2.StopRepublishingRequest.SerializeToString,
             dht_dot_v1_dot_dht__pb2.StopRepublishingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvideStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dht.v1.NodeService/ProvideStatus',
+            dht_dot_v1_dot_dht__pb2.ProvideStatusRequest.SerializeToString,
+            dht_dot_v1_dot_dht__pb2.ProvideStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

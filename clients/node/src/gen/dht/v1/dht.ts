@@ -7,9 +7,11 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientReadableStream,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
@@ -251,6 +253,27 @@ export interface ProvideEvent {
   cid: string;
 }
 
+export interface ProvideManyRequest {
+  /** One batch: 1 to 10,000 CIDs, v0 or v1, in any multibase. */
+  cids: string[];
+}
+
+export interface ProvideManyResponse {
+  /**
+   * Totals of this call so far.
+   * CIDs read from the stream.
+   */
+  received: number;
+  /** CIDs committed to the provide set (durable: kept across restarts). */
+  committed: number;
+  /** CIDs whose announcement reached at least one peer. */
+  announced: number;
+  /** CIDs whose announcement reached no peer; the reprovide cycle retries them. */
+  failed: number;
+  /** Messages (batches) announced. */
+  batches: number;
+}
+
 export interface PutRequest {
   /** A namespaced record key, sent on the wire unchanged. */
   key: Uint8Array;
@@ -311,6 +334,11 @@ export interface InfoResponse {
   version: string;
   /** DHT lookups running now, over every operation. */
   queriesInFlight: number;
+  /**
+   * The multiaddrs peers are told (identify, provider records), without /p2p/:
+   * --announce if given, else the listen multiaddrs; then --announce-append.
+   */
+  announcedAddrs: string[];
 }
 
 export interface ConnectRequest {
@@ -390,6 +418,51 @@ export interface StopRepublishingRequest {
 }
 
 export interface StopRepublishingResponse {
+}
+
+export interface ProvideStatusRequest {
+}
+
+/**
+ * ReprovideCycle is one run of the reprovide cycle: it announces again every CID
+ * whose last announcement is --reprovide-interval old (and those due within the
+ * next eighth of it), in keyspace order, one sweep per 10,000 CIDs.
+ */
+export interface ReprovideCycle {
+  /** Unix time (seconds) it started. */
+  started: number;
+  /** Seconds it ran (so far, if it still runs). */
+  duration: number;
+  /** CIDs due when it started. */
+  due: number;
+  /** CIDs announced to at least one peer. */
+  done: number;
+  /** CIDs that reached no peer (due again at the next check). */
+  failed: number;
+  /** Why it stopped early (no peers, timeout); empty if it did not. */
+  error: string;
+}
+
+export interface ProvideStatusResponse {
+  /** CIDs in the provide set. */
+  cids: number;
+  /** The cycle running now; unset when none runs. */
+  current:
+    | ReprovideCycle
+    | undefined;
+  /** The last cycle that ended; unset before the first. */
+  last:
+    | ReprovideCycle
+    | undefined;
+  /**
+   * Unix time (seconds) of the next cycle if the set does not change; 0 when
+   * the set is empty. While a cycle runs, its start.
+   */
+  nextCycle: number;
+  /** --reprovide-interval, in seconds. */
+  reprovideInterval: number;
+  /** Cycles ended since dhtd started. */
+  cycles: number;
 }
 
 function createBasePeerInfo(): PeerInfo {
@@ -1323,6 +1396,206 @@ export const ProvideEvent: MessageFns<ProvideEvent> = {
   },
 };
 
+function createBaseProvideManyRequest(): ProvideManyRequest {
+  return { cids: [] };
+}
+
+export const ProvideManyRequest: MessageFns<ProvideManyRequest> = {
+  encode(message: ProvideManyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.cids) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideManyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideManyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cids.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvideManyRequest {
+    return { cids: globalThis.Array.isArray(object?.cids) ? object.cids.map((e: any) => globalThis.String(e)) : [] };
+  },
+
+  toJSON(message: ProvideManyRequest): unknown {
+    const obj: any = {};
+    if (message.cids?.length) {
+      obj.cids = message.cids;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideManyRequest>): ProvideManyRequest {
+    return ProvideManyRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvideManyRequest>): ProvideManyRequest {
+    const message = createBaseProvideManyRequest();
+    message.cids = object.cids?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseProvideManyResponse(): ProvideManyResponse {
+  return { received: 0, committed: 0, announced: 0, failed: 0, batches: 0 };
+}
+
+export const ProvideManyResponse: MessageFns<ProvideManyResponse> = {
+  encode(message: ProvideManyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.received !== 0) {
+      writer.uint32(8).uint64(message.received);
+    }
+    if (message.committed !== 0) {
+      writer.uint32(16).uint64(message.committed);
+    }
+    if (message.announced !== 0) {
+      writer.uint32(24).uint64(message.announced);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(32).uint64(message.failed);
+    }
+    if (message.batches !== 0) {
+      writer.uint32(40).uint64(message.batches);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideManyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideManyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.received = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.committed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.announced = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.failed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.batches = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvideManyResponse {
+    return {
+      received: isSet(object.received) ? globalThis.Number(object.received) : 0,
+      committed: isSet(object.committed) ? globalThis.Number(object.committed) : 0,
+      announced: isSet(object.announced) ? globalThis.Number(object.announced) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      batches: isSet(object.batches) ? globalThis.Number(object.batches) : 0,
+    };
+  },
+
+  toJSON(message: ProvideManyResponse): unknown {
+    const obj: any = {};
+    if (message.received !== 0) {
+      obj.received = Math.round(message.received);
+    }
+    if (message.committed !== 0) {
+      obj.committed = Math.round(message.committed);
+    }
+    if (message.announced !== 0) {
+      obj.announced = Math.round(message.announced);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.batches !== 0) {
+      obj.batches = Math.round(message.batches);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideManyResponse>): ProvideManyResponse {
+    return ProvideManyResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvideManyResponse>): ProvideManyResponse {
+    const message = createBaseProvideManyResponse();
+    message.received = object.received ?? 0;
+    message.committed = object.committed ?? 0;
+    message.announced = object.announced ?? 0;
+    message.failed = object.failed ?? 0;
+    message.batches = object.batches ?? 0;
+    return message;
+  },
+};
+
 function createBasePutRequest(): PutRequest {
   return { key: new Uint8Array(0), value: new Uint8Array(0), batchEvents: false };
 }
@@ -1757,6 +2030,7 @@ function createBaseInfoResponse(): InfoResponse {
     connectedPeers: 0,
     version: "",
     queriesInFlight: 0,
+    announcedAddrs: [],
   };
 }
 
@@ -1785,6 +2059,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     }
     if (message.queriesInFlight !== 0) {
       writer.uint32(64).uint32(message.queriesInFlight);
+    }
+    for (const v of message.announcedAddrs) {
+      writer.uint32(74).string(v!);
     }
     return writer;
   },
@@ -1866,6 +2143,14 @@ export const InfoResponse: MessageFns<InfoResponse> = {
             message.queriesInFlight = reader.uint32();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.announcedAddrs.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1904,6 +2189,11 @@ export const InfoResponse: MessageFns<InfoResponse> = {
         : isSet(object.queries_in_flight)
         ? globalThis.Number(object.queries_in_flight)
         : 0,
+      announcedAddrs: globalThis.Array.isArray(object?.announcedAddrs)
+        ? object.announcedAddrs.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.announced_addrs)
+        ? object.announced_addrs.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1933,6 +2223,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     if (message.queriesInFlight !== 0) {
       obj.queriesInFlight = Math.round(message.queriesInFlight);
     }
+    if (message.announcedAddrs?.length) {
+      obj.announcedAddrs = message.announcedAddrs;
+    }
     return obj;
   },
 
@@ -1949,6 +2242,7 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     message.connectedPeers = object.connectedPeers ?? 0;
     message.version = object.version ?? "";
     message.queriesInFlight = object.queriesInFlight ?? 0;
+    message.announcedAddrs = object.announcedAddrs?.map((e) => e) || [];
     return message;
   },
 };
@@ -2920,6 +3214,368 @@ export const StopRepublishingResponse: MessageFns<StopRepublishingResponse> = {
   },
 };
 
+function createBaseProvideStatusRequest(): ProvideStatusRequest {
+  return {};
+}
+
+export const ProvideStatusRequest: MessageFns<ProvideStatusRequest> = {
+  encode(_: ProvideStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ProvideStatusRequest {
+    return {};
+  },
+
+  toJSON(_: ProvideStatusRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideStatusRequest>): ProvideStatusRequest {
+    return ProvideStatusRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ProvideStatusRequest>): ProvideStatusRequest {
+    const message = createBaseProvideStatusRequest();
+    return message;
+  },
+};
+
+function createBaseReprovideCycle(): ReprovideCycle {
+  return { started: 0, duration: 0, due: 0, done: 0, failed: 0, error: "" };
+}
+
+export const ReprovideCycle: MessageFns<ReprovideCycle> = {
+  encode(message: ReprovideCycle, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.started !== 0) {
+      writer.uint32(9).double(message.started);
+    }
+    if (message.duration !== 0) {
+      writer.uint32(17).double(message.duration);
+    }
+    if (message.due !== 0) {
+      writer.uint32(24).uint64(message.due);
+    }
+    if (message.done !== 0) {
+      writer.uint32(32).uint64(message.done);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(40).uint64(message.failed);
+    }
+    if (message.error !== "") {
+      writer.uint32(50).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReprovideCycle {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReprovideCycle();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.started = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.duration = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.due = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.done = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.failed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReprovideCycle {
+    return {
+      started: isSet(object.started) ? globalThis.Number(object.started) : 0,
+      duration: isSet(object.duration) ? globalThis.Number(object.duration) : 0,
+      due: isSet(object.due) ? globalThis.Number(object.due) : 0,
+      done: isSet(object.done) ? globalThis.Number(object.done) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: ReprovideCycle): unknown {
+    const obj: any = {};
+    if (message.started !== 0) {
+      obj.started = floatToJson(message.started);
+    }
+    if (message.duration !== 0) {
+      obj.duration = floatToJson(message.duration);
+    }
+    if (message.due !== 0) {
+      obj.due = Math.round(message.due);
+    }
+    if (message.done !== 0) {
+      obj.done = Math.round(message.done);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReprovideCycle>): ReprovideCycle {
+    return ReprovideCycle.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReprovideCycle>): ReprovideCycle {
+    const message = createBaseReprovideCycle();
+    message.started = object.started ?? 0;
+    message.duration = object.duration ?? 0;
+    message.due = object.due ?? 0;
+    message.done = object.done ?? 0;
+    message.failed = object.failed ?? 0;
+    message.error = object.error ?? "";
+    return message;
+  },
+};
+
+function createBaseProvideStatusResponse(): ProvideStatusResponse {
+  return { cids: 0, current: undefined, last: undefined, nextCycle: 0, reprovideInterval: 0, cycles: 0 };
+}
+
+export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
+  encode(message: ProvideStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cids !== 0) {
+      writer.uint32(8).uint64(message.cids);
+    }
+    if (message.current !== undefined) {
+      ReprovideCycle.encode(message.current, writer.uint32(18).fork()).join();
+    }
+    if (message.last !== undefined) {
+      ReprovideCycle.encode(message.last, writer.uint32(26).fork()).join();
+    }
+    if (message.nextCycle !== 0) {
+      writer.uint32(33).double(message.nextCycle);
+    }
+    if (message.reprovideInterval !== 0) {
+      writer.uint32(41).double(message.reprovideInterval);
+    }
+    if (message.cycles !== 0) {
+      writer.uint32(48).uint64(message.cycles);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cids = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.current = ReprovideCycle.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.last = ReprovideCycle.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.nextCycle = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.reprovideInterval = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.cycles = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvideStatusResponse {
+    return {
+      cids: isSet(object.cids) ? globalThis.Number(object.cids) : 0,
+      current: isSet(object.current) ? ReprovideCycle.fromJSON(object.current) : undefined,
+      last: isSet(object.last) ? ReprovideCycle.fromJSON(object.last) : undefined,
+      nextCycle: isSet(object.nextCycle)
+        ? globalThis.Number(object.nextCycle)
+        : isSet(object.next_cycle)
+        ? globalThis.Number(object.next_cycle)
+        : 0,
+      reprovideInterval: isSet(object.reprovideInterval)
+        ? globalThis.Number(object.reprovideInterval)
+        : isSet(object.reprovide_interval)
+        ? globalThis.Number(object.reprovide_interval)
+        : 0,
+      cycles: isSet(object.cycles) ? globalThis.Number(object.cycles) : 0,
+    };
+  },
+
+  toJSON(message: ProvideStatusResponse): unknown {
+    const obj: any = {};
+    if (message.cids !== 0) {
+      obj.cids = Math.round(message.cids);
+    }
+    if (message.current !== undefined) {
+      obj.current = ReprovideCycle.toJSON(message.current);
+    }
+    if (message.last !== undefined) {
+      obj.last = ReprovideCycle.toJSON(message.last);
+    }
+    if (message.nextCycle !== 0) {
+      obj.nextCycle = floatToJson(message.nextCycle);
+    }
+    if (message.reprovideInterval !== 0) {
+      obj.reprovideInterval = floatToJson(message.reprovideInterval);
+    }
+    if (message.cycles !== 0) {
+      obj.cycles = Math.round(message.cycles);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideStatusResponse>): ProvideStatusResponse {
+    return ProvideStatusResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvideStatusResponse>): ProvideStatusResponse {
+    const message = createBaseProvideStatusResponse();
+    message.cids = object.cids ?? 0;
+    message.current = (object.current !== undefined && object.current !== null)
+      ? ReprovideCycle.fromPartial(object.current)
+      : undefined;
+    message.last = (object.last !== undefined && object.last !== null)
+      ? ReprovideCycle.fromPartial(object.last)
+      : undefined;
+    message.nextCycle = object.nextCycle ?? 0;
+    message.reprovideInterval = object.reprovideInterval ?? 0;
+    message.cycles = object.cycles ?? 0;
+    return message;
+  },
+};
+
 /** DhtService: peer routing, content routing and records on the DHT. */
 export type DhtServiceService = typeof DhtServiceService;
 export const DhtServiceService = {
@@ -2978,6 +3634,29 @@ export const DhtServiceService = {
     responseDeserialize: (value: Buffer): ProvideResponse => ProvideResponse.decode(value),
   },
   /**
+   * ProvideMany takes CIDs as a stream of batches, for sets too large for one
+   * Provide (a million CIDs is 100 messages of 10,000). Each message is one
+   * batch: it is committed to the provide set, then announced in one sweep,
+   * and the next message is read after that (gRPC flow control holds the
+   * client back meanwhile), so dhtd holds one batch at a time. Responses report
+   * progress twice per batch: once committed, once announced. The call ends OK
+   * after the client closed its side and the last batch was announced. CIDs
+   * that reached no peer are counted in `failed` and stay in the provide set:
+   * the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+   * peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+   * batches before it stay committed, and so do all batches of a call that is
+   * cancelled or runs out of time.
+   */
+  provideMany: {
+    path: "/dht.v1.DhtService/ProvideMany" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: ProvideManyRequest): Buffer => Buffer.from(ProvideManyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ProvideManyRequest => ProvideManyRequest.decode(value),
+    responseSerialize: (value: ProvideManyResponse): Buffer => Buffer.from(ProvideManyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ProvideManyResponse => ProvideManyResponse.decode(value),
+  },
+  /**
    * Put stores a record on this node and on the peers closest to its key,
    * streaming the events. Ends with UNAVAILABLE if no peer accepted it.
    */
@@ -3028,6 +3707,21 @@ export interface DhtServiceServer extends UntypedServiceImplementation {
    * peer.
    */
   provide: handleServerStreamingCall<ProvideRequest, ProvideResponse>;
+  /**
+   * ProvideMany takes CIDs as a stream of batches, for sets too large for one
+   * Provide (a million CIDs is 100 messages of 10,000). Each message is one
+   * batch: it is committed to the provide set, then announced in one sweep,
+   * and the next message is read after that (gRPC flow control holds the
+   * client back meanwhile), so dhtd holds one batch at a time. Responses report
+   * progress twice per batch: once committed, once announced. The call ends OK
+   * after the client closed its side and the last batch was announced. CIDs
+   * that reached no peer are counted in `failed` and stay in the provide set:
+   * the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+   * peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+   * batches before it stay committed, and so do all batches of a call that is
+   * cancelled or runs out of time.
+   */
+  provideMany: handleBidiStreamingCall<ProvideManyRequest, ProvideManyResponse>;
   /**
    * Put stores a record on this node and on the peers closest to its key,
    * streaming the events. Ends with UNAVAILABLE if no peer accepted it.
@@ -3098,6 +3792,26 @@ export interface DhtServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ProvideResponse>;
+  /**
+   * ProvideMany takes CIDs as a stream of batches, for sets too large for one
+   * Provide (a million CIDs is 100 messages of 10,000). Each message is one
+   * batch: it is committed to the provide set, then announced in one sweep,
+   * and the next message is read after that (gRPC flow control holds the
+   * client back meanwhile), so dhtd holds one batch at a time. Responses report
+   * progress twice per batch: once committed, once announced. The call ends OK
+   * after the client closed its side and the last batch was announced. CIDs
+   * that reached no peer are counted in `failed` and stay in the provide set:
+   * the reprovide cycle retries them. UNAVAILABLE at once when the node has no
+   * peers. A bad message ends the call with INVALID_ARGUMENT naming it; the
+   * batches before it stay committed, and so do all batches of a call that is
+   * cancelled or runs out of time.
+   */
+  provideMany(): ClientDuplexStream<ProvideManyRequest, ProvideManyResponse>;
+  provideMany(options: Partial<CallOptions>): ClientDuplexStream<ProvideManyRequest, ProvideManyResponse>;
+  provideMany(
+    metadata: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientDuplexStream<ProvideManyRequest, ProvideManyResponse>;
   /**
    * Put stores a record on this node and on the peers closest to its key,
    * streaming the events. Ends with UNAVAILABLE if no peer accepted it.
@@ -3206,6 +3920,21 @@ export const NodeServiceService = {
       Buffer.from(StopRepublishingResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StopRepublishingResponse => StopRepublishingResponse.decode(value),
   },
+  /**
+   * ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+   * `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+   * last one, and when the next one starts.
+   */
+  provideStatus: {
+    path: "/dht.v1.NodeService/ProvideStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ProvideStatusRequest): Buffer => Buffer.from(ProvideStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ProvideStatusRequest => ProvideStatusRequest.decode(value),
+    responseSerialize: (value: ProvideStatusResponse): Buffer =>
+      Buffer.from(ProvideStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ProvideStatusResponse => ProvideStatusResponse.decode(value),
+  },
 } as const;
 
 export interface NodeServiceServer extends UntypedServiceImplementation {
@@ -3238,6 +3967,12 @@ export interface NodeServiceServer extends UntypedServiceImplementation {
    * this node keeps no record under it.
    */
   stopRepublishing: handleUnaryCall<StopRepublishingRequest, StopRepublishingResponse>;
+  /**
+   * ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+   * `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+   * last one, and when the next one starts.
+   */
+  provideStatus: handleUnaryCall<ProvideStatusRequest, ProvideStatusResponse>;
 }
 
 export interface NodeServiceClient extends Client {
@@ -3351,6 +4086,26 @@ export interface NodeServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StopRepublishingResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * ProvideStatus describes the provide set and its reprovide cycle (as Kubo's
+   * `ipfs provide stat`): how many CIDs it holds, the cycle running now or the
+   * last one, and when the next one starts.
+   */
+  provideStatus(
+    request: ProvideStatusRequest,
+    callback: (error: ServiceError | null, response: ProvideStatusResponse) => void,
+  ): ClientUnaryCall;
+  provideStatus(
+    request: ProvideStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ProvideStatusResponse) => void,
+  ): ClientUnaryCall;
+  provideStatus(
+    request: ProvideStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ProvideStatusResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const NodeServiceClient = makeGenericClientConstructor(NodeServiceService, "dht.v1.NodeService") as unknown as {
@@ -3395,6 +4150,17 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
