@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from dhtd import sweep
 from dhtd.errors import DeadlineExceeded, FailedPrecondition, InvalidRecord, NotFound, Unavailable
 from dhtd.handlers import KadHandlers, Peers, Rejected, record_selector
 from dhtd.ids import kad_key, peer_id_to_str
@@ -34,7 +33,7 @@ from dhtd.lookup import (
     lookup,
 )
 from dhtd.p2p import Host
-from dhtd.provider import ProvideSet, Reprovider
+from dhtd.provider import ProvideSet, Reprovider, batch
 from dhtd.records import Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
@@ -95,10 +94,6 @@ REPROVIDE_INTERVAL = 22 * 3600.0
 # one sweep (dhtd.sweep: a few lookups per keyspace region instead of a walk per
 # CID); --provide-batch-min, 0 for never.
 PROVIDE_BATCH_MIN = 32
-
-# Ours: peers a batched provide sends ADD_PROVIDERs to at once (each gets its
-# keys one after another, on one stream).
-SEND_CONCURRENCY = 32
 
 # One reprovide round (all CIDs due) may take this long before it is abandoned
 # until the next round.
@@ -756,61 +751,33 @@ class DhtNode:
     async def _announce_batched(self, first: dict[bytes, int], counts: list[int],
                                 emit: Callable[[int, QueryEvent], None],
                                 addrs: tuple[bytes, ...]) -> None:
-        """Announces many keys at once (dhtd.sweep): their k closest peers come from a
-        few lookups per keyspace region, then each peer gets the ADD_PROVIDER of every
-        key it is among the closest of, one after another on one stream. A key's
-        events are SENDING_QUERY, then FINAL_PEER or QUERY_ERROR, per peer (no walk
-        of its own to report); ``counts[first[key]]`` counts the peers that took it."""
+        """Announces many keys at once (dhtd.provider.batch); ``counts[first[key]]``
+        counts the peers that took each."""
 
         async def closest(target: bytes) -> tuple[list[PeerRecord], list[bytes]]:
             result = await self._walk(target, MessageType.FIND_NODE, _ignore)
             return result.closest, result.unreachable
 
-        try:
-            found = await sweep.plan(list(first), closest, k=BUCKET_SIZE,
-                                     concurrency=PROVIDE_CONCURRENCY)
-        except Unavailable:
-            return  # the table emptied meanwhile: no peer took any (counts 0)
-        to_peer: dict[bytes, tuple[PeerRecord, list[bytes]]] = {}
-        for i, (key, peers) in enumerate(found.peers_of.items(), 1):
-            for peer in peers:
-                to_peer.setdefault(peer.id, (peer, []))[1].append(key)
-            if i % sweep.CHECKPOINT == 0:
-                await trio.lowlevel.checkpoint()
-        limiter = trio.CapacityLimiter(SEND_CONCURRENCY)
         # One message per key, built when first sent and sent to each of its peers.
         messages: dict[bytes, Message] = {}
 
-        def message(key: bytes) -> Message:
-            built = messages.get(key)
-            if built is None:
-                built = messages[key] = self._add_provider(key, addrs)
-            return built
+        async def send(peer: bytes, key: bytes) -> None:
+            message = messages.get(key)
+            if message is None:
+                message = messages[key] = self._add_provider(key, addrs)
+            await self._send(peer, message)
 
-        async def send_all(peer: PeerRecord, keys: list[bytes]) -> None:
-            failure = ""  # once a send to this peer failed, the rest are not tried
-            async with limiter:
-                for key in keys:
-                    index = first[key]
-                    tagged = self._emitter(functools.partial(emit, index))
-                    tagged(QueryEvent(EventType.SENDING_QUERY, peer.id))
-                    if not failure:
-                        try:
-                            await self._send(peer.id, message(key))
-                        except Exception as exc:  # one peer's failure is that peer's
-                            failure = describe(exc)
-                    if failure:
-                        tagged(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=failure))
-                        continue
-                    counts[index] += 1
-                    tagged(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+        def tagged(key: bytes, event: QueryEvent) -> None:
+            self._emitter(functools.partial(emit, first[key]))(event)
 
-        async with trio.open_nursery() as nursery:
-            for peer, keys in to_peer.values():
-                nursery.start_soon(send_all, peer, keys)
-        self._announced([key for key, i in first.items() if counts[i]])
-        log.debug("batched provide", extra={"keys": len(first), "lookups": found.lookups,
-                                            "walked": found.walked, "peers": len(to_peer)})
+        try:
+            taken = await batch.announce(list(first), closest, send, tagged,
+                                         k=BUCKET_SIZE, lookups=PROVIDE_CONCURRENCY)
+        except Unavailable:
+            return  # the table emptied meanwhile: no peer took any (counts 0)
+        for key, peers in taken.items():
+            counts[first[key]] = peers
+        self._announced([key for key, peers in taken.items() if peers])
 
     async def query(self, target: bytes, emit: Emit, timeout: float) -> list[PeerRecord]:
         """Walks towards ``target``; emits the walk, then FINAL_PEER per closest peer found."""

@@ -207,6 +207,10 @@ func Explain(err error) string {
 		return "unavailable: " + msg + " (is dhtd running there, and does it have DHT peers?)"
 	case codes.FailedPrecondition:
 		return "failed precondition: " + msg
+	case codes.ResourceExhausted:
+		return "resource exhausted: " + msg + " (too many calls at once, or dhtd's disk is full)"
+	case codes.DataLoss:
+		return "data loss: " + msg + " (a block source served a block that does not hash to its CID)"
 	case codes.Canceled:
 		return "cancelled: " + msg
 	case codes.Internal:

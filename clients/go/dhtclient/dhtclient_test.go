@@ -41,6 +41,14 @@ func TestExplain(t *testing.T) {
 	if got != "invalid argument: peer_id: bad" {
 		t.Errorf("Explain(InvalidArgument) = %q", got)
 	}
+	got = Explain(status.Error(codes.DataLoss, "bafy...: mismatch"))
+	if !strings.HasPrefix(got, "data loss: bafy...: mismatch (a block source") {
+		t.Errorf("Explain(DataLoss) = %q", got)
+	}
+	got = Explain(status.Error(codes.ResourceExhausted, "full"))
+	if !strings.HasPrefix(got, "resource exhausted: full") {
+		t.Errorf("Explain(ResourceExhausted) = %q", got)
+	}
 	if got := Explain(errors.New("plain")); got != "plain" {
 		t.Errorf("Explain(plain) = %q", got)
 	}
