@@ -231,14 +231,24 @@ def test_the_provide_set_lists_due_keys_in_keyspace_order_a_chunk_at_a_time(
         assert PROVIDE_KEYS[0] in keys and b"nope" not in keys
         assert await keys.remove([*PROVIDE_KEYS[20:], b"nope"]) == 20
         assert len(keys) == 20 and keys.oldest() == 100.0
+        with pytest.raises(KeyError) as missing:
+            keys[PROVIDE_KEYS[20]]
+        assert missing.value.args == (PROVIDE_KEYS[20],)
+        # A key whose multihash starts above any sentinel byte but 0xff (blake2b-256:
+        # varint 0xb220) is not listed again after itself.
+        blake = b"\xa0\xe4\x02\x20" + bytes(32)
+        assert await keys.add([blake], 7.0) == [blake]
+        assert await keys.due(0.0, b"", 100) == [(kad_key(blake), blake)]  # the only one due
+        assert await keys.due(0.0, kad_key(blake), 100) == []
+        assert await keys.remove([blake, PROVIDE_KEYS[0]]) == 2 and len(keys) == 19
         assert await keys.due(150.0, b"", 100) == sorted(
-            (kad_key(k), k) for k in PROVIDE_KEYS[:10])
+            (kad_key(k), k) for k in PROVIDE_KEYS[1:10])
         if db:
             before = dict(keys)
             db.close()
             db = Database.open(tmp_path)
             reopened = DiskState(db).provide_set(Loaded())
-            assert len(reopened) == 20 and dict(reopened) == before
+            assert len(reopened) == 19 and dict(reopened) == before
             db.close()
 
     trio.run(main)
