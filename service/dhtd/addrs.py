@@ -42,6 +42,15 @@ def _reason(exc: Exception, text: str) -> str:
     return excerpt(reason)
 
 
+def protocol_names(addr: str | bytes) -> list[str]:
+    """The names of a multiaddr's protocols, e.g. ['ip4', 'tcp', 'https'] (empty for
+    one that does not parse)."""
+    try:
+        return [p.name for p in multiaddr.Multiaddr(addr).protocols()]
+    except Exception:
+        return []
+
+
 def parse_dial_addr(text: str, field: str = "addr") -> tuple[bytes, bytes]:
     """Splits ``/ip4/…/tcp/N/p2p/<id>`` into (peer ID multihash, binary transport addr)."""
     addr = _parse(text, field)

@@ -30,6 +30,8 @@ from dhtd.blocks import parse_source
 from dhtd.bridge import Bridge, start_trio
 from dhtd.config import Config
 from dhtd.httpd import OpsServer
+from dhtd.httproute import HttpServer, Routes
+from dhtd.httproute.routes import MAX_IPNS_RECORD_BYTES
 from dhtd.ids import peer_id_to_str
 from dhtd.metrics import Metrics
 from dhtd.node import Bootstrap, DhtNode
@@ -242,6 +244,23 @@ async def serve(config: Config) -> None:
             host, mport = config.metrics_addr
             raise StartupError(
                 f"--metrics-addr {host}:{mport}: cannot listen ({exc.strerror or exc})") from None
+    routing = HttpServer(Routes(node, bridge, timeout=config.routing_http_timeout,
+                                max_concurrent=config.routing_http_max_concurrent,
+                                ipns_put=config.routing_http_put_ipns,
+                                started=metrics.http_started, finished=metrics.http_finished),
+                         max_body=MAX_IPNS_RECORD_BYTES)
+    routing_port = None
+    if config.routing_http_addr is not None:
+        try:
+            routing_port = await routing.start(*config.routing_http_addr)
+        except OSError as exc:
+            await ops.close()
+            await server.stop(None)
+            dht.stop()
+            await asyncio.wait_for(trio_done, TRIO_STOP_WAIT)
+            host, rport = config.routing_http_addr
+            raise StartupError(f"--routing-http-addr {host}:{rport}: cannot listen "
+                               f"({exc.strerror or exc})") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
@@ -250,6 +269,8 @@ async def serve(config: Config) -> None:
         "grpc_addr": f"{config.grpc_host}:{port}",
         "metrics_addr": (f"{config.metrics_addr[0]}:{metrics_port}"
                          if config.metrics_addr else "off"),
+        "routing_http_addr": (f"{config.routing_http_addr[0]}:{routing_port}"
+                              if config.routing_http_addr else "off"),
         "peer_id": peer_id_to_str(info.peer_id),
         "addrs": ",".join(f"{format_addr(a)}/p2p/{peer_id_to_str(info.peer_id)}"
                           for a in info.addrs),
@@ -286,6 +307,7 @@ async def serve(config: Config) -> None:
         stopping.set()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.shutdown_grace)
+        await routing.close()
         await ops.close()
         dht.stop()
         try:

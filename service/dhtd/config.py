@@ -50,6 +50,10 @@ MAX_BLOCK_SOURCES = 16
 # Ours: addresses one node announces (--announce plus --announce-append); a peer
 # keeps at most 32 addresses of another (dhtd.kadmsg), go-libp2p about as many.
 MAX_ANNOUNCE_ADDRS = 16
+# The Delegated Routing V1 HTTP API: someguy's routing timeout (Helia waits 30 s),
+# and requests at once (ours; dhtd.httproute.routes).
+DEFAULT_ROUTING_HTTP_TIMEOUT = 25.0
+DEFAULT_ROUTING_HTTP_MAX_CONCURRENT = 64
 # Upper bound for --dev-peers: each in-process peer costs a libp2p host.
 MAX_DEV_PEERS = 64
 # dht.v1 calls in flight at once (server streams until they end); one more gets
@@ -98,6 +102,12 @@ class Config:
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     republish_interval: float = DEFAULT_REPUBLISH_INTERVAL
     db_recover: bool = False
+    # The Delegated Routing V1 HTTP API (dhtd.httproute): where it listens (None:
+    # off), its routing timeout, requests at once, and whether PUT /ipns is allowed.
+    routing_http_addr: tuple[str, int] | None = None
+    routing_http_timeout: float = DEFAULT_ROUTING_HTTP_TIMEOUT
+    routing_http_max_concurrent: int = DEFAULT_ROUTING_HTTP_MAX_CONCURRENT
+    routing_http_put_ipns: bool = False
     provide_batch_min: int = DEFAULT_PROVIDE_BATCH_MIN
     block_sources: tuple[str, ...] = ()
     # What identify and provider records carry instead of (announce) or beside
@@ -215,6 +225,22 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    "--announce), as Kubo's Addresses.AppendAnnounce: e.g. "
                    "/dns4/gw.example.com/tcp/443/https for a trustless gateway serving "
                    "the provided content; repeatable")
+    p.add_argument("--routing-http-addr", default=env("routing-http-addr", "off"),
+                   help="host:port for the Delegated Routing V1 HTTP API (/routing/v1/...), "
+                   "for web pages, Helia and any HTTP client; 'off' disables "
+                   "(default %(default)s). Bind 127.0.0.1 unless others should reach it")
+    p.add_argument("--routing-http-timeout",
+                   default=env("routing-http-timeout", str(DEFAULT_ROUTING_HTTP_TIMEOUT)),
+                   help="seconds one routing request's lookup may take (default "
+                   "%(default)s, under the 30 s HTTP clients such as Helia wait)")
+    p.add_argument("--routing-http-max-concurrent",
+                   default=env("routing-http-max-concurrent",
+                               str(DEFAULT_ROUTING_HTTP_MAX_CONCURRENT)),
+                   help="routing requests answered at once; one more gets 429 with "
+                   "Retry-After (default %(default)s)")
+    p.add_argument("--routing-http-put-ipns", default=env("routing-http-put-ipns", "false"),
+                   help="true: PUT /routing/v1/ipns/{name} publishes a (validated) IPNS "
+                   "record on the DHT; false: it answers 501 (default %(default)s)")
     p.add_argument("--metrics-addr", default=env("metrics-addr", DEFAULT_METRICS_ADDR),
                    help="host:port for GET /metrics, /healthz and /readyz; 'off' disables "
                    "(default %(default)s)")
@@ -346,6 +372,18 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     refresh = _number(args.refresh_interval, "refresh-interval", problems, low=1, high=24 * 3600)
     republish = _number(args.republish_interval, "republish-interval", problems,
                         low=1, high=7 * 24 * 3600)
+    routing_http: tuple[str, int] | None = None
+    if args.routing_http_addr.strip().lower() != "off":
+        routing_http = _host_port(args.routing_http_addr, "routing-http-addr", problems)
+    routing_timeout = _number(args.routing_http_timeout, "routing-http-timeout", problems,
+                              low=0.1, high=3600)
+    routing_max = _whole(args.routing_http_max_concurrent, "routing-http-max-concurrent",
+                         problems, low=1, high=100_000)
+    put_ipns = args.routing_http_put_ipns.strip().lower()
+    if put_ipns not in ("true", "false", "1", "0", "yes", "no"):
+        problems.append(f"--routing-http-put-ipns: {args.routing_http_put_ipns!r} is not "
+                        "true or false")
+
     recover = args.db_recover.strip().lower()
     if recover not in ("true", "false", "1", "0", "yes", "no"):
         problems.append(f"--db-recover: {args.db_recover!r} is not true or false")
@@ -393,6 +431,10 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         max_concurrent_rpcs=max_rpcs,
         republish_interval=republish,
         db_recover=recover in ("true", "1", "yes"),
+        routing_http_addr=routing_http,
+        routing_http_timeout=routing_timeout,
+        routing_http_max_concurrent=routing_max,
+        routing_http_put_ipns=put_ipns in ("true", "1", "yes"),
         provide_batch_min=batch_min,
         block_sources=tuple(block_sources),
         announce=announce,

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -42,6 +43,9 @@ FIRST_RESULT_OPERATIONS = ("find_peer", "find_providers", "get_value")
 GRPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # DHT operations run from milliseconds (a local answer) to the 60 s query cap.
+# boxo's routing server buckets (seconds, and bytes: 100 * 4^n).
+HTTP_BUCKETS = (0.1, 0.5, 1, 2, 5, 8, 10, 20, 30)
+HTTP_SIZE_BUCKETS = tuple(100 * 4**n for n in range(8))
 DHT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
@@ -151,6 +155,33 @@ class Metrics:
         for store in ("provider", "value"):
             self.refusals.labels(store)
         r.register(_LibraryLogCollector())
+
+        # -- the Delegated Routing V1 HTTP API: boxo's names (go-http-metrics with
+        # the prefix delegated_routing_server), labelled by handler pattern, method
+        # and status code, never by CID or peer ID.
+        self.http_seconds = Histogram(
+            "delegated_routing_server_http_request_duration_seconds",
+            "Time from a routing request to the end of its answer, streams included. "
+            "Rising: lookups take longer (the routing timeout caps them).",
+            ("code", "handler", "method"), buckets=HTTP_BUCKETS, registry=r)
+        self.http_bytes = Histogram(
+            "delegated_routing_server_http_response_size_bytes",
+            "Bytes of answer bodies. Rising: more records per answer.",
+            ("code", "handler", "method"), buckets=HTTP_SIZE_BUCKETS, registry=r)
+        self.http_in_flight = Gauge(
+            "delegated_routing_server_http_requests_inflight",
+            "Routing requests being answered now. Rising and staying up: clients outpace "
+            "the node; past --routing-http-max-concurrent they get 429.",
+            ("handler",), registry=r)
+
+    def http_started(self, handler: str) -> None:
+        self.http_in_flight.labels(handler).inc()
+
+    def http_finished(self, method: str, handler: str, code: int, seconds: float,
+                      size: int) -> None:
+        self.http_in_flight.labels(handler).dec()
+        self.http_seconds.labels(str(code), handler, method).observe(seconds)
+        self.http_bytes.labels(str(code), handler, method).observe(size)
 
     def observer(self) -> Observer:
         """Hooks that feed the DHT series from a node's operations. The labelled

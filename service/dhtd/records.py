@@ -381,6 +381,15 @@ def _eol_nanos(signed: _IpnsData) -> int:
         raise InvalidRecord(f"IPNS Validity is not an RFC 3339 time: {exc}") from exc
 
 
+def ipns_timing(value: bytes) -> tuple[int, int]:
+    """(TTL, EOL) of an IPNS record in whole seconds (EOL as Unix time; 0 when its
+    validity is not an EOL). The record must have been validated already."""
+    signed = _parse_ipns_data(_parse_ipns_entry(value).data)
+    eol = (_eol_nanos(signed) // 1_000_000_000
+           if signed.validity_type == IPNS_VALIDITY_EOL else 0)
+    return signed.ttl // 1_000_000_000, eol
+
+
 class IpnsValidator:
     """Validator for ``/ipns/<name multihash>`` records (IPNS record spec, V2).
 

@@ -540,6 +540,13 @@ class Host:
     def _connections_changed(self) -> None:
         self._connected = None
 
+    def protocols_of(self, peer: bytes) -> tuple[str, ...]:
+        """The protocols ``peer`` listed in identify (empty if never identified)."""
+        try:
+            return tuple(str(p) for p in self._host.get_peerstore().get_protocols(ID(peer)))
+        except Exception:
+            return ()
+
     def addrs_of(self, peer: bytes) -> tuple[bytes, ...]:
         if peer == self.self_id:
             return tuple(self.announced_addrs())
