@@ -101,3 +101,17 @@ def test_ipns_records_cross_both_ways_and_the_higher_sequence_wins(
         assert "older" in str(exc) or "newer" in str(exc) or "better" in str(exc), exc
     assert node.dht.Get(pb.GetRequest(key=key), timeout=30).value == second
     assert bytes.fromhex(go_b.call("get", key=key.hex())["value"]) == second
+
+
+def test_go_peers_leave_no_error_in_dhtds_log(net: tuple[Node, list[GoPeer]]) -> None:
+    """Go answers with /p2p/-suffixed addresses and up to 20 closer peers, and closes
+    streams when it likes: after everything above, dhtd has logged no error and no
+    traceback."""
+    from tests.service.test_grpc_edge import bad_lines
+
+    node, (go, _) = net
+    for i in range(5):  # more walks through the Go peers
+        cid = cid_for(f"go walk {i}")
+        go.call("provide", cid=cid)
+        assert go.peer_id in providers(node, cid)
+    assert bad_lines(node) == []
