@@ -156,6 +156,10 @@ def test_ipns_put_then_get_the_same_bytes(node: Node) -> None:
     assert got.headers["content-type"] == IPNS
     assert got.headers["cache-control"].startswith("public, max-age=120,")
     assert got.headers["etag"].startswith('"') and got.headers["expires"]
+    older = ipns_record(owner, sequence=0, ttl=120 * 10**9)
+    stale = httpx.put(url, content=older, headers={"Content-Type": IPNS}, timeout=30)
+    assert stale.status_code == 400, stale.text
+    assert httpx.get(url, headers={"Accept": IPNS}, timeout=30).content == record
     refused = httpx.get(url, headers={"Accept": "application/json"}, timeout=30)
     assert refused.status_code == 406 and IPNS in refused.text
 

@@ -36,6 +36,7 @@ class StandIn:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.timeouts: list[float] = []  # what each lookup was given
         self.host = self
         self.validators = self
 
@@ -44,6 +45,7 @@ class StandIn:
 
     async def find_providers(self, key: bytes, count: int, put: Callable[[PeerRecord], None],
                              timeout: float) -> int:
+        self.timeouts.append(timeout)
         if key == SLOW.multihash:
             try:
                 await self.release.wait()
@@ -204,3 +206,28 @@ def test_unknown_matches_records_that_lack_addresses_or_protocols() -> None:
     assert filter_record(bare, [], ["unknown"]) == bare
     assert filter_record(bare, ["tcp"], []) is None
     assert filter_record(bare, [], ["transport-bitswap"]) is None
+
+
+def test_each_lookup_is_bounded_by_the_routing_timeout() -> None:
+    async def scenario(url: str, node: StandIn) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.get(f"{url}/routing/v1/providers/{MANY}")
+        assert node.timeouts == [7.5]
+
+    serve(scenario, timeout=7.5)
+
+
+def test_a_connection_that_sends_nothing_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dhtd.httproute import server as server_module
+
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT", 0.3)
+
+    async def scenario(url: str, node: StandIn) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /routing/v1/provi")  # half a request line, then silence
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+
+    serve(scenario)

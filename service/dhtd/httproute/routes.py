@@ -38,7 +38,14 @@ from urllib.parse import parse_qs
 
 from dhtd.addrs import format_addr, protocol_names
 from dhtd.bridge import Bridge
-from dhtd.errors import DeadlineExceeded, InvalidArgument, InvalidRecord, NotFound, Unavailable
+from dhtd.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidRecord,
+    NotFound,
+    Unavailable,
+)
 from dhtd.ids import LIBP2P_KEY, Cid, parse_cid, parse_peer_id, peer_id_to_str
 from dhtd.lookup import EventType, PeerRecord, QueryEvent
 from dhtd.node import DhtNode
@@ -98,6 +105,8 @@ class HttpError(Exception):
 STATUS_OF: dict[type[Exception], int] = {
     InvalidArgument: 400,
     InvalidRecord: 400,
+    # (a Put older than the record held: the spec's PUT statuses are 200, 400 and 406)
+    FailedPrecondition: 400,
     NotFound: 404,
     Unavailable: 503,
     DeadlineExceeded: 504,
@@ -428,10 +437,8 @@ class Routes:
         except (Unavailable, DeadlineExceeded) as exc:
             raise HttpError(503, f"no peer took the record: {exc}",
                             [("Retry-After", "10")]) from None
-        except Exception as exc:
-            if type(exc) in STATUS_OF:
-                raise HttpError(status_of(exc), str(exc)) from None
-            raise
+        except (InvalidArgument, InvalidRecord, FailedPrecondition) as exc:
+            raise HttpError(status_of(exc), str(exc)) from None
         await response.send(200, [*CORS, ("Vary", "Accept")], b"")
 
 
