@@ -55,28 +55,27 @@ import hashlib
 import json
 import os
 import platform
-import queue
 import random
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bench.jsonline import JsonLineWorker, OpFailed
 from dht.v1 import dht_pb2 as pb
 from dhtd.ids import b58decode
-from tests.swarm import Node, die_with_parent, spawn_node, wait_ready
+from tests.swarm import Node, spawn_node, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("go_worker.py")
@@ -94,10 +93,6 @@ STOP_TIMEOUT = 15.0
 VENV_TIMEOUT = 900.0
 OPS = ("provide", "findprovs", "put", "get")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class OpFailed(Exception):
-    """A DHT call that failed; the message says how."""
 
 
 # --- Setup of the Go peers' venv ---------------------------------------------------
@@ -257,81 +252,23 @@ class Peer(Protocol):
     def stop(self) -> None: ...
 
 
-class GoPeer:
+class GoPeer(JsonLineWorker):
     """One bench/go_worker.py process, driven by JSON lines."""
 
     def __init__(self, name: str, python: Path, prefix: str, boots: Sequence[str],
-                 op_timeout: float, log_path: Path) -> None:
-        self.name, self.op_timeout, self.log_path = name, op_timeout, log_path
-        self.peer_id, self.addr = "", ""
-        self.inner_ms: float | None = None
-        self.boot_errors: list[str] = []
-        self._next_id = 0
-        self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
+                 op_timeout: float, log_path: Path, extra: Sequence[str] = ()) -> None:
         cmd = [str(python), str(WORKER), "--prefix", prefix, "--op-timeout", str(op_timeout)]
         for addr in boots:
             cmd += ["--bootstrap", addr]
-        self._log: IO[str] = log_path.open("w")
-        self.proc = subprocess.Popen(die_with_parent(cmd), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.pid = self.proc.pid
-        self._pump = threading.Thread(target=self._read, name=f"pump-{name}", daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self._replies.put(json.loads(line))
-            except json.JSONDecodeError:
-                self._replies.put({"event": "noise", "line": line.rstrip()})
-        self._replies.put(None)
-
-    def _next(self, deadline: float, what: str) -> dict[str, Any]:
-        try:
-            reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise OpFailed(f"{self.name}: no {what} in time") from None
-        if reply is None:
-            self._replies.put(None)
-            raise OpFailed(f"{self.name} exited ({self.proc.poll()}): {self.log_tail()}")
-        return reply
-
-    def log_tail(self) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return " | ".join(lines[-5:]) or "(no stderr)"
+        super().__init__(name, [*cmd, *extra], op_timeout, log_path)
+        self.peer_id, self.addr = "", ""
+        self.boot_errors: list[str] = []
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for _ in range(1000):
-            reply = self._next(deadline, "ready line")
-            if reply.get("event") == "ready":
-                self.peer_id = str(reply["peer_id"])
-                self.addr = str(reply["addrs"][0])
-                self.boot_errors = list(reply["boot_errors"])
-                return
-        raise OpFailed(f"{self.name}: no ready line among its first 1000")
-
-    def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        self._next_id += 1
-        ident = self._next_id
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps({"op": op, "id": ident, **fields}) + "\n")
-            self.proc.stdin.flush()
-        except OSError as exc:
-            raise OpFailed(f"{self.name}: cannot send {op}: {exc}") from None
-        deadline = time.monotonic() + self.op_timeout + 5
-        for _ in range(1000):  # skips late answers to calls that timed out here
-            reply = self._next(deadline, f"answer to {op}")
-            if reply.get("id") == ident:
-                self.inner_ms = float(reply["ms"])
-                if not reply["ok"]:
-                    raise OpFailed(str(reply["error"]))
-                return reply
-        raise OpFailed(f"{self.name}: no answer to {op} among 1000 lines")
+        reply = self.wait_ready_line(timeout)
+        self.peer_id = str(reply["peer_id"])
+        self.addr = str(reply["addrs"][0])
+        self.boot_errors = list(reply["boot_errors"])
 
     def provide(self, cid: str) -> None:
         self.call("provide", cid=cid)
@@ -351,27 +288,6 @@ class GoPeer:
 
     def refresh(self) -> None:
         self.call("refresh")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None and self.proc.stdin is not None:
-            with suppress(OSError):
-                self.proc.stdin.close()  # the worker leaves on EOF
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(STOP_TIMEOUT)
-        self._pump.join(STOP_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
 
 
 def rpc_error(exc: grpc.RpcError) -> OpFailed:

@@ -7,7 +7,8 @@ import name as py-libp2p. go_compare starts it as
     .venv-go-bench/bin/python bench/go_worker.py --prefix /bench [--bootstrap ADDR]...
 
 It starts one host on 127.0.0.1 (TCP, port 0) and one DHT in server mode on the given
-protocol prefix, connects to the --bootstrap peers, starts the DHT's refresh, and prints
+protocol prefix, connects to the --bootstrap peers, starts the DHT's refresh (unless
+--no-refresh: then it neither refreshes nor looks up anything by itself), and prints
 one JSON line ``{"event": "ready", "peer_id": ..., "addrs": [...], ...}`` on stdout.
 Then it reads one JSON command per line on stdin and answers each with one JSON line:
 
@@ -16,6 +17,13 @@ Then it reads one JSON command per line on stdin and answers each with one JSON 
     {"op": "put", "key": "<hex>", "value": "<hex>"}
     {"op": "get", "key": "<hex>"}                         -> {"value": "<hex>" or null}
     {"op": "refresh"}                                     (the DHT's Bootstrap: a refresh)
+    {"op": "connect", "addr": "/ip4/.../p2p/<id>"}
+    {"op": "find_peer", "peer": "<peer id>"}            -> {"known_before": [addr, ...],
+                                                            "addrs": [addr, ...]}
+        (a RoutedHost connect with no address: go-libp2p asks the DHT's FindPeer, then
+        dials what it found; "known_before" is what the peerstore held before)
+    {"op": "known", "peer": "<peer id>"}                -> {"addrs": [addr, ...]}
+        (the peerstore's addresses of that peer: none if this node never heard of it)
     {"op": "peers"}                                       -> {"peers": N} (peerstore, not self)
     {"op": "cpu"}                                         -> {"cpu": seconds, this process}
     {"op": "stop"}
@@ -41,8 +49,16 @@ from typing import Any
 from libp2p import DisableRelay, Host, Identity, ListenAddrStrings
 from libp2p.cid import Cid
 from libp2p.crypto import KeyType, crypto_generate_keypair
-from libp2p.dht import DHT, BootstrapPeers, DhtModeEnum, Mode, ProtocolPrefix
-from libp2p.peer import addr_info_from_p2p_addr
+from libp2p.dht import (
+    DHT,
+    BootstrapPeers,
+    DhtModeEnum,
+    DisableAutoRefresh,
+    Mode,
+    ProtocolPrefix,
+)
+from libp2p.peer import AddrInfo, Peer, addr_info_from_p2p_addr
+from libp2p.routed_host import RoutedHost
 from libp2p.utils import MsgpackArg, c_wrap
 
 MAX_COMMANDS = 100_000
@@ -92,6 +108,17 @@ async def run_op(host: Any, dht: Any, command: dict[str, Any]) -> dict[str, Any]
     if op == "refresh":
         await dht.bootstrap()
         return {}
+    if op == "connect":
+        await asyncio.wait_for(host.connect(addr_info_from_p2p_addr(command["addr"])),
+                               CONNECT_TIMEOUT)
+        return {}
+    if op == "find_peer":
+        peer = Peer.decode(str(command["peer"]))
+        before = host.peer_store.addrs(peer.string)
+        await RoutedHost(host, dht).connect(AddrInfo(peer, []))
+        return {"known_before": before, "addrs": host.peer_store.addrs(peer.string)}
+    if op == "known":
+        return {"addrs": host.peer_store.addrs(Peer.decode(str(command["peer"])).string)}
     if op == "peers":
         own = host.id.string
         return {"peers": sum(1 for p in host.peer_store.peer_with_addrs() if p != own)}
@@ -108,6 +135,8 @@ async def serve(args: argparse.Namespace) -> None:
     opts: list[Any] = [Mode(DhtModeEnum.ModeServer), ProtocolPrefix(args.prefix)]
     if boots:
         opts.append(BootstrapPeers(*boots))
+    if args.no_refresh:
+        opts.append(DisableAutoRefresh())
     dht = await DHT.new(host, *opts)
     boot_errors = []
     for info in boots:
@@ -115,7 +144,8 @@ async def serve(args: argparse.Namespace) -> None:
             await asyncio.wait_for(host.connect(info), CONNECT_TIMEOUT)
         except Exception as exc:  # reported to go_compare, which prints it
             boot_errors.append(f"{info.id.string}: {exc!r}")
-    await dht.bootstrap()
+    if not args.no_refresh:
+        await dht.bootstrap()
     peer_id = host.id.string
     answer({"event": "ready", "peer_id": peer_id,
             "addrs": [f"{a}/p2p/{peer_id}" for a in host.network.listen_addresses()],
@@ -161,6 +191,8 @@ def main() -> None:
     parser.add_argument("--prefix", default="/bench", help="kad protocol prefix")
     parser.add_argument("--bootstrap", action="append", default=[],
                         help="/ip4/127.0.0.1/tcp/P/p2p/ID, repeatable")
+    parser.add_argument("--no-refresh", action="store_true",
+                        help="no routing-table refresh, at start or later")
     parser.add_argument("--op-timeout", type=float, default=30.0)
     parser.add_argument("--max-life", type=float, default=3600.0,
                         help="exit after this many seconds whatever happens")

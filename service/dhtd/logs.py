@@ -110,6 +110,14 @@ _KIND_PATTERNS = (
     ("timeout", re.compile(r"timed? ?out", re.I)),
     ("connection_closed", re.compile(r"clos(e|ed|ing)\b|reset|EOF|broken pipe", re.I)),
 )
+# A traceback written into a message's text (not passed as exc_info).
+_EMBEDDED_TRACEBACK = re.compile(
+    r"^\s*(\+ )?(Traceback \(most recent call last\)|Exception Group Traceback)", re.M)
+# Kinds that report what a remote peer did or failed to do (it is gone, slow, or
+# closed on us). py-libp2p logs some at error; they are the network's weather, not
+# a fault of this node, so they are written and counted at warning.
+PEER_KINDS = frozenset({"stream_open_failed", "identify_failed", "dial_failed",
+                        "negotiation_failed", "timeout", "connection_closed"})
 # Every value the ``kind`` label can take.
 KINDS = (*(kind for kind, _ in _KIND_PATTERNS), "other")
 # Every value the ``level`` label can take.
@@ -150,6 +158,22 @@ def classify(record: logging.LogRecord) -> Key:
     return source, kind, _level_label(record.levelno)
 
 
+def _drop_embedded_traceback(record: logging.LogRecord) -> None:
+    """Cuts a traceback that a library wrote into a warning's own text down to the
+    warning's first line. py-libp2p's swarm does this each time a peer closes a
+    connection it is still setting up ("[ADDCONN_FAIL] add_conn failed for peer
+    …: SwarmException('Connection closed while starting')" plus 30 lines): the
+    peer's doing, said in the first line; the rest is py-libp2p's call stack.
+    Errors keep theirs, and --log-level debug keeps every line."""
+    try:
+        text = record.getMessage()
+    except Exception:  # a bad format string: left to the formatter
+        return
+    first, newline, rest = text.partition("\n")
+    if newline and _EMBEDDED_TRACEBACK.search(rest):
+        record.msg, record.args = first, ()
+
+
 class NoiseFilter(logging.Filter):
     """Counts library records and lets at most ``burst`` of each (source, kind)
     through per ``interval`` seconds (all of them when ``passthrough``).
@@ -188,6 +212,8 @@ class NoiseFilter(logging.Filter):
         if record.levelno < self.floor and record.name != STRAY_LOGGER:
             return False
         source, kind, level = classify(record)
+        if kind in PEER_KINDS and logging.ERROR <= record.levelno < logging.CRITICAL:
+            record.levelno, record.levelname, level = logging.WARNING, "WARNING", "warning"
         now = self._clock()
         with self._lock:
             self._counts[source, kind, level] += 1
@@ -199,6 +225,8 @@ class NoiseFilter(logging.Filter):
                 self._held[source, kind] += 1
         if summary is not None:
             self._emit(summary)
+        if allow and not self.passthrough and record.levelno < logging.ERROR:
+            _drop_embedded_traceback(record)
         return allow
 
     def roll(self, *, force: bool = False) -> None:

@@ -252,3 +252,52 @@ def test_the_answer_is_built_once_and_names_where_each_peer_is_seen_from(
         answer = Identify.FromString(stream.written[start:start + length])
         assert list(answer.protocols) == [KAD]
         assert answer.observed_addr == multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4242").to_bytes()
+
+
+class SigningHost(FakeHost):
+    def get_id(self) -> ID:
+        return PEER_ID
+
+    def get_private_key(self) -> Any:
+        return PAIR.private_key
+
+
+def test_the_answer_names_the_announced_addresses_and_waits_for_some(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """py-libp2p's own list ends every address in /p2p/<id>, which go-libp2p stores
+    and passes on, then cannot dial (a Go peer could not FindPeer dhtd across a hop):
+    the answer carries the host's announced addresses, in its listen addresses and
+    in its signed peer record, and is not kept while there are none yet."""
+    own = bytes(multiaddr.Multiaddr(f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER_ID}").to_bytes())
+
+    def build(host: Any, observed: Any) -> Identify:
+        return Identify(protocols=[KAD], listen_addrs=[own])
+
+    monkeypatch.setattr(identify, "_mk_identify_protobuf", build)
+    asked: list[int] = []
+    bound = [addr(4001)]
+
+    def announced() -> list[bytes]:
+        asked.append(1)
+        return [] if len(asked) == 1 else list(bound)
+
+    ident = Identifier(SigningHost(), KAD, announced)
+    answers: list[Identify] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            ident.start(nursery, lambda peer: None)
+            for _ in range(3):
+                stream = AnswerStream()
+                await ident.serve(stream)
+                length, start = decode_uvarint(stream.written)
+                answers.append(Identify.FromString(stream.written[start:start + length]))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(asked) == 2  # the empty answer was not kept; the second one was
+    assert list(answers[0].listen_addrs) == []
+    for answer in answers[1:]:
+        assert list(answer.listen_addrs) == bound
+        envelope = answer.signedPeerRecord
+        assert envelope and own not in envelope and bound[0] in envelope

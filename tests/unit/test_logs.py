@@ -210,8 +210,8 @@ def test_rate_limit_lets_burst_through_then_summarises_once_per_interval() -> No
     assert vars(summary)["kinds"] == {"libp2p/stream_open_failed": 3}
     assert "suppressed 3 similar" in summary.getMessage()
     # Every record was counted, printed or not; dhtd's own were not.
-    assert noise.counts() == {("libp2p", "stream_open_failed", "error"): 6,
-                              ("libp2p", "dial_failed", "error"): 1}
+    assert noise.counts() == {("libp2p", "stream_open_failed", "warning"): 6,
+                              ("libp2p", "dial_failed", "warning"): 1}
     clock.now += 60
     noise.roll()
     assert len(summaries) == 1  # nothing held back: no summary
@@ -220,7 +220,7 @@ def test_rate_limit_lets_burst_through_then_summarises_once_per_interval() -> No
 def test_passthrough_counts_but_holds_nothing_back() -> None:
     noise = logs.NoiseFilter(burst=1, passthrough=True, clock=Clock(), emit=lambda r: None)
     assert all(noise.filter(record("libp2p.x", "Failed to open stream")) for _ in range(20))
-    assert noise.counts() == {("libp2p", "stream_open_failed", "error"): 20}
+    assert noise.counts() == {("libp2p", "stream_open_failed", "warning"): 20}
 
 
 def test_the_summary_shows_at_the_floor_when_that_is_above_warning() -> None:
@@ -296,3 +296,49 @@ def test_metrics_page_has_the_library_log_counter() -> None:
 
     page = Metrics().render().decode()
     assert "# TYPE dhtd_library_log_messages_total counter" in page
+
+
+def test_a_traceback_written_into_a_library_warning_is_cut_to_its_first_line() -> None:
+    """py-libp2p's swarm writes a traceback into the text of a warning each time a
+    peer closes a connection it is still setting up (go-libp2p does, when it dials a
+    peer that dials it): one line is kept, unless the level is debug or the record
+    is an error."""
+    tb = ("Traceback (most recent call last):\n  File \"swarm.py\", line 2621\n"
+          "libp2p.network.exceptions.SwarmException: Connection closed while starting")
+    head = "[ADDCONN_FAIL] add_conn failed for peer %s: %r"
+
+    def warning() -> logging.LogRecord:
+        rec = record("libp2p.network.swarm", head + "\n%s", logging.WARNING)
+        rec.args = ("12D3KooW", RuntimeError("Connection closed while starting"), tb)
+        return rec
+
+    noise = logs.NoiseFilter(clock=Clock(), emit=lambda r: None)
+    cut = warning()
+    assert noise.filter(cut)
+    assert cut.getMessage() == (
+        "[ADDCONN_FAIL] add_conn failed for peer 12D3KooW: "
+        "RuntimeError('Connection closed while starting')")
+    error = record("libp2p.network.swarm", "[X] add_conn failed for peer %s: %r\n%s")
+    error.args = ("12D3KooW", RuntimeError("boom"), tb)
+    assert noise.filter(error) and "Traceback" in error.getMessage()
+    debug = logs.NoiseFilter(passthrough=True, floor=logging.DEBUG, clock=Clock(),
+                             emit=lambda r: None)
+    kept = warning()
+    assert debug.filter(kept) and "Traceback" in kept.getMessage()
+    # A multi-line warning without a traceback keeps its lines.
+    lines = record("libp2p.x", "first\nsecond")
+    assert noise.filter(lines) and lines.getMessage() == "first\nsecond"
+
+
+def test_a_library_error_about_a_peer_is_written_and_counted_as_a_warning() -> None:
+    """py-libp2p logs a dial to a dead peer at error: that is the peer's state, not
+    this node's fault. Other library errors stay errors."""
+    noise = logs.NoiseFilter(clock=Clock(), emit=lambda r: None)
+    dial = record("libp2p.transport.tcp.tcp",
+                  "Failed to open TCP stream: all attempts to connect to 127.0.0.1:9 failed")
+    assert noise.filter(dial)
+    assert (dial.levelno, dial.levelname) == (logging.WARNING, "WARNING")
+    other = record("libp2p.network.swarm", "something unexpected")
+    assert noise.filter(other) and other.levelno == logging.ERROR
+    assert noise.counts() == {("libp2p", "dial_failed", "warning"): 1,
+                              ("libp2p", "other", "error"): 1}

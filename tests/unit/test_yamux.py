@@ -354,6 +354,41 @@ def test_a_reset_from_the_peer_ends_reads_and_writes() -> None:
     run(main)
 
 
+def test_what_arrived_before_the_peers_reset_is_still_read_then_the_reset() -> None:
+    """go-libp2p-kad-dht writes an ADD_PROVIDER on the stream it shares per peer, then
+    resets that stream when a later request on it is cancelled: the message arrived
+    whole before the RST, and is read; a write fails at once."""
+    async def main() -> None:
+        async with against_raw_peer() as (a, _a_pipe, peer, _nursery):
+            await peer.send(TYPE_DATA, FLAG_SYN, 2, 3, b"abc")
+            await peer.send(TYPE_DATA, 0, 2, 3, b"def")
+            await peer.send(TYPE_WINDOW_UPDATE, FLAG_RST, 2, 0)
+            with trio.fail_after(1):
+                stream = await a.accept_stream()
+                await trio.testing.wait_all_tasks_blocked()  # all three frames taken
+            assert not a._streams
+            with pytest.raises(MuxedStreamReset):
+                await stream.write(b"late")
+            assert await stream.read(4) == b"abcd"
+            assert await stream.read() == b"ef"
+            with pytest.raises(MuxedStreamReset):
+                await stream.read()
+
+    run(main)
+
+
+def test_our_own_reset_drops_what_was_not_read() -> None:
+    async def main() -> None:
+        stream = YamuxStream(Any, 2, outbound=True)  # type: ignore[arg-type]
+        stream._conn = type("Conn", (), {"_forget": lambda self, s: None})()  # type: ignore[assignment]
+        stream._on_data(b"unread")
+        await stream.reset()
+        with pytest.raises(MuxedStreamReset):
+            await stream.read()
+
+    trio.run(main)
+
+
 def test_frames_of_concurrent_writers_go_out_in_fewer_writes() -> None:
     async def main() -> None:
         async with sessions() as (a, b, a_pipe, _b_pipe, _nursery):

@@ -437,11 +437,11 @@ class Host:
         network.auto_connector.maybe_connect = _no_auto_dial
         network._notify = _inline_notices(network)
         # dhtd's own connection set-up (dhtd.p2p.upgrade) for TCP connections, and
-        # its own identify (dhtd.p2p.identify).
+        # its own identify (dhtd.p2p.identify), which always names the announced
+        # addresses: py-libp2p's own list ends each address in /p2p/<id>, which
+        # go-libp2p stores, passes on in FIND_NODE answers, and cannot dial.
         network.upgrader = Upgrader(key_pair, network.upgrader)
-        self._identify = Identifier(
-            self._host, protocol_id,
-            self.announced_addrs if self._announce or self._announce_append else None)
+        self._identify = Identifier(self._host, protocol_id, self.announced_addrs)
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
         # Peers a request is in flight to: protected from connection trimming, and

@@ -73,8 +73,9 @@ class Identifier:
                  announced: Callable[[], list[bytes]] | None = None) -> None:
         self._host = host
         self._protocol_id = protocol_id
-        # The addresses to tell peers instead of py-libp2p's listen addresses
-        # (--announce, --announce-append); None: py-libp2p's.
+        # The addresses to tell peers: dhtd.p2p.Host.announced_addrs (--announce,
+        # else the listen addresses, then --announce-append; none ends in /p2p/).
+        # None (unit tests only): py-libp2p's, which end in /p2p/<id>.
         self._announced = announced
         self._nursery: trio.Nursery | None = None
         self._on_kad_peer: Callable[[bytes], None] = lambda peer: None
@@ -216,13 +217,17 @@ class Identifier:
         """Answers one identify request: the cached message plus where we see the
         peer from, then closes the stream."""
         try:
-            if self._reply is None:
+            reply = self._reply
+            if reply is None:
                 message = _mk_identify_protobuf(self._host, None)
                 message.ClearField("observed_addr")
-                if self._announced is not None:
-                    self._announce(message, self._announced())
-                self._reply = message.SerializeToString()
-            body = self._reply + _observed(stream)
+                addrs = None if self._announced is None else self._announced()
+                if addrs is not None:
+                    self._announce(message, addrs)
+                reply = message.SerializeToString()
+                if addrs != []:  # kept once the listeners are bound
+                    self._reply = reply
+            body = reply + _observed(stream)
             await stream.write(encode_uvarint(len(body)) + body)
             await stream.close()
         except Exception as exc:

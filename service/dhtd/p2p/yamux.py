@@ -287,7 +287,8 @@ def _aead_call(aead: ChaCha20Poly1305, nonce: int, seal: bool) -> Callable[[byte
 class YamuxStream(IMuxedStream):
     """One yamux stream. ``read`` returns what has arrived (at most ``n`` bytes);
     MuxedStreamEOF once the peer closed its side and everything was read,
-    MuxedStreamReset once either side reset it."""
+    MuxedStreamReset once we reset it, or once the peer reset it (or the connection
+    ended) and what arrived before was read."""
 
     def __init__(self, conn: Yamux, stream_id: int, outbound: bool) -> None:
         self.muxed_conn = conn
@@ -424,9 +425,17 @@ class YamuxStream(IMuxedStream):
         await self.reset()
         raise MuxedStreamReset(f"peer kept its window shut for {WINDOW_WAIT_TIMEOUT:g}s")
 
-    def _mark_reset(self) -> None:
+    def _mark_reset(self, keep_unread: bool = False) -> None:
+        """Ends the stream both ways. ``keep_unread`` (the peer reset it, or the
+        connection ended without a protocol error): what arrived before stays
+        readable, and only then does ``read`` raise MuxedStreamReset.
+        go-libp2p-kad-dht writes a one-way message (ADD_PROVIDER, PUT_VALUE) on the
+        stream it shares for each peer, then resets that stream when a later request
+        on it is cancelled: the message arrived whole and is served, as go-yamux
+        serves it when it read it first."""
         self._reset = True
-        self._buf.clear()
+        if not keep_unread:
+            self._buf.clear()
         self._readable.set()
         self._writable.set()
         self._conn._forget(self)
@@ -642,7 +651,7 @@ class Yamux(IMuxedConn):
                 elif length:
                     stream._on_window(length)
                 if flags & FLAG_RST:
-                    stream._mark_reset()
+                    stream._mark_reset(keep_unread=True)
                 elif flags & FLAG_FIN:
                     stream._on_fin()
             del buf[:pos]
@@ -682,8 +691,9 @@ class Yamux(IMuxedConn):
                 with suppress(Exception):
                     await self._send(_HEADER.pack(VERSION, TYPE_GO_AWAY, 0, 0, error_code))
                 self._broken = "connection closed"
+            # After a protocol error nothing the peer sent is trusted.
             for stream in list(self._streams.values()):
-                stream._mark_reset()
+                stream._mark_reset(keep_unread=error_code == GO_AWAY_NORMAL)
             self._accept_send.close()
             with suppress(Exception):
                 await self.secured_conn.close()
