@@ -4,8 +4,8 @@
 aioquic), WebSocket, TLS with AutoTLS's ACME client (with httpx), circuit relay.
 dhtd speaks TCP with its own Noise and yamux (dhtd.p2p), so that was about 0.3 s of
 CPU at every start, spent by each of 30 processes of a swarm starting on 2 cores,
-and by a sidecar before its readiness (bench/startup.py: exec to ready went from
-1.17 to 0.89 s of CPU).
+and by a sidecar before its readiness (bench/startup.py, 10 runs each in one
+sitting: exec to ready went from 1.10 to 0.77 s of CPU).
 
 :func:`install` (called when the ``dhtd`` package is imported, so before any of its
 modules imports libp2p) puts a finder first on ``sys.meta_path`` that answers for
