@@ -84,7 +84,10 @@ def test_with_down_peers_every_key_gets_its_k_closest_live_peers() -> None:
     for key in wanted:
         got = {p.id for p in result.peers_of[key]}
         assert got == net.closest_live(key) and net.true_closest(key) <= got
-    assert result.lookups <= 172, result.lookups  # (as measured)
+    # Measured 172 in 36 of 40 runs and 173 in 4: with peers down, which of two
+    # concurrent lookups answers first depends on trio's scheduling order, which trio
+    # varies from run to run. More than 175 means wasted lookups.
+    assert result.lookups <= 175, result.lookups
 
 
 def test_a_network_smaller_than_k_is_known_from_one_lookup() -> None:
