@@ -13,6 +13,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,11 +32,19 @@ NDJSON = "application/x-ndjson"
 IPNS = "application/vnd.ipfs.ipns-record"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+@contextmanager
+def routing_node(tmp: Path, name: str) -> Iterator[Node]:
+    """A dev node serving the routing API on a free port, IPNS PUT on, and an HTTP
+    gateway address announced beside its own."""
     args = ["--routing-http-addr", "127.0.0.1:0", "--routing-http-put-ipns", "true",
             "--announce-append", GATEWAY]
-    with dev_node("http", tmp_path_factory.mktemp("http") / "d", args) as started:
+    with dev_node(name, tmp / "d", args) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with routing_node(tmp_path_factory.mktemp("http"), "http") as started:
         yield started
 
 

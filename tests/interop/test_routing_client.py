@@ -15,24 +15,20 @@ import pytest
 
 from dht.v1 import dht_pb2 as pb
 from dhtd.ids import LIBP2P_KEY, Cid
+from tests.integration.test_routing_http import GATEWAY, routing_node
 from tests.integration.test_swarm import cid_for
 from tests.interop.test_helia import HELIA_DIR, missing_requirement
 from tests.ipns import Ed25519Identity, ipns_record
-from tests.swarm import Node, dev_node
+from tests.swarm import Node
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(missing_requirement() is not None, reason=missing_requirement() or ""),
 ]
 
-GATEWAY = "/ip4/127.0.0.1/tcp/8080/http"
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    args = ["--routing-http-addr", "127.0.0.1:0", "--routing-http-put-ipns", "true",
-            "--announce-append", GATEWAY]
-    with dev_node("client", tmp_path_factory.mktemp("client") / "d", args) as started:
+    with routing_node(tmp_path_factory.mktemp("client"), "client") as started:
         yield started
 
 
