@@ -44,6 +44,12 @@ LIVE_TESTS = [
     "TestLiveInvalidArgument/peer_id", "TestLiveInvalidArgument/cids",
     "TestLiveInvalidArgument/key",
 ]
+# Against a fake DhtService in the test process (dhtclient/batch_test.go): they run
+# with or without a dhtd.
+FAKE_TESTS = [
+    "TestBatchEventsRequested", "TestProvideEventsInOrder", "TestPutEventsInOrder",
+    "TestQueryEventsInOrder",
+]
 
 
 @dataclass
@@ -119,7 +125,7 @@ def test_go_tests_pass_against_live_dhtd(tree: GoTree, example: Path, live: Node
     # Built under its import path, not as a local "_/…" package.
     assert f"ok  \t{IMPORT_PATH}/dhtclient" in out, _output(proc)
     assert "--- SKIP" not in out, _output(proc)
-    for name in LIVE_TESTS:
+    for name in LIVE_TESTS + FAKE_TESTS:
         assert f"--- PASS: {name} " in out, f"{name} did not pass:\n{_output(proc)}"
 
 
@@ -128,6 +134,8 @@ def test_go_tests_skip_without_dhtd(tree: GoTree, example: Path) -> None:
     assert proc.returncode == 0, _output(proc)
     assert "--- SKIP: TestLiveInfo" in proc.stdout, _output(proc)
     assert "--- PASS: TestRawCID" in proc.stdout, _output(proc)
+    for name in FAKE_TESTS:
+        assert f"--- PASS: {name} " in proc.stdout, f"{name} did not pass:\n{_output(proc)}"
 
 
 def _run_example(binary: Path, addr: str, *args: str) -> subprocess.CompletedProcess[str]:

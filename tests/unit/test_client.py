@@ -102,6 +102,8 @@ class Fake:
     finished: bool = False  # a stream handler sent all its items
     context: grpc.ServicerContext | None = None  # of the last stream
     requests: dict[str, Any] = field(default_factory=dict)
+    # Answer as a dhtd that predates batch_events: one event per message, always.
+    legacy: bool = False
 
     def unary(self, name: str, request: Any, context: grpc.ServicerContext) -> None:
         self.requests[name] = request
@@ -142,20 +144,36 @@ class FakeDht(dht_pb2_grpc.DhtServiceServicer):
         self.fake.unary("Get", request, context)
         return dht_pb2.GetResponse(value=VALUE + request.key)
 
+    # With batch_events, as dhtd does: a burst of events per message. The first
+    # message holds one event, so the gated tests see it alone; the rest come
+    # several to a message.
+    def batched(self, request: Any) -> bool:
+        return bool(request.batch_events) and not self.fake.legacy
+
     def Provide(self, request: Any, context: Any) -> Iterator[dht_pb2.ProvideResponse]:
-        items = [
-            dht_pb2.ProvideResponse(cid=cid, event=event_pb(e))
-            for cid in request.cids
-            for e in (EVENTS[0], EVENTS[3])
-        ]
+        pairs = [(cid, e) for cid in request.cids for e in (EVENTS[0], EVENTS[3])]
+        if self.batched(request):
+            items = [dht_pb2.ProvideResponse(events=[
+                dht_pb2.ProvideEvent(cid=cid, event=event_pb(e)) for cid, e in burst])
+                for burst in (pairs[:1], pairs[1:])]
+        else:
+            items = [dht_pb2.ProvideResponse(cid=cid, event=event_pb(e)) for cid, e in pairs]
         return self.fake.stream("Provide", request, context, items)
 
     def Put(self, request: Any, context: Any) -> Iterator[dht_pb2.PutResponse]:
-        items = [dht_pb2.PutResponse(event=event_pb(e)) for e in EVENTS]
+        if self.batched(request):
+            items = [dht_pb2.PutResponse(events=[event_pb(e) for e in burst])
+                     for burst in (EVENTS[:1], EVENTS[1:])]
+        else:
+            items = [dht_pb2.PutResponse(event=event_pb(e)) for e in EVENTS]
         return self.fake.stream("Put", request, context, items)
 
     def Query(self, request: Any, context: Any) -> Iterator[dht_pb2.QueryResponse]:
-        items = [dht_pb2.QueryResponse(event=event_pb(e)) for e in EVENTS]
+        if self.batched(request):
+            items = [dht_pb2.QueryResponse(events=[event_pb(e) for e in burst])
+                     for burst in (EVENTS[:1], EVENTS[1:])]
+        else:
+            items = [dht_pb2.QueryResponse(event=event_pb(e)) for e in EVENTS]
         return self.fake.stream("Query", request, context, items)
 
 
@@ -250,6 +268,8 @@ def check_requests(fake: Fake) -> None:
     assert (list(r["Provide"].cids), r["Provide"].recursive) == ([CID, CID2], True)
     assert (r["Put"].key, r["Put"].value) == (KEY, VALUE)
     assert r["Query"].peer_id == PEER_ID
+    # The walk streams ask for their events batched (the interface is per event).
+    assert r["Provide"].batch_events and r["Put"].batch_events and r["Query"].batch_events
     assert r["Connect"].addr == ADDR
     assert "Info" in r
 
@@ -277,6 +297,28 @@ def test_async_every_method_decodes(fake: Fake) -> None:
 
     assert asyncio.run(main()) == EXPECTED
     check_requests(fake)
+
+
+def test_events_from_a_dhtd_without_batch_events(fake: Fake) -> None:
+    """A dhtd that predates batch_events ignores the flag and sends one event per
+    message: both clients yield the same events from it."""
+    fake.legacy = True
+    with Client(fake.target, timeout=WAIT) as c:
+        assert call_all_sync(c) == EXPECTED
+
+    async def main() -> dict[str, object]:
+        async with AsyncClient(fake.target, timeout=WAIT) as c:
+            return await call_all_async(c)
+
+    assert asyncio.run(main()) == EXPECTED
+
+
+def test_a_message_with_no_event_yields_nothing() -> None:
+    from dhtd_client._models import events_from_pb, provide_events_from_pb
+
+    assert provide_events_from_pb(dht_pb2.ProvideResponse()) == []
+    assert events_from_pb(dht_pb2.PutResponse()) == []
+    assert events_from_pb(dht_pb2.QueryResponse()) == []
 
 
 @pytest.mark.parametrize(("mode", "name"), [(dht_pb2.MODE_CLIENT, "client"), (0, "unspecified")])

@@ -97,43 +97,59 @@ func (c *Client) FindProvs(ctx context.Context, cid string, n uint32, onProvider
 }
 
 // Provide announces this node as a provider of each CID. Every event is passed
-// to onEvent, if not nil, with the CID it belongs to. It returns the number of
-// FINAL_PEER events: announcements delivered.
+// to onEvent, if not nil, one call per event in stream order, with the CID it
+// belongs to. It returns the number of FINAL_PEER events: announcements
+// delivered.
+//
+// Provide, Put and Query ask dhtd for batched events (batch_events: several
+// per gRPC message, which costs both ends less CPU) and hand them to onEvent
+// one at a time; from a dhtd that sends one event per message they do the same.
 func (c *Client) Provide(ctx context.Context, cids []string, onEvent func(cid string, ev *dhtv1.QueryEvent)) (int, error) {
-	stream, err := c.DHT.Provide(ctx, &dhtv1.ProvideRequest{Cids: cids})
+	stream, err := c.DHT.Provide(ctx, &dhtv1.ProvideRequest{Cids: cids, BatchEvents: true})
 	if err != nil {
 		return 0, err
 	}
-	return drain(func() (*dhtv1.QueryEvent, string, error) {
+	return drain(func() ([]labeled, error) {
 		resp, err := stream.Recv()
-		return resp.GetEvent(), resp.GetCid(), err
+		if err != nil {
+			return nil, err
+		}
+		return provideEvents(resp), nil
 	}, onEvent)
 }
 
 // Put stores value under key here and on the closest peers. Every event is
-// passed to onEvent, if not nil. It returns the number of peers that stored it.
+// passed to onEvent, if not nil, one call per event in stream order. It
+// returns the number of peers that stored it.
 func (c *Client) Put(ctx context.Context, key, value []byte, onEvent func(*dhtv1.QueryEvent)) (int, error) {
-	stream, err := c.DHT.Put(ctx, &dhtv1.PutRequest{Key: key, Value: value})
+	stream, err := c.DHT.Put(ctx, &dhtv1.PutRequest{Key: key, Value: value, BatchEvents: true})
 	if err != nil {
 		return 0, err
 	}
-	return drain(func() (*dhtv1.QueryEvent, string, error) {
+	return drain(func() ([]labeled, error) {
 		resp, err := stream.Recv()
-		return resp.GetEvent(), "", err
+		if err != nil {
+			return nil, err
+		}
+		return walkEvents(resp.GetEvents(), resp.GetEvent()), nil
 	}, dropLabel(onEvent))
 }
 
-// Query walks towards peerID, passing every event to onEvent, if not nil. It
-// returns the closest peers found (the FINAL_PEER events), nearest first.
+// Query walks towards peerID, passing every event to onEvent, if not nil, one
+// call per event in stream order. It returns the closest peers found (the
+// FINAL_PEER events), nearest first.
 func (c *Client) Query(ctx context.Context, peerID string, onEvent func(*dhtv1.QueryEvent)) ([]string, error) {
-	stream, err := c.DHT.Query(ctx, &dhtv1.QueryRequest{PeerId: peerID})
+	stream, err := c.DHT.Query(ctx, &dhtv1.QueryRequest{PeerId: peerID, BatchEvents: true})
 	if err != nil {
 		return nil, err
 	}
 	var closest []string
-	_, err = drain(func() (*dhtv1.QueryEvent, string, error) {
+	_, err = drain(func() ([]labeled, error) {
 		resp, err := stream.Recv()
-		return resp.GetEvent(), "", err
+		if err != nil {
+			return nil, err
+		}
+		return walkEvents(resp.GetEvents(), resp.GetEvent()), nil
 	}, func(_ string, ev *dhtv1.QueryEvent) {
 		if ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
 			closest = append(closest, ev.GetId())
@@ -152,22 +168,66 @@ func dropLabel(f func(*dhtv1.QueryEvent)) func(string, *dhtv1.QueryEvent) {
 	return func(_ string, ev *dhtv1.QueryEvent) { f(ev) }
 }
 
-// drain reads a stream of events to its end, counting FINAL_PEER events.
-func drain(recv func() (*dhtv1.QueryEvent, string, error), onEvent func(string, *dhtv1.QueryEvent)) (int, error) {
+// labeled is one walk event and the CID it belongs to ("" outside Provide).
+type labeled struct {
+	cid string
+	ev  *dhtv1.QueryEvent
+}
+
+// provideEvents is the events of one Provide response, in order, each with its
+// CID: those in Events (dhtd honoured batch_events), else the single Event
+// with Cid (an older dhtd that ignores it), else none.
+func provideEvents(resp *dhtv1.ProvideResponse) []labeled {
+	if batch := resp.GetEvents(); len(batch) > 0 {
+		out := make([]labeled, len(batch))
+		for i, e := range batch {
+			out[i] = labeled{cid: e.GetCid(), ev: e.GetEvent()}
+		}
+		return out
+	}
+	if ev := resp.GetEvent(); ev != nil {
+		return []labeled{{cid: resp.GetCid(), ev: ev}}
+	}
+	return nil
+}
+
+// walkEvents is the events of one Put or Query response, in order: batch
+// (dhtd honoured batch_events), else single (an older dhtd that ignores it),
+// else none.
+func walkEvents(batch []*dhtv1.QueryEvent, single *dhtv1.QueryEvent) []labeled {
+	if len(batch) > 0 {
+		out := make([]labeled, len(batch))
+		for i, ev := range batch {
+			out[i] = labeled{ev: ev}
+		}
+		return out
+	}
+	if single != nil {
+		return []labeled{{ev: single}}
+	}
+	return nil
+}
+
+// drain reads a stream to its end, one message per recv, and passes every
+// event of every message to onEvent, if not nil, in order. It returns the
+// number of FINAL_PEER events.
+func drain(recv func() ([]labeled, error), onEvent func(string, *dhtv1.QueryEvent)) (int, error) {
 	finals := 0
 	for {
-		ev, label, err := recv()
+		events, err := recv()
 		if errors.Is(err, io.EOF) {
 			return finals, nil
 		}
 		if err != nil {
 			return finals, err
 		}
-		if ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
-			finals++
-		}
-		if onEvent != nil {
-			onEvent(label, ev)
+		for _, e := range events {
+			if e.ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
+				finals++
+			}
+			if onEvent != nil {
+				onEvent(e.cid, e.ev)
+			}
 		}
 	}
 }

@@ -24,11 +24,11 @@ from ._models import (
     PutRecord,
     QueryEvent,
     connect_result_from_pb,
-    event_from_pb,
+    events_from_pb,
     node_info_from_pb,
     peer_from_pb,
     provide_batches,
-    provide_event_from_pb,
+    provide_events_from_pb,
     provide_progress_from_pb,
     provide_status_from_pb,
 )
@@ -49,6 +49,9 @@ class AsyncClient:
     Streaming methods start the RPC when called and return an async generator.
     Closing it early (``aclose()``, ``contextlib.aclosing``) cancels the RPC; after a
     bare ``break`` asyncio closes it only when the generator is finalized.
+
+    As in ``Client``, Provide, Put and Query ask for ``batch_events`` and yield the
+    events one at a time, in order.
     """
 
     def __init__(
@@ -98,7 +101,7 @@ class AsyncClient:
         method: Any,
         request: Any,
         timeout: float | None,
-        convert: Callable[[Any], _T],
+        convert: Callable[[Any], Iterable[_T]],
     ) -> AsyncGenerator[_T, None]:
         try:
             call = method(request, timeout=self._deadline(timeout))
@@ -120,7 +123,7 @@ class AsyncClient:
         """Each provider of ``cid`` as it is found (``num_providers`` 0 means 20)."""
         request = dht_pb2.FindProvsRequest(cid=cid, num_providers=num_providers)
         return self._stream(
-            self._dht.FindProvs, request, timeout, lambda r: peer_from_pb(r.provider)
+            self._dht.FindProvs, request, timeout, lambda r: (peer_from_pb(r.provider),)
         )
 
     async def get(self, key: bytes, *, timeout: float | None = None) -> bytes:
@@ -133,8 +136,9 @@ class AsyncClient:
         self, *cids: str, recursive: bool = False, timeout: float | None = None
     ) -> AsyncGenerator[ProvideEvent, None]:
         """Announce that this node provides each CID, yielding the walk events."""
-        request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive)
-        return self._stream(self._dht.Provide, request, timeout, provide_event_from_pb)
+        request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive,
+                                         batch_events=True)
+        return self._stream(self._dht.Provide, request, timeout, provide_events_from_pb)
 
     def provide_many(
         self, cids: Iterable[str], *, batch_size: int = MAX_CIDS_PER_MESSAGE,
@@ -145,21 +149,21 @@ class AsyncClient:
         CIDs is never held whole); yields the totals after each batch is committed
         and after it is announced. ``timeout`` bounds the whole call."""
         return self._stream(self._dht.ProvideMany, provide_batches(cids, batch_size), timeout,
-                            provide_progress_from_pb)
+                            lambda r: (provide_progress_from_pb(r),))
 
     def put(
         self, key: bytes, value: bytes, *, timeout: float | None = None
     ) -> AsyncGenerator[QueryEvent, None]:
         """Store a record on this node and the closest peers, yielding the walk events."""
-        request = dht_pb2.PutRequest(key=key, value=value)
-        return self._stream(self._dht.Put, request, timeout, lambda r: event_from_pb(r.event))
+        request = dht_pb2.PutRequest(key=key, value=value, batch_events=True)
+        return self._stream(self._dht.Put, request, timeout, events_from_pb)
 
     def query(
         self, peer_id: str, *, timeout: float | None = None
     ) -> AsyncGenerator[QueryEvent, None]:
         """The walk towards ``peer_id``; ends with one FINAL_PEER per closest peer."""
-        request = dht_pb2.QueryRequest(peer_id=peer_id)
-        return self._stream(self._dht.Query, request, timeout, lambda r: event_from_pb(r.event))
+        request = dht_pb2.QueryRequest(peer_id=peer_id, batch_events=True)
+        return self._stream(self._dht.Query, request, timeout, events_from_pb)
 
     # -- NodeService ---------------------------------------------------------------
 
@@ -220,10 +224,11 @@ class AsyncClient:
         await self._unary(self._node.StopRepublishing, request, timeout)
 
 
-async def _aiterate(call: Any, convert: Callable[[Any], _T]) -> AsyncGenerator[_T, None]:
+async def _aiterate(call: Any, convert: Callable[[Any], Iterable[_T]]) -> AsyncGenerator[_T, None]:
     try:
         async for response in call:
-            yield convert(response)
+            for item in convert(response):
+                yield item
     except grpc.RpcError as err:
         raise from_rpc_error(err) from err
     finally:

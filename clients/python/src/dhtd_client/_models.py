@@ -169,8 +169,23 @@ def event_from_pb(msg: dht_pb2.QueryEvent) -> QueryEvent:
     )
 
 
-def provide_event_from_pb(msg: dht_pb2.ProvideResponse) -> ProvideEvent:
-    return ProvideEvent(cid=msg.cid, event=event_from_pb(msg.event))
+def provide_events_from_pb(msg: dht_pb2.ProvideResponse) -> list[ProvideEvent]:
+    """The events of one Provide response: the clients ask for ``batch_events``, so
+    they come in ``events``; a dhtd that predates the flag sends one in ``event``."""
+    if msg.events:
+        return [ProvideEvent(cid=e.cid, event=event_from_pb(e.event)) for e in msg.events]
+    if msg.HasField("event"):
+        return [ProvideEvent(cid=msg.cid, event=event_from_pb(msg.event))]
+    return []
+
+
+def events_from_pb(msg: dht_pb2.PutResponse | dht_pb2.QueryResponse) -> list[QueryEvent]:
+    """The events of one Put or Query response (batched, or one from an older dhtd)."""
+    if msg.events:
+        return [event_from_pb(e) for e in msg.events]
+    if msg.HasField("event"):
+        return [event_from_pb(msg.event)]
+    return []
 
 
 def node_info_from_pb(msg: dht_pb2.InfoResponse) -> NodeInfo:
