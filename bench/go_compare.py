@@ -1,6 +1,7 @@
 """dhtd against go-libp2p-kad-dht: the same DHT workload on a swarm of each, CPU and latency.
 
     .venv/bin/python -m bench.go_compare [--nodes 30] [--ops 20] [--idle 20]
+                                         [--via client|stub|stub-batched ...]
                                          [--only go|dhtd] [--json]
 
 For issue 12 (CPU per DHT request). Runs, one after the other (never both at once):
@@ -27,8 +28,15 @@ random choice for both swarms). The phases of each swarm, with the CPU time
   Records are ``/pk/<identity multihash of an Ed25519 public key>`` holding the
   marshalled key, valid for both dhtd's and Go's default validators.
 
-With --batch-events, dhtd's Provide and Put ask for batch_events (the walk's events
-several per gRPC message instead of one each); the title says so.
+How the dhtd swarm is called (--via; give it more than once and each way gets a
+dhtd swarm of its own, in the same sitting, each compared with the one Go swarm):
+
+- ``client`` (the default): the dhtd_client library (clients/python), as a program
+  using it does. It asks Provide, Put and Query for batch_events and yields the
+  events one by one.
+- ``stub``: the generated gRPC stubs with the requests' defaults, as grpcurl and a
+  program that writes its own requests do: one gRPC message per walk event.
+- ``stub-batched``: the stubs with batch_events set on Provide and Put.
 
 Latency is end to end from this process: a gRPC call to its last message for dhtd; a
 JSON line round trip to the worker for Go (which also reports the time spent in the Go
@@ -75,6 +83,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from bench.jsonline import JsonLineWorker, OpFailed
 from dht.v1 import dht_pb2 as pb
 from dhtd.ids import b58decode
+from dhtd_client import Client, DhtdError, NotFoundError
 from tests.swarm import Node, spawn_node, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
@@ -296,17 +305,30 @@ def rpc_error(exc: grpc.RpcError) -> OpFailed:
     return OpFailed(f"{code.name if code else 'RpcError'}: {details}")
 
 
-class DhtdPeer:
-    """One dhtd process (tests/swarm.py's harness), driven over gRPC."""
+VIAS = ("client", "stub", "stub-batched")
 
-    def __init__(self, node: Node, op_timeout: float, batch_events: bool) -> None:
+
+class DhtdPeer:
+    """One dhtd process (tests/swarm.py's harness), driven over gRPC ``via`` the
+    client library or the stubs (see the module doc)."""
+
+    def __init__(self, node: Node, op_timeout: float, via: str) -> None:
         self.node, self.op_timeout = node, op_timeout
-        self.batch_events = batch_events
+        self.via = via
+        self.batch_events = via == "stub-batched"
+        # On the harness's channel, so the client costs no extra connection.
+        self.client = Client(channel=node.channel, timeout=op_timeout)
         self.name, self.peer_id, self.addr = node.name, node.peer_id, node.p2p_addr
         self.pid = node.proc.pid
         self.inner_ms: float | None = None
 
     def provide(self, cid: str) -> None:
+        if self.via == "client":
+            try:
+                list(self.client.provide(cid))
+            except DhtdError as exc:
+                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+            return
         try:
             list(self.node.dht.Provide(pb.ProvideRequest(
                 cids=[cid], batch_events=self.batch_events), timeout=self.op_timeout))
@@ -314,6 +336,11 @@ class DhtdPeer:
             raise rpc_error(exc) from None
 
     def find_providers(self, cid: str) -> list[str]:
+        if self.via == "client":
+            try:
+                return [p.id for p in self.client.find_provs(cid)]
+            except DhtdError as exc:
+                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
         try:
             return [r.provider.id for r in self.node.dht.FindProvs(
                 pb.FindProvsRequest(cid=cid), timeout=self.op_timeout)]
@@ -321,6 +348,12 @@ class DhtdPeer:
             raise rpc_error(exc) from None
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self.via == "client":
+            try:
+                list(self.client.put(key, value))
+            except DhtdError as exc:
+                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+            return
         try:
             list(self.node.dht.Put(pb.PutRequest(
                 key=key, value=value, batch_events=self.batch_events), timeout=self.op_timeout))
@@ -328,6 +361,13 @@ class DhtdPeer:
             raise rpc_error(exc) from None
 
     def get(self, key: bytes) -> bytes | None:
+        if self.via == "client":
+            try:
+                return self.client.get(key)
+            except NotFoundError:
+                return None
+            except DhtdError as exc:
+                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
         try:
             return bytes(self.node.dht.Get(pb.GetRequest(key=key),
                                            timeout=self.op_timeout).value)
@@ -571,7 +611,7 @@ def go_spawner(args: argparse.Namespace, tmp: Path) -> Iterator[Callable[[int, l
 
 
 @contextmanager
-def dhtd_spawner(args: argparse.Namespace, tmp: Path
+def dhtd_spawner(args: argparse.Namespace, tmp: Path, via: str
                  ) -> Iterator[Callable[[int, list[str]], Peer]]:
     def spawn(i: int, boots: list[str]) -> Peer:
         extra = ["--dev-peers", "0", "--protocol-prefix", args.prefix]
@@ -584,7 +624,7 @@ def dhtd_spawner(args: argparse.Namespace, tmp: Path
         if node.proc.poll() is not None and node.pump is not None:
             node.pump.join(STOP_TIMEOUT)  # its last log lines, for the error
         wait_ready(node, 0.1)
-        return DhtdPeer(node, args.op_timeout, args.batch_events)
+        return DhtdPeer(node, args.op_timeout, via)
 
     yield spawn
 
@@ -652,8 +692,8 @@ def ratios(d: dict[str, Any], g: dict[str, Any]) -> list[tuple[str, float | None
     return rows
 
 
-def print_ratios(d: dict[str, Any], g: dict[str, Any]) -> None:
-    print("\n== dhtd / Go ==")
+def print_ratios(d: dict[str, Any], g: dict[str, Any], title: str) -> None:
+    print(f"\n== dhtd / Go: {title} ==")
     print(f"{'figure':<26}{'dhtd':>10}{'Go':>10}{'dhtd/Go':>10}")
     for name, a, b in ratios(d, g):
         print(f"{name:<26}{fmt(a, 3):>10}{fmt(b, 3):>10}{ratio(a, b):>10}")
@@ -664,13 +704,9 @@ def print_ratios(d: dict[str, Any], g: dict[str, Any]) -> None:
 
 
 TITLES = {"go": "Go: go-libp2p-kad-dht v0.20.0 (libp2p-go 0.1.4 wheel)",
-          "dhtd": "dhtd (gRPC)"}
-
-
-def title(impl: str, args: argparse.Namespace) -> str:
-    if impl == "dhtd" and args.batch_events:
-        return "dhtd (gRPC, batch_events)"
-    return TITLES[impl]
+          "dhtd/client": "dhtd, via dhtd_client (batch_events)",
+          "dhtd/stub": "dhtd, via the stubs (one gRPC message per event)",
+          "dhtd/stub-batched": "dhtd, via the stubs with batch_events"}
 
 
 def main() -> None:
@@ -685,9 +721,9 @@ def main() -> None:
     parser.add_argument("--prefix", default="/bench", help="kad protocol prefix of both swarms")
     parser.add_argument("--bootstrap-peers", type=int, default=3)
     parser.add_argument("--op-timeout", type=float, default=30.0)
-    parser.add_argument("--batch-events", action="store_true",
-                        help="dhtd's Provide and Put stream their events batched "
-                             "(batch_events: several per gRPC message)")
+    parser.add_argument("--via", choices=VIAS, action="append",
+                        help="how the dhtd swarm is called (default client); more than "
+                             "once: a dhtd swarm for each, in this order")
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--go-venv", type=Path, default=REPO / ".venv-go-bench")
     args = parser.parse_args()
@@ -698,17 +734,19 @@ def main() -> None:
               f"{K} closest; queriers are the farthest nodes instead", file=sys.stderr)
     started = time.monotonic()
     keys = make_keys(args.seed, args.ops)
-    impls = [args.only] if args.only else ["go", "dhtd"]
+    dhtds = [f"dhtd/{via}" for via in dict.fromkeys(args.via or ["client"])]
+    impls = (["go"] if args.only != "dhtd" else []) + (dhtds if args.only != "go" else [])
     if "go" in impls:
         ensure_go_venv(args.go_venv)  # before any swarm, so a missing wheel fails at once
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     for impl in impls:
         print(f"go_compare: {impl} swarm of {args.nodes}", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"go-compare-{impl}-") as tmp:
-            spawner = go_spawner if impl == "go" else dhtd_spawner
+        with tempfile.TemporaryDirectory(prefix=f"go-compare-{impl.replace('/', '-')}-") as tmp:
+            spawner = (go_spawner(args, Path(tmp)) if impl == "go"
+                       else dhtd_spawner(args, Path(tmp), impl.partition("/")[2]))
             try:
-                with spawner(args, Path(tmp)) as spawn:
+                with spawner as spawn:
                     results[impl] = run_swarm(impl, spawn, args, keys)
             except (OpFailed, RuntimeError, AssertionError, OSError) as exc:
                 # e.g. a process that did not become ready: tests/swarm.py's message
@@ -721,18 +759,20 @@ def main() -> None:
           f"{time.monotonic() - started:.0f}s in all")
     for impl in impls:
         if impl in results:
-            print_swarm(results[impl], title(impl, args))
+            print_swarm(results[impl], TITLES[impl])
         else:
-            print(f"\n== {title(impl, args)}: FAILED ==\n{failed[impl]}")
-    if "go" in results and "dhtd" in results:
-        print_ratios(results["dhtd"], results["go"])
+            print(f"\n== {TITLES[impl]}: FAILED ==\n{failed[impl]}")
+    for impl in dhtds:
+        if "go" in results and impl in results:
+            print_ratios(results[impl], results["go"], TITLES[impl])
     if args.json:
         out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v
                                         for k, v in vars(args).items()}, **results}
-        if "go" in results and "dhtd" in results:
-            out["ratio_dhtd_over_go"] = {name: (a / b if a is not None and b else None)
-                                         for name, a, b in ratios(results["dhtd"],
-                                                                  results["go"])}
+        for impl in dhtds:
+            if "go" in results and impl in results:
+                out[f"ratio_{impl}_over_go"] = {
+                    name: (a / b if a is not None and b else None)
+                    for name, a, b in ratios(results[impl], results["go"])}
         if failed:
             out["failed"] = failed
         print(json.dumps(out))

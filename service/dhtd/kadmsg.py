@@ -82,7 +82,9 @@ def read_peers(field: Sequence[Message.Peer], limit: int) -> list[PeerRecord]:
     is not a peer multihash are dropped."""
     out = []
     for p in field[:limit]:
-        record = _read_peer(p.id, tuple(p.addrs))
+        # addrs[:] copies the repeated field in C; tuple(p.addrs) iterates it
+        # in Python, which took half the time of reading a 20-peer answer.
+        record = _read_peer(p.id, tuple(p.addrs[:]))
         if record is not None:
             out.append(record)
     return out

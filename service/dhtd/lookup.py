@@ -12,6 +12,7 @@ unit tests and against libp2p in the daemon.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import math
@@ -23,7 +24,6 @@ import trio
 
 from dhtd.ids import kad_key, peer_id_to_str
 from dhtd.routing import BUCKET_SIZE
-from dhtd.routing import nearest as nearest_of
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,18 @@ class LookupResult:
 
 @dataclass
 class _Walk:
+    """The peers one walk has heard of, kept in order of distance to the target.
+
+    Each peer's distance is computed once, when it is first heard of, and the
+    order is kept as peers arrive, so picking the nearest peers in some states
+    (done after every answer) reads the front of a list instead of ranking every
+    known peer again."""
+
     target_key: bytes
     self_id: bytes
     states: dict[bytes, _State] = field(default_factory=dict)
-    keys: dict[bytes, int] = field(default_factory=dict)  # kad keys as ints
+    # (XOR distance to the target, peer), nearest first.
+    order: list[tuple[int, bytes]] = field(default_factory=list)
     addrs: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict)
     target: int = field(init=False)
 
@@ -177,21 +185,34 @@ class _Walk:
             self.addrs[peer.id] = peer.addrs
         if peer.id not in self.states:
             self.states[peer.id] = _State.HEARD
-            self.keys[peer.id] = int.from_bytes(kad_key(peer.id), "big")
+            distance = int.from_bytes(kad_key(peer.id), "big") ^ self.target
+            bisect.insort(self.order, (distance, peer.id))
 
     def nearest(self, count: int, *states: _State) -> list[bytes]:
-        entries = ((p, self.keys[p]) for p, s in self.states.items() if s in states)
-        return nearest_of(self.target, entries, count)
+        """Up to ``count`` peers in any of ``states``, nearest first."""
+        out: list[bytes] = []
+        if count <= 0:
+            return out
+        for _, peer in self.order:
+            if self.states[peer] in states:
+                out.append(peer)
+                if len(out) == count:
+                    break
+        return out
 
     def trim(self, cap: int) -> None:
         """Forgets the farthest never-asked peers beyond ``cap`` known ones."""
-        if len(self.states) <= cap:
+        if len(self.order) <= cap:
             return
-        keep = set(self.nearest(cap, *_State))
-        for peer in [p for p, s in self.states.items() if s is _State.HEARD and p not in keep]:
-            del self.states[peer]
-            del self.keys[peer]
-            self.addrs.pop(peer, None)
+        kept = self.order[:cap]
+        for entry in self.order[cap:]:
+            peer = entry[1]
+            if self.states[peer] is _State.HEARD:
+                del self.states[peer]
+                self.addrs.pop(peer, None)
+            else:
+                kept.append(entry)
+        self.order = kept
 
 
 async def lookup(

@@ -603,5 +603,27 @@ def test_trim_forgets_only_the_farthest_peers_never_asked() -> None:
     assert len(walk_.states) == 12  # at the cap: nothing to do
     walk_.trim(5)
     assert set(walk_.states) == set(by_distance[:5]) | {by_distance[-1]}
-    assert set(walk_.keys) == set(walk_.states)
+    assert [peer for _, peer in walk_.order] == [*by_distance[:5], by_distance[-1]]
     assert set(walk_.addrs) == set(walk_.states)
+
+
+def test_nearest_in_states_matches_brute_force() -> None:
+    """The walk keeps its peers in distance order as they arrive (in any order, some
+    heard twice); picking the nearest in some states matches ranking them all."""
+    from dhtd.lookup import _State, _Walk
+
+    rng = random.Random(78)
+    for _ in range(50):
+        target = rng.randbytes(34)
+        walk_ = _Walk(kad_key(target), b"self")
+        peers = [sha_id(rng) for _ in range(rng.randrange(1, 60))]
+        for peer in [*peers, *rng.sample(peers, len(peers) // 2), b"self"]:
+            walk_.hear(PeerRecord(peer, addr_of(peer)))
+        for peer in peers:
+            walk_.states[peer] = rng.choice(list(_State))
+        states = tuple(rng.sample(list(_State), rng.randrange(1, 5)))
+        count = rng.randrange(0, 25)
+        ranked = true_closest(target, peers, len(peers))
+        assert walk_.nearest(count, *states) == [
+            p for p in ranked if walk_.states[p] in states][:count]
+        assert b"self" not in walk_.states
