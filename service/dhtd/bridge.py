@@ -8,6 +8,14 @@ batch of kad messages. A profile of a busy node put that at about a quarter of
 its CPU. Now only the RPC traffic crosses threads: a job per call, an event
 per streamed item.)
 
+Items and results go to asyncio when trio is about to wait for I/O, all that
+are ready in one wake of the asyncio loop (see :class:`_Handoff`). Waking the
+loop is a write to its self-pipe; the write lets go of the GIL, the woken
+asyncio thread takes it, and trio waits its turn. Measured with cProfile on the
+trio thread of a Provide loop (30 nodes on 2 cores), a socket write cost trio
+about 190 us on average, and a Provide woke asyncio 27 times; it now wakes it
+about 7 times, and its batched stream is 4 gRPC messages instead of 12.
+
 asyncio code calls into trio with :meth:`Bridge.call` (one result) or
 :meth:`Bridge.stream` (items as they come, then a result). Both promise: if
 the asyncio side is cancelled (client cancel, deadline, shutdown), the trio
@@ -23,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -39,6 +48,45 @@ CANCEL_WAIT = 5.0
 
 _END = object()
 
+# Ours: the longest an item waits on the trio side while trio stays busy (it is
+# handed over at once when trio is about to wait for I/O).
+HANDOFF_DELAY_MAX = 0.001
+
+
+class _Handoff(trio.abc.Instrument):
+    """Hands the items of every job to asyncio in one wake of its loop, when trio
+    is about to wait for I/O (it has nothing to run), or once items have waited
+    HANDOFF_DELAY_MAX while trio stayed busy, and when trio ends. Trio thread only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: list[_Job[Any]] = []
+        self.since = 0.0  # when the oldest job in ``jobs`` was added (time.monotonic)
+
+    def add(self, job: _Job[Any]) -> None:
+        if not self.jobs:
+            self.since = time.monotonic()
+        self.jobs.append(job)
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.jobs and (timeout > 0 or time.monotonic() - self.since >= HANDOFF_DELAY_MAX):
+            self.flush()
+
+    def after_run(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.jobs:
+            return
+        jobs, self.jobs = self.jobs, []
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            self.loop.call_soon_threadsafe(_drain_all, jobs)
+
+
+def _drain_all(jobs: list[_Job[Any]]) -> None:
+    for job in jobs:
+        job.drain()
+
 
 class _Finish:
     __slots__ = ("outcome",)
@@ -50,11 +98,14 @@ class _Finish:
 class _Job(Generic[T]):
     """One piece of trio work started from asyncio, with its cancel scope.
 
-    Items and the outcome cross to asyncio through a deque; the asyncio loop is
-    woken once per batch, not once per item (a walk emits its events in bursts)."""
+    Items and the outcome cross to asyncio through a deque, handed over by the
+    bridge's :class:`_Handoff` (a walk emits its events in bursts)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, handoff: _Handoff,
+                 eager: bool = False) -> None:
         self.loop = loop
+        self.handoff = handoff
+        self.eager = eager  # each item wakes asyncio at once (see Bridge.stream)
         self.scope: trio.CancelScope | None = None
         self.cancel_requested = False
         self.done = loop.create_future()
@@ -75,10 +126,14 @@ class _Job(Generic[T]):
     def _wake(self) -> None:
         if not self._scheduled:
             self._scheduled = True
+            if not self.eager:
+                self.handoff.add(self)
+                return
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                self.loop.call_soon_threadsafe(self._drain)
+                self.loop.call_soon_threadsafe(self.drain)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Called from asyncio: moves what trio put to the items queue."""
         # Cleared before popping: an item appended after this line is either popped
         # below or sees the flag clear and wakes the loop again.
         self._scheduled = False
@@ -99,14 +154,20 @@ class Bridge:
         self.loop = loop
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        self._handoff = _Handoff(loop)
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Called from trio: work started from asyncio will run in ``nursery``."""
-        self._token = trio.lowlevel.current_trio_token()
+        token = trio.lowlevel.current_trio_token()
+        if token is not self._token:  # once per trio run
+            trio.lowlevel.add_instrument(self._handoff)
+        self._token = token
         self._nursery = nursery
 
     def detach(self) -> None:
+        """Called from trio: no more work is started; what was put goes out now."""
         self._nursery = None
+        self._handoff.flush()
 
     def call_soon_trio(self, fn: Callable[[], object]) -> None:
         """Called from asyncio: runs ``fn()`` on trio soon (a no-op once trio has ended)."""
@@ -181,7 +242,7 @@ class Bridge:
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
         """Runs ``work()`` on trio and returns its result (or raises its exception)."""
-        job: _Job[T] = _Job(self.loop)
+        job: _Job[T] = _Job(self.loop, self._handoff)
         self._start(job, work)
         try:
             ok, value = await asyncio.shield(job.done)
@@ -195,20 +256,27 @@ class Bridge:
     async def stream(self, work: Callable[[Callable[[T], None]], Awaitable[R]]) -> AsyncIterator[T]:
         """Runs ``work(put)`` on trio; yields each item it puts, in order, as it comes.
 
+        Each item wakes asyncio the moment it is put: a stream of one message per
+        item (FindProvs' providers, events without batch_events) keeps asyncio
+        writing while trio works, and a result goes out the moment it is found.
+
         After the last item, raises the work's exception if it failed. Closing
         the iterator early (or cancelling the consumer) cancels the work."""
         # aclosing: closing this iterator closes the inner one at once (and with it
         # the trio work), not whenever the garbage collector gets to it.
-        async with contextlib.aclosing(self.batches(work, 1)) as batches:
+        async with contextlib.aclosing(self.batches(work, 1, eager=True)) as batches:
             async for batch in batches:
                 yield batch[0]
 
     async def batches(
-        self, work: Callable[[Callable[[T], None]], Awaitable[R]], limit: int
+        self, work: Callable[[Callable[[T], None]], Awaitable[R]], limit: int,
+        eager: bool = False,
     ) -> AsyncGenerator[list[T], None]:
         """As :meth:`stream`, but yields the items ready at once together: a list of
-        at least one and at most ``limit``, in order."""
-        job: _Job[T] = _Job(self.loop)
+        at least one and at most ``limit``, in order. Unless ``eager``, items go to
+        asyncio when trio is about to wait for I/O, or HANDOFF_DELAY_MAX after they
+        were put while trio stays busy (see _Handoff)."""
+        job: _Job[T] = _Job(self.loop, self._handoff, eager)
         self._start(job, lambda: work(job.put))
         try:
             ended = False

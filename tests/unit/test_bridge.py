@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
 
-from dhtd.bridge import Bridge, start_trio
+from dhtd.bridge import HANDOFF_DELAY_MAX, Bridge, start_trio
 from dhtd.errors import Unavailable
 
 BOUND = 5.0  # seconds any single wait may take before the test fails
@@ -518,5 +519,130 @@ def test_batches_yields_what_is_ready_in_order_at_most_limit_at_a_time() -> None
         assert all(1 <= len(batch) <= 8 for batch in got)
         assert len(got) < 51  # ready items went together
         assert got[-1] == [50]
+
+    run_guest(body)
+
+
+def count_wakes(loop: asyncio.AbstractEventLoop) -> tuple[list[int], Callable[[], None]]:
+    """Counts calls of loop.call_soon_threadsafe (wakes of the asyncio loop from
+    another thread) until the returned undo is called."""
+    wakes = [0]
+    original = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        wakes[0] += 1
+        return original(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+
+    def undo() -> None:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+
+    return wakes, undo
+
+
+def test_batched_items_and_the_end_go_to_asyncio_in_one_wake_when_trio_waits() -> None:
+    """batches() hands over when trio is about to wait for I/O: items put while
+    trio works, and the end of the work, wake asyncio once, not once per item
+    (each wake hands the GIL to asyncio in the middle of trio's work)."""
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        wakes, undo = count_wakes(asyncio.get_running_loop())
+        try:
+            async def work(put: Callable[[int], None]) -> None:
+                for i in range(300):
+                    put(i)
+
+            got = [batch async for batch in bridge.batches(work, 1000)]
+        finally:
+            undo()
+        assert got == [list(range(300))]
+        assert wakes[0] == 1
+
+    run_guest(body)
+
+
+def test_batched_items_of_busy_trio_go_out_every_handoff_delay_max() -> None:
+    """While trio stays runnable (a checkpoint after every item), items go out
+    once they have waited HANDOFF_DELAY_MAX: one wake per such stretch, not one
+    per item."""
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        wakes, undo = count_wakes(asyncio.get_running_loop())
+        busy: list[float] = []
+        try:
+            async def work(put: Callable[[int], None]) -> None:
+                start = time.monotonic()
+                for i in range(300):
+                    put(i)
+                    await trio.lowlevel.checkpoint()  # runnable again: trio does not wait
+                busy.append(time.monotonic() - start)
+
+            got = [batch async for batch in bridge.batches(work, 1000)]
+        finally:
+            undo()
+        assert [i for batch in got for i in batch] == list(range(300))
+        assert wakes[0] <= 2 + busy[0] / HANDOFF_DELAY_MAX
+        assert wakes[0] < 30
+
+
+def test_batched_items_wait_at_most_handoff_delay_max_while_trio_stays_busy() -> None:
+    """While trio never waits for I/O, an item still reaches asyncio (after
+    HANDOFF_DELAY_MAX): here the trio work spins until asyncio has the item."""
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        seen = threading.Event()
+
+        spun: list[float] = []
+
+        async def work(put: Callable[[str], None]) -> None:
+            put("first")
+            start = time.monotonic()
+            while not seen.is_set() and time.monotonic() - start < BOUND / 2:
+                await trio.lowlevel.checkpoint()  # busy: always runnable
+            spun.append(time.monotonic() - start)
+
+        batches = bridge.batches(work, 10)
+        first = await bounded(anext(batches))
+        seen.set()
+        assert first == ["first"]
+        assert [batch async for batch in batches] == []
+        # Handed over while trio spun (within the GIL's switch interval of 5 ms
+        # and scheduling), long before the spin's own bound.
+        assert spun[0] < BOUND / 10
+
+    run_guest(body)
+
+
+def test_eager_streams_wake_asyncio_the_moment_an_item_is_put() -> None:
+    """stream() (one message per item: FindProvs' providers) wakes asyncio inside
+    put(), not when trio next waits; batches() waits for that."""
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        wakes, undo = count_wakes(asyncio.get_running_loop())
+        at_put: dict[str, int] = {}
+        try:
+            def work(name: str) -> Callable[[Callable[[str], None]], Awaitable[None]]:
+                async def run(put: Callable[[str], None]) -> None:
+                    before = wakes[0]
+                    put(name)
+                    at_put[name] = wakes[0] - before  # (only trio wakes asyncio meanwhile)
+                return run
+
+            assert [item async for item in bridge.stream(work("eager"))] == ["eager"]
+            assert [b async for b in bridge.batches(work("handoff"), 10)] == [["handoff"]]
+        finally:
+            undo()
+        assert at_put == {"eager": 1, "handoff": 0}
+
+    run_guest(body)
+
+
+def test_the_last_work_of_a_trio_run_reaches_asyncio() -> None:
+    """Work that ends trio as it finishes: its result still reaches asyncio (the
+    handoff goes out when the bridge is detached and when trio ends, not only
+    when trio next waits for I/O)."""
+    async def body(bridge: Bridge, guest: Guest) -> None:
+        async def work() -> str:
+            guest.stop()  # trio ends right after this work
+            return "last"
+
+        assert await bounded(bridge.call(work)) == "last"
 
     run_guest(body)
