@@ -8,8 +8,9 @@ batch of kad messages. A profile of a busy node put that at about a quarter of
 its CPU. Now only the RPC traffic crosses threads: a job per call, an event
 per streamed item.)
 
-Items and results go to asyncio when trio is about to wait for I/O, all that
-are ready in one wake of the asyncio loop (see :class:`_Handoff`). Waking the
+Batched items (:meth:`Bridge.batches`) go to asyncio when trio is about to
+wait for I/O, all that are ready in one wake of the asyncio loop (see
+:class:`_Handoff`). Waking the
 loop is a write to its self-pipe; the write lets go of the GIL, the woken
 asyncio thread takes it, and trio waits its turn. Measured with cProfile on the
 trio thread of a Provide loop (30 nodes on 2 cores), a socket write cost trio
@@ -241,8 +242,9 @@ class Bridge:
                 await asyncio.wait_for(asyncio.shield(job.done), CANCEL_WAIT)
 
     async def call(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Runs ``work()`` on trio and returns its result (or raises its exception)."""
-        job: _Job[T] = _Job(self.loop, self._handoff)
+        """Runs ``work()`` on trio and returns its result (or raises its exception).
+        The result wakes asyncio the moment the work ends (as :meth:`stream`)."""
+        job: _Job[T] = _Job(self.loop, self._handoff, eager=True)
         self._start(job, work)
         try:
             ok, value = await asyncio.shield(job.done)

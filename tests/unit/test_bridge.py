@@ -635,14 +635,14 @@ def test_eager_streams_wake_asyncio_the_moment_an_item_is_put() -> None:
 
 
 def test_the_last_work_of_a_trio_run_reaches_asyncio() -> None:
-    """Work that ends trio as it finishes: its result still reaches asyncio (the
+    """Batched work that ends trio as it finishes: its items still reach asyncio (the
     handoff goes out when the bridge is detached and when trio ends, not only
     when trio next waits for I/O)."""
     async def body(bridge: Bridge, guest: Guest) -> None:
-        async def work() -> str:
+        async def work(put: Callable[[str], None]) -> None:
             guest.stop()  # trio ends right after this work
-            return "last"
+            put("last")
 
-        assert await bounded(bridge.call(work)) == "last"
+        assert [b async for b in bridge.batches(work, 10)] == [["last"]]
 
     run_guest(body)
