@@ -10,12 +10,13 @@ per streamed item.)
 
 Batched items (:meth:`Bridge.batches`) go to asyncio when trio is about to
 wait for I/O, all that are ready in one wake of the asyncio loop (see
-:class:`_Handoff`). Waking the
-loop is a write to its self-pipe; the write lets go of the GIL, the woken
-asyncio thread takes it, and trio waits its turn. Measured with cProfile on the
-trio thread of a Provide loop (30 nodes on 2 cores), a socket write cost trio
-about 190 us on average, and a Provide woke asyncio 27 times; it now wakes it
-about 7 times, and its batched stream is 4 gRPC messages instead of 12.
+:class:`_Handoff`). Waking the loop is a write to its self-pipe; the write lets
+go of the GIL, the woken asyncio thread takes it, and trio waits its turn.
+Measured with cProfile on the trio thread of a Provide loop (30 nodes on 2
+cores), a socket write cost trio about 190 us on average, and a Provide woke
+asyncio 27 times; it now wakes it about 7 times, and its batched stream is 4
+gRPC messages instead of 12. Single items (:meth:`Bridge.stream`) and results
+(:meth:`Bridge.call`) wake asyncio at once.
 
 asyncio code calls into trio with :meth:`Bridge.call` (one result) or
 :meth:`Bridge.stream` (items as they come, then a result). Both promise: if
