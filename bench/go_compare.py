@@ -308,6 +308,11 @@ def rpc_error(exc: grpc.RpcError) -> OpFailed:
 VIAS = ("client", "stub", "stub-batched")
 
 
+def client_error(exc: DhtdError) -> OpFailed:
+    """A dhtd_client error as a failed op (as rpc_error does for the stubs)."""
+    return OpFailed(f"{type(exc).__name__}: {exc}")
+
+
 class DhtdPeer:
     """One dhtd process (tests/swarm.py's harness), driven over gRPC ``via`` the
     client library or the stubs (see the module doc)."""
@@ -327,7 +332,7 @@ class DhtdPeer:
             try:
                 list(self.client.provide(cid))
             except DhtdError as exc:
-                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+                raise client_error(exc) from None
             return
         try:
             list(self.node.dht.Provide(pb.ProvideRequest(
@@ -340,7 +345,7 @@ class DhtdPeer:
             try:
                 return [p.id for p in self.client.find_provs(cid)]
             except DhtdError as exc:
-                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+                raise client_error(exc) from None
         try:
             return [r.provider.id for r in self.node.dht.FindProvs(
                 pb.FindProvsRequest(cid=cid), timeout=self.op_timeout)]
@@ -352,7 +357,7 @@ class DhtdPeer:
             try:
                 list(self.client.put(key, value))
             except DhtdError as exc:
-                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+                raise client_error(exc) from None
             return
         try:
             list(self.node.dht.Put(pb.PutRequest(
@@ -367,7 +372,7 @@ class DhtdPeer:
             except NotFoundError:
                 return None
             except DhtdError as exc:
-                raise OpFailed(f"{type(exc).__name__}: {exc}") from None
+                raise client_error(exc) from None
         try:
             return bytes(self.node.dht.Get(pb.GetRequest(key=key),
                                            timeout=self.op_timeout).value)
