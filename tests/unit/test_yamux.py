@@ -816,26 +816,35 @@ def test_a_peer_that_keeps_talking_is_never_pinged() -> None:
     run(main)
 
 
+@asynccontextmanager
+async def stuck_writer() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
+    """A running session against a raw peer, with a task whose write of "first" on
+    stream 1 holds the write lock until the event returned is set."""
+    a_pipe, b_pipe = pair()
+    write = a_pipe.write
+    unstuck = trio.Event()
+
+    async def stuck(data: bytes) -> None:
+        await unstuck.wait()
+        await write(data)
+
+    a_pipe.write = stuck  # type: ignore[method-assign]
+    a = session(a_pipe)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.start)
+        out = await a.open_stream()
+        nursery.start_soon(out.write, b"first")
+        await trio.testing.wait_all_tasks_blocked()
+        yield a, RawPeer(b_pipe), unstuck
+        nursery.cancel_scope.cancel()
+
+
 def test_the_reader_goes_on_while_a_writer_is_stuck_and_the_ack_follows_its_batch() -> None:
     """A ping answered while another task's write waits for the socket: the ACK
     is queued behind that write, and the frames after the ping are read at once
     (the reader used to wait for the write lock)."""
     async def main() -> None:
-        a_pipe, b_pipe = pair()
-        write = a_pipe.write
-        unstuck = trio.Event()
-
-        async def stuck(data: bytes) -> None:
-            await unstuck.wait()
-            await write(data)
-
-        a_pipe.write = stuck  # type: ignore[method-assign]
-        a, peer = session(a_pipe), RawPeer(b_pipe)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.start)
-            out = await a.open_stream()
-            nursery.start_soon(out.write, b"first")  # holds the write lock, stuck
-            await trio.testing.wait_all_tasks_blocked()
+        async with stuck_writer() as (a, peer, unstuck):
             await peer.send(TYPE_PING, FLAG_SYN, 0, 77)
             await trio.testing.wait_all_tasks_blocked()  # the ping is read
             await peer.send(TYPE_DATA, FLAG_SYN, 2, 4, b"next")
@@ -845,7 +854,6 @@ def test_the_reader_goes_on_while_a_writer_is_stuck_and_the_ack_follows_its_batc
             unstuck.set()
             assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"first")
             assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 77, b"")
-            nursery.cancel_scope.cancel()
 
     run(main)
 
@@ -855,21 +863,7 @@ def test_replies_queued_behind_a_stuck_write_are_capped(monkeypatch: pytest.Monk
     monkeypatch.setattr(yamux, "MAX_QUEUED_REPLIES", 10 * HEADER.size)
 
     async def main() -> None:
-        a_pipe, b_pipe = pair()
-        write = a_pipe.write
-        unstuck = trio.Event()
-
-        async def stuck(data: bytes) -> None:
-            await unstuck.wait()
-            await write(data)
-
-        a_pipe.write = stuck  # type: ignore[method-assign]
-        a, peer = session(a_pipe), RawPeer(b_pipe)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.start)
-            out = await a.open_stream()
-            nursery.start_soon(out.write, b"first")
-            await trio.testing.wait_all_tasks_blocked()
+        async with stuck_writer() as (_a, peer, unstuck):
             # A peer that pings and never reads: 50 pings, 10 ACKs kept.
             await peer.pipe.write(b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i)
                                            for i in range(50)))
@@ -881,7 +875,6 @@ def test_replies_queued_behind_a_stuck_write_are_capped(monkeypatch: pytest.Monk
             # Once the queue went out, pings are answered again.
             await peer.send(TYPE_PING, FLAG_SYN, 0, 99)
             assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 99, b"")
-            nursery.cancel_scope.cancel()
 
     run(main)
 
