@@ -62,8 +62,10 @@ def test_find_peer_of_a_dev_peer_of_another_process(five: list[Node]) -> None:
 def test_put_on_a_get_on_e_then_newer_put_replaces(five: list[Node]) -> None:
     key = f"/{NAMESPACE}/greeting-{time.time_ns()}".encode()
     events = list(five[0].dht.Put(pb.PutRequest(key=key, value=b"hello v1"), timeout=20))
-    stored = [e.event for e in events if e.event.type == FINAL]
+    stored = [e.event for e in events if e.HasField("event") and e.event.type == FINAL]
     assert len(stored) >= 1, events
+    # The last message has no event: it says how many peers held the record then.
+    assert not events[-1].HasField("event") and events[-1].holders == len(stored)
     assert five[4].dht.Get(pb.GetRequest(key=key), timeout=10).value == b"hello v1"
 
     list(five[1].dht.Put(pb.PutRequest(key=key, value=b"hello v2"), timeout=20))
@@ -74,8 +76,12 @@ def test_put_on_a_get_on_e_then_newer_put_replaces(five: list[Node]) -> None:
 def test_provide_then_find_provs_from_another_node(five: list[Node]) -> None:
     cid = cid_for(f"provide-{time.time_ns()}")
     events = list(five[1].dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
-    assert {e.cid for e in events} == {cid}
-    assert any(e.event.type == FINAL for e in events)
+    *walk, last = events
+    assert {e.cid for e in walk} == {cid}
+    finals = sum(1 for e in walk if e.event.type == FINAL)
+    assert finals >= 1
+    assert not last.HasField("event") and [(h.cid, h.holders) for h in last.holders] == [
+        (cid, finals)]
 
     found = list(five[3].dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=10))
     assert [f.provider.id for f in found] == [five[1].peer_id]
@@ -344,11 +350,12 @@ def test_find_provs_streams_the_first_provider_before_the_walk_ends(five: list[N
         # sent with the end of the walk.
         still_running = call.is_active()
         assert first.provider.id == five[1].peer_id
-        assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert status_of(call) == grpc.StatusCode.OK
         ended_at = time.monotonic() - started
     assert still_running
-    # The walk went on (waiting on the frozen peer) until the 3 s deadline.
-    assert ended_at > 2.5
+    # The walk went on, waiting on the frozen peer as long as its patience lasted
+    # (1 s: it answered fast before; dhtd.liveness), not until the 3 s deadline.
+    assert ended_at < 2.5
 
 
 def test_bootstrap_by_dns_name(tmp_path: object) -> None:
