@@ -38,7 +38,7 @@ from dhtd.lookup import (
 from dhtd.netsize import Estimator
 from dhtd.p2p import Host
 from dhtd.provider import ProvideSet, Reprovider, batch
-from dhtd.records import Candidate, Validators
+from dhtd.records import PK_NAMESPACE, Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
 from dhtd.state import NodeState, StorageFull, StorageUnavailable
@@ -642,6 +642,11 @@ class DhtNode:
             answers: list[tuple[bytes | None, Candidate]] = []
             local = await self.records.value_of(key, self.clock())
             if local is not None:
+                if self.validators.namespace_of(key) == PK_NAMESPACE:
+                    # A /pk/ key is the hash of its only valid value: no better record
+                    # exists anywhere, so the one held is the answer at once.
+                    op.got_result(self.observer)
+                    return local.value
                 answers.append((None, Candidate(local.value, local.received_at)))
 
             def on_answer(peer: bytes, answer: Message) -> None:

@@ -21,6 +21,7 @@ from dhtd.lookup import EventType, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.wire.kad_pb2 import Message
 from tests.unit.simnet import SimNet, running, settle, sim_node, star
+from tests.unit.test_handlers import pk_record
 
 KEY = b"\x12\x20" + bytes(range(32))
 BOUND = 120.0
@@ -167,6 +168,26 @@ def test_a_get_of_a_held_key_answers_with_it_though_the_walk_hangs() -> None:
             start = trio.current_time()
             assert await me.get_value(key, 60.0) == b"mine"
             assert trio.current_time() - start == pytest.approx(1.0)
+
+    run(main)
+
+
+def test_a_get_of_a_held_pk_record_answers_at_once_without_a_walk() -> None:
+    """A /pk/ key is the hash of its one valid value: held here, it is the answer."""
+    net = SimNet()
+    nodes = star(net, 4)
+    me = nodes[1]
+    key, value = pk_record()
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            me.values.put(key, value, me.clock())
+            net.hung.update(n.self_id for n in nodes if n is not me)
+            start = trio.current_time()
+            assert await me.get_value(key, 60.0) == value
+            assert trio.current_time() == start
+            assert all(net.received(n.self_id, MessageType.GET_VALUE) == 0 for n in nodes)
 
     run(main)
 
