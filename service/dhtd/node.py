@@ -361,10 +361,14 @@ class DhtNode:
             self.on_table_change(len(self.table))
 
     def _forget(self, peer: bytes) -> None:
-        """``peer`` failed: walks skip it for a while (dhtd.liveness), its connection
-        is closed (a frozen one would hold the next request too), and it leaves
-        the routing table."""
+        """``peer`` failed its liveness check: walks skip it for a while
+        (dhtd.liveness), and it is dropped (:meth:`_drop`)."""
         self.book.failed(peer, trio.current_time())
+        self._drop(peer)
+
+    def _drop(self, peer: bytes) -> None:
+        """Closes ``peer``'s connection (a frozen one would hold the next request
+        too) and takes it out of the routing table."""
         self.host.disconnect(peer)
         if not self.table.remove(peer):
             return
@@ -472,7 +476,8 @@ class DhtNode:
         self.host.learn(peers)
 
     def forget(self, peer: bytes) -> None:
-        self._forget(peer)
+        # The lookup has counted the failure in the book already.
+        self._drop(peer)
 
     def suspect(self, peer: bytes) -> None:
         self.maintainer.disconnected(peer)
