@@ -244,8 +244,9 @@ class DhtNode:
         self.book = PeerBook()
         # The network's size, from the walks that converged (dhtd.netsize).
         self.netsize = Estimator(BUCKET_SIZE)
-        # Stores running on after their Provide or Put ended.
+        # Stores running on after their Provide or Put ended, and how those ended.
         self.background_stores = 0
+        self.background_ended: dict[str, int] = {"stored": 0, "failed": 0}
         self.in_flight: dict[str, int] = {}
         self.handlers = KadHandlers(
             self_id=self.self_id,
@@ -798,7 +799,9 @@ class DhtNode:
             if detached:
                 self.background_stores -= 1
                 if took is not None:
-                    self.observer.background_store("stored" if took else "failed")
+                    outcome = "stored" if took else "failed"
+                    self.background_ended[outcome] += 1
+                    self.observer.background_store(outcome)
             if stored >= need or ended == len(peers):
                 enough.set()
 

@@ -93,6 +93,7 @@ def test_put_and_provide_end_once_min_holders_took_the_record_and_the_rest_follo
             assert len(events) == count  # nothing is emitted after the call ended
             assert me.background_stores == 0
             assert stored == Counter({"stored": len(slow)})
+            assert me.background_ended == {"stored": len(slow), "failed": 0}
             kind_sent = MessageType.PUT_VALUE if kind == "put" else MessageType.ADD_PROVIDER
             assert all(net.received(n.self_id, kind_sent) == 1 for n in nodes[1:])
 

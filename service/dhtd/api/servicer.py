@@ -413,8 +413,9 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
     @unary
     async def ProvideStatus(self, request: pb.ProvideStatusRequest,
                             context: grpc.aio.ServicerContext) -> pb.ProvideStatusResponse:
-        status, cycles, now = await self.bridge.call(lambda: _now((
-            self.node.reprovider.status(), self.node.reprovider.cycles, self.node.clock())))
+        status, cycles, now, running, ended = await self.bridge.call(lambda: _now((
+            self.node.reprovider.status(), self.node.reprovider.cycles, self.node.clock(),
+            self.node.background_stores, dict(self.node.background_ended))))
         return pb.ProvideStatusResponse(
             cids=status.keys,
             current=reprovide_cycle(status.current, now),
@@ -422,6 +423,9 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
             next_cycle=status.next_cycle or 0.0,
             reprovide_interval=status.interval,
             cycles=cycles,
+            background_stores=running,
+            background_stored=ended["stored"],
+            background_failed=ended["failed"],
         )
 
     @unary

@@ -151,6 +151,11 @@ class ProvideStatus:
     next_cycle: float
     reprovide_interval: float
     cycles: int
+    # Stores still running after their Provide or Put ended (min_holders), and how
+    # many of those ended since dhtd started, taken or not (0 from an older dhtd).
+    background_stores: int = 0
+    background_stored: int = 0
+    background_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,9 @@ def provide_status_from_pb(msg: dht_pb2.ProvideStatusResponse) -> ProvideStatus:
         next_cycle=msg.next_cycle,
         reprovide_interval=msg.reprovide_interval,
         cycles=msg.cycles,
+        background_stores=msg.background_stores,
+        background_stored=msg.background_stored,
+        background_failed=msg.background_failed,
     )
 
 

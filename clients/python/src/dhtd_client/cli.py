@@ -517,7 +517,10 @@ async def cmd_provide_status(client: AsyncClient, args: argparse.Namespace,
     if args.json:
         _emit(screen, {"cids": st.cids, "current": _cycle_json(st.current),
                        "last": _cycle_json(st.last), "next_cycle": st.next_cycle,
-                       "reprovide_interval": st.reprovide_interval, "cycles": st.cycles})
+                       "reprovide_interval": st.reprovide_interval, "cycles": st.cycles,
+                       "background_stores": st.background_stores,
+                       "background_stored": st.background_stored,
+                       "background_failed": st.background_failed})
         return
     rows = [
         ("provide set", _plural(st.cids, "CID")),
@@ -526,6 +529,8 @@ async def cmd_provide_status(client: AsyncClient, args: argparse.Namespace,
         ("last cycle", _cycle_text(st.last) if st.last else "none yet"),
         ("next cycle", _when(st.next_cycle) if st.next_cycle else "none (nothing to provide)"),
         ("cycles", str(st.cycles)),
+        ("stores behind", f"{st.background_stores} running; since start "
+                          f"{st.background_stored} taken, {st.background_failed} not"),
     ]
     for name, value in rows:
         screen.result(f"{name + ':':<15}{value}")

@@ -326,17 +326,23 @@ class ReprovideCycle(_message.Message):
     def __init__(self, started: _Optional[float] = ..., duration: _Optional[float] = ..., due: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ProvideStatusResponse(_message.Message):
-    __slots__ = ("cids", "current", "last", "next_cycle", "reprovide_interval", "cycles")
+    __slots__ = ("cids", "current", "last", "next_cycle", "reprovide_interval", "cycles", "background_stores", "background_stored", "background_failed")
     CIDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     NEXT_CYCLE_FIELD_NUMBER: _ClassVar[int]
     REPROVIDE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CYCLES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_STORES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_STORED_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FAILED_FIELD_NUMBER: _ClassVar[int]
     cids: int
     current: ReprovideCycle
     last: ReprovideCycle
     next_cycle: float
     reprovide_interval: float
     cycles: int
-    def __init__(self, cids: _Optional[int] = ..., current: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., last: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., next_cycle: _Optional[float] = ..., reprovide_interval: _Optional[float] = ..., cycles: _Optional[int] = ...) -> None: ...
+    background_stores: int
+    background_stored: int
+    background_failed: int
+    def __init__(self, cids: _Optional[int] = ..., current: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., last: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., next_cycle: _Optional[float] = ..., reprovide_interval: _Optional[float] = ..., cycles: _Optional[int] = ..., background_stores: _Optional[int] = ..., background_stored: _Optional[int] = ..., background_failed: _Optional[int] = ...) -> None: ...

@@ -500,6 +500,14 @@ export interface ProvideStatusResponse {
   reprovideInterval: number;
   /** Cycles ended since dhtd started. */
   cycles: number;
+  /**
+   * Stores (ADD_PROVIDER, PUT_VALUE) still running after their Provide or Put
+   * ended at min_holders.
+   */
+  backgroundStores: number;
+  /** Background stores ended since dhtd started: taken by the peer, and not. */
+  backgroundStored: number;
+  backgroundFailed: number;
 }
 
 function createBasePeerInfo(): PeerInfo {
@@ -3633,7 +3641,17 @@ export const ReprovideCycle: MessageFns<ReprovideCycle> = {
 };
 
 function createBaseProvideStatusResponse(): ProvideStatusResponse {
-  return { cids: 0, current: undefined, last: undefined, nextCycle: 0, reprovideInterval: 0, cycles: 0 };
+  return {
+    cids: 0,
+    current: undefined,
+    last: undefined,
+    nextCycle: 0,
+    reprovideInterval: 0,
+    cycles: 0,
+    backgroundStores: 0,
+    backgroundStored: 0,
+    backgroundFailed: 0,
+  };
 }
 
 export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
@@ -3655,6 +3673,15 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     }
     if (message.cycles !== 0) {
       writer.uint32(48).uint64(message.cycles);
+    }
+    if (message.backgroundStores !== 0) {
+      writer.uint32(56).uint64(message.backgroundStores);
+    }
+    if (message.backgroundStored !== 0) {
+      writer.uint32(64).uint64(message.backgroundStored);
+    }
+    if (message.backgroundFailed !== 0) {
+      writer.uint32(72).uint64(message.backgroundFailed);
     }
     return writer;
   },
@@ -3720,6 +3747,30 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
             message.cycles = longToNumber(reader.uint64());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.backgroundStores = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.backgroundStored = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.backgroundFailed = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3748,6 +3799,21 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
         ? globalThis.Number(object.reprovide_interval)
         : 0,
       cycles: isSet(object.cycles) ? globalThis.Number(object.cycles) : 0,
+      backgroundStores: isSet(object.backgroundStores)
+        ? globalThis.Number(object.backgroundStores)
+        : isSet(object.background_stores)
+        ? globalThis.Number(object.background_stores)
+        : 0,
+      backgroundStored: isSet(object.backgroundStored)
+        ? globalThis.Number(object.backgroundStored)
+        : isSet(object.background_stored)
+        ? globalThis.Number(object.background_stored)
+        : 0,
+      backgroundFailed: isSet(object.backgroundFailed)
+        ? globalThis.Number(object.backgroundFailed)
+        : isSet(object.background_failed)
+        ? globalThis.Number(object.background_failed)
+        : 0,
     };
   },
 
@@ -3771,6 +3837,15 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     if (message.cycles !== 0) {
       obj.cycles = Math.round(message.cycles);
     }
+    if (message.backgroundStores !== 0) {
+      obj.backgroundStores = Math.round(message.backgroundStores);
+    }
+    if (message.backgroundStored !== 0) {
+      obj.backgroundStored = Math.round(message.backgroundStored);
+    }
+    if (message.backgroundFailed !== 0) {
+      obj.backgroundFailed = Math.round(message.backgroundFailed);
+    }
     return obj;
   },
 
@@ -3789,6 +3864,9 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     message.nextCycle = object.nextCycle ?? 0;
     message.reprovideInterval = object.reprovideInterval ?? 0;
     message.cycles = object.cycles ?? 0;
+    message.backgroundStores = object.backgroundStores ?? 0;
+    message.backgroundStored = object.backgroundStored ?? 0;
+    message.backgroundFailed = object.backgroundFailed ?? 0;
     return message;
   },
 };
