@@ -8,7 +8,8 @@ of process indexes, the same for both swarms; no op is ever issued by a victim.
 
 The workload is go_compare's: --ops Provide, as many FindProvs of those CIDs, --ops Put
 (``/pk/`` records) and as many Get of those keys, each FindProvs and Get asked by a live
-node outside the key's true 20 closest of the whole swarm (XOR of sha256). Phases run in
+node outside the key's true 20 closest live nodes (XOR of sha256), where the record
+should have landed (the farthest live main node when none is left). Phases run in
 that order; within a phase up to --parallel ops run at once, never two on one process.
 """
 
@@ -78,18 +79,20 @@ class Step:
 
 def plan(keys: Sequence[bytes], swarm: Swarm, live: Sequence[int], rng: random.Random
          ) -> list[Step]:
-    """Issuers among the live processes' main nodes; queriers outside the key's 20 closest."""
-    nodes = [(kad_position(peer_id), proc.index, n == 0)
-             for proc in swarm.procs for n, peer_id in enumerate(proc.ids)]
+    """Issuers among the live processes' main nodes; each querier outside the key's 20
+    closest live nodes, where its record should land (at least the farthest one)."""
     alive = set(live)
+    nodes = [(kad_position(peer_id), proc.index, n == 0)
+             for proc in swarm.procs if proc.index in alive for n, peer_id in enumerate(proc.ids)]
     steps = []
     for key in keys:
         actor = rng.choice(live)
         target = kad(key)
         ranked = sorted(nodes, key=lambda node: node[0] ^ target)
-        mains = [proc for _pos, proc, main in ranked if main and proc in alive and proc != actor]
-        outside = {proc for _pos, proc, main in ranked[min(K, len(ranked) - 2):] if main}
-        far = [proc for proc in mains if proc in outside] or mains[len(mains) // 2:]
+        far = [proc for _pos, proc, main in ranked[min(K, len(ranked) - 1):]
+               if main and proc != actor]
+        if not far:
+            far = [proc for _pos, proc, main in reversed(ranked) if main and proc != actor][:1]
         steps.append(Step(actor, rng.choice(far)))
     return steps
 

@@ -51,7 +51,6 @@ LOW_WATER = 1 << 18
 CONNECT_TIMEOUT = 20.0
 MAX_LINE = 1 << 16
 MAX_COMMANDS = 10_000_000
-EARLY = 0.0002  # a timer may fire this much before its time (asyncio's resolution)
 EOF = b""  # queue item: the sender half-closed
 RESET = None  # queue item: the sender's connection died (reset or error)
 
@@ -133,7 +132,9 @@ class Pipe:
         self.timer = None
         loop, stats = self.link.loop, self.link.proxy.stats
         now = loop.time()
-        while self.queue and self.queue[0][0] <= now + EARLY and self.sink is not None:
+        # Never early: a timer that fires a little before its time (asyncio allows its
+        # clock's resolution) is armed again.
+        while self.queue and self.queue[0][0] <= now and self.sink is not None:
             due, item = self.queue.popleft()
             stats.late(now - due)
             if item is RESET:
