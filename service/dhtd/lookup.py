@@ -184,6 +184,11 @@ class LookupResult:
     skipped: int = 0
     # Peers whose answer outlived the walk's patience (the walk went on without them).
     slow: int = 0
+    # Those of them nearer to the target than the farthest of ``closest``, nearest
+    # first: alive but slow, or stale. A record meant for the k closest goes to
+    # them too (a store to a stale one fails in the background; a live one may be
+    # among the true k closest).
+    slow_closer: list[PeerRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -459,8 +464,17 @@ async def lookup(
         PeerRecord(p, walk.addrs.get(p, ())) for p in walk.nearest(k, _State.QUERIED)
     ]
     unreachable = walk.nearest(k, _State.UNREACHABLE, _State.SLOW)
+    slow_closer = []
+    if closest:
+        farthest = closest[-1].id
+        for _, peer in walk.order:
+            if peer == farthest:
+                break
+            if walk.states[peer] is _State.SLOW:
+                slow_closer.append(PeerRecord(peer, walk.addrs.get(peer, ())))
     return LookupResult(closest=closest, stopped=stopped, queried=queried, failed=failed,
-                        unreachable=unreachable, skipped=skipped, slow=slow)
+                        unreachable=unreachable, skipped=skipped, slow=slow,
+                        slow_closer=slow_closer)
 
 
 def describe(exc: BaseException) -> str:

@@ -726,7 +726,8 @@ class DhtNode:
             message.record.CopyFrom(new_record(key, value))
             stored = await self._store_on(result.closest, emit,
                                           lambda peer: self._put_one(peer, message),
-                                          self._holders_needed(min_holders))
+                                          self._holders_needed(min_holders),
+                                          result.slow_closer)
             if stored == 0:
                 raise Unavailable(
                     f"no peer accepted the record (0 of the {len(result.closest)} closest)"
@@ -753,18 +754,29 @@ class DhtNode:
         emit: Emit,
         store: Callable[[bytes], Awaitable[None]],
         need: int = BUCKET_SIZE,
+        extra: Sequence[PeerRecord] = (),
     ) -> int:
-        """Runs ``store`` against every peer at once, each within STORE_TIMEOUT.
+        """Runs ``store`` against every peer at once, each within STORE_TIMEOUT:
+        ``peers`` (a walk's closest that answered) and ``extra`` (nearer ones that
+        did not answer in time: alive but slow, or stale).
 
-        Returns how many peers had taken it once ``need`` of them had (or every
-        store had ended). Stores still running then go on in the background, where
-        they no longer emit (counted in ``background_stores`` and by the observer);
-        if the caller leaves before ``need`` were reached, every store is
-        cancelled."""
+        Returns how many had taken it once ``need`` of them had, or every store to
+        ``peers`` had ended. Stores still running then go on in the background,
+        where they no longer emit (counted in ``background_stores`` and by the
+        observer); if the caller leaves before that, every store is cancelled.
+        Without room in the background, ``extra`` is left out and every store is
+        waited for."""
         peers = list(peers)
+        background = self._background
+        room = (background is not None and self.background_stores + len(peers) + len(extra)
+                <= MAX_BACKGROUND_STORES)
+        everyone = peers + list(extra) if room else peers
         if not peers:
             return 0
+        need = min(need, len(peers))
         stored = ended = 0
+        primary = set(id(peer) for peer in peers)
+        primary_left = len(peers)
         listening = True  # the caller waits: events go to it
         detached = False  # the caller ended OK first: the rest are background stores
         enough = trio.Event()
@@ -775,7 +787,7 @@ class DhtNode:
                 emit(event)
 
         async def one(peer: PeerRecord) -> None:
-            nonlocal stored, ended
+            nonlocal stored, ended, primary_left
             took: bool | None = None
             scope = trio.CancelScope()
             scopes.append(scope)
@@ -796,26 +808,26 @@ class DhtNode:
                     stored += 1
                     tell(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
             ended += 1
+            if id(peer) in primary:
+                primary_left -= 1
             if detached:
                 self.background_stores -= 1
                 if took is not None:
                     outcome = "stored" if took else "failed"
                     self.background_ended[outcome] += 1
                     self.observer.background_store(outcome)
-            if stored >= need or ended == len(peers):
+            if stored >= need or primary_left == 0:
                 enough.set()
 
-        # No limiter: ``peers`` are a walk's closest, at most k (20), so a Put or an
-        # announcement costs one round trip after its walk.
-        background = self._background
-        if (need >= len(peers) or background is None
-                or self.background_stores + len(peers) > MAX_BACKGROUND_STORES):
+        # No limiter: at most k (20) answered and the few slow ones nearer, so a Put
+        # or an announcement costs one round trip after its walk.
+        if background is None or not room:
             async with trio.open_nursery() as nursery:
-                for peer in peers:
+                for peer in everyone:
                     nursery.start_soon(one, peer)
             listening = False
             return stored
-        for peer in peers:
+        for peer in everyone:
             background.start_soon(one, peer)
         try:
             await enough.wait()
@@ -826,7 +838,7 @@ class DhtNode:
         finally:
             listening = False
         detached = True
-        self.background_stores += len(peers) - ended
+        self.background_stores += len(everyone) - ended
         return stored
 
     async def provide(
@@ -863,8 +875,8 @@ class DhtNode:
                         return  # the table emptied meanwhile: no peer took it (count 0)
                     message = self._add_provider(key, addrs)
                     counts[index] = await self._store_on(
-                        result.closest, tagged, lambda peer: self._send(peer, message), need
-                    )
+                        result.closest, tagged, lambda peer: self._send(peer, message), need,
+                        result.slow_closer)
                 self._announced([key] if counts[index] else [])
 
             # A key given twice is announced once (its events carry the first index).

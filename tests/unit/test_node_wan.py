@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from dhtd.errors import DeadlineExceeded
+from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType
 from dhtd.lookup import EventType, QueryEvent
 from dhtd.node import DhtNode, Observer
@@ -267,5 +268,29 @@ def test_events_are_counted_once_and_a_timed_out_request_as_failed() -> None:
             with pytest.raises(Exception):  # noqa: B017 (NotFound or Unavailable)
                 await me.query(b"\x12\x20" + b"\x01" * 32, lambda e: None, BOUND)
             assert outbound[(MessageType.FIND_NODE, False)] >= 1
+
+    run(main)
+
+
+def test_a_peer_too_slow_for_the_walk_but_nearer_than_its_closest_gets_the_record_too() -> None:
+    """The peer nearest the key answers 3 s late, past the walk's 1 s patience: the
+    walk ends without it, yet the record goes to it too (in the background), since
+    it may well be one of the key's true closest."""
+    net = SimNet()
+    nodes = star(net, 8)
+    me = nodes[0]
+    key = b"/demo/slow-nearest"
+    tkey = kad_key(key)
+    slowest = min(nodes[1:], key=lambda n: xor_distance(kad_key(n.self_id), tkey))
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            slow_down(net, slowest, 3.0)
+            holders = await me.put_value(key, b"v", lambda e: None, BOUND)
+            assert holders >= 5  # the default min_holders, of the 6 that answered
+            assert len(slowest.values) == 0
+            await trio.sleep(4)
+            assert slowest.values.get(key, slowest.clock()) is not None
 
     run(main)

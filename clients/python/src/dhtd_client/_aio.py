@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -242,7 +242,7 @@ class AsyncClient:
         await self._unary(self._node.StopRepublishing, request, timeout)
 
 
-class AsyncHoldersStream(LastHolders[_T, _H], AsyncGenerator[_T, None]):
+class AsyncHoldersStream(AsyncGenerator[_T, None], Generic[_T, _H]):
     """The events of a Put or Provide, an async generator like every stream of
     ``AsyncClient``, which also keeps what the stream's last message reported:
     ``holders``, as on ``HoldersStream`` (None until the stream ends, and with a
@@ -250,8 +250,13 @@ class AsyncHoldersStream(LastHolders[_T, _H], AsyncGenerator[_T, None]):
 
     def __init__(self, call: Any, events: Callable[[Any], Iterable[_T]],
                  holders: Callable[[Any], _H | None]) -> None:
-        super().__init__(events, holders)
-        self._gen = _aiterate(call, self.convert)
+        # As HoldersStream: the generator refers to the sink only (no cycle).
+        self._sink: LastHolders[_T, _H] = LastHolders(events, holders)
+        self._gen = _aiterate(call, self._sink.convert)
+
+    @property
+    def holders(self) -> _H | None:
+        return self._sink.holders
 
     async def asend(self, value: None) -> _T:
         return await self._gen.asend(value)

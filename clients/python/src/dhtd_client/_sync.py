@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -239,7 +239,7 @@ class Client:
         self._unary(self._node.StopRepublishing, request, timeout)
 
 
-class HoldersStream(LastHolders[_T, _H], Generator[_T, None, None]):
+class HoldersStream(Generator[_T, None, None], Generic[_T, _H]):
     """The events of a Put or Provide, a generator like every stream of ``Client``,
     which also keeps what the stream's last message reported.
 
@@ -250,8 +250,14 @@ class HoldersStream(LastHolders[_T, _H], Generator[_T, None, None]):
 
     def __init__(self, call: Any, events: Callable[[Any], Iterable[_T]],
                  holders: Callable[[Any], _H | None]) -> None:
-        super().__init__(events, holders)
-        self._gen = _iterate(call, self.convert)
+        # The generator refers to the sink, never to this object: no reference cycle,
+        # so dropping the stream (a ``break``) closes it and cancels the call at once.
+        self._sink: LastHolders[_T, _H] = LastHolders(events, holders)
+        self._gen = _iterate(call, self._sink.convert)
+
+    @property
+    def holders(self) -> _H | None:
+        return self._sink.holders
 
     def send(self, value: None) -> _T:
         return self._gen.send(value)
