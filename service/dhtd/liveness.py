@@ -14,7 +14,7 @@ keeps, for every peer a lookup asked:
   (DEAD_BACKOFF_FIRST, doubling up to DEAD_BACKOFF_MAX): walks skip it at once
   instead of waiting on it again. Any sign of life (an answer, an inbound
   request, a new connection) clears it.
-* **Strikes.** A peer whose answer outlived the walk's patience twice in a row,
+* **Strikes.** A peer whose answer outlived the walk's patience three times in a row,
   with no answer in between, counts as failed (a frozen process keeps its
   connection open and never answers).
 
@@ -33,9 +33,11 @@ from dataclasses import dataclass
 # request, so 4-5 round trips of up to 300 ms).
 DEFAULT_PATIENCE = 2.0
 
-# The least patience a walk has with any peer: a loaded 2-core machine answers
-# on loopback within this, so honest peers are not passed over (ours).
-MIN_PATIENCE = 1.0
+# The least patience a walk has with any peer (ours): a few round trips on a
+# wide-area network, and what a loaded 2-core machine takes to answer on loopback
+# at worst, usually. Passing over an honest peer costs little: its late answer is
+# still used, and only STRIKES_TO_FAIL such walks in a row count as a failure.
+MIN_PATIENCE = 0.5
 
 # A request's patience is SRTT + PATIENCE_DEVIATIONS x RTTVAR (RFC 6298's
 # retransmission timeout uses K = 4), and at least PATIENCE_ROUND_TRIPS x SRTT (a
@@ -58,7 +60,7 @@ DEAD_BACKOFF_FIRST = 30.0
 DEAD_BACKOFF_MAX = 600.0
 
 # Answers that outlived a walk's patience, in a row, before the peer counts as failed.
-STRIKES_TO_FAIL = 2
+STRIKES_TO_FAIL = 3
 
 # Peers remembered (least recently touched forgotten first).
 MAX_PEERS = 10_000

@@ -33,10 +33,12 @@ def test_an_answer_or_a_sign_of_life_clears_the_failure_and_its_doubling() -> No
     assert not book.is_dead(A, 1.0)
 
 
-def test_two_slow_answers_in_a_row_count_as_a_failure_unless_one_answered_between() -> None:
+def test_three_slow_answers_in_a_row_count_as_a_failure_unless_one_answered_between() -> None:
     book = PeerBook()
     assert book.slow(A, 0.0) is False
+    assert book.slow(A, 0.0) is False
     book.answered(A, 0.01)
+    assert book.slow(A, 0.0) is False
     assert book.slow(A, 0.0) is False
     assert book.slow(A, 0.0) is True
     assert book.is_dead(A, 1.0)
@@ -47,10 +49,14 @@ def test_patience_is_bounded_and_a_dial_gets_room() -> None:
     assert book.patience(A, True, 10.0) == 2.0  # nothing measured: DEFAULT_PATIENCE
     assert book.patience(A, True, 1.5) == 1.5  # never past the request timeout
     book.answered(B, 0.2)  # the network's figure now: 2 x 0.2 or 0.2 + 4 x 0.1
-    assert book.patience(A, True, 10.0) == 1.0  # at least MIN_PATIENCE
+    assert abs(book.patience(A, True, 10.0) - 0.6) < 1e-9
     assert abs(book.patience(A, False, 10.0) - 3.0) < 1e-9  # x 5 for a dial
     assert book.round_trip(B) == 0.2 and book.round_trip(A) is None
     assert book.round_trip() == 0.2
+    fast = PeerBook()
+    for _ in range(30):
+        fast.answered(B, 0.01)
+    assert fast.patience(B, True, 10.0) == 0.5  # at least MIN_PATIENCE
 
 
 def test_at_most_max_peers_are_remembered_least_recently_used_first() -> None:
