@@ -12,8 +12,8 @@ keeps, for every peer a lookup asked:
   js-libp2p's adaptive timeout, kept per peer.
 * **Failures, with backoff.** A peer that failed a request is dead for a while
   (DEAD_BACKOFF_FIRST, doubling up to DEAD_BACKOFF_MAX): walks skip it at once
-  instead of waiting on it again. Any sign of life (an answer, an inbound
-  request, a new connection) clears it.
+  instead of waiting on it again. An answer, or a dial this node chose to make
+  (Connect, bootstrap), clears it.
 * **Strikes.** A peer whose answer outlived the walk's patience three times in a row,
   with no answer in between, counts as failed (a frozen process keeps its
   connection open and never answers).
