@@ -888,3 +888,36 @@ def test_a_ping_ack_goes_out_at_once_when_nobody_is_writing() -> None:
             assert a_pipe.writes == 1
 
     run(main)
+
+
+def test_a_writer_cancelled_on_a_full_socket_returns_at_once_and_its_frame_goes_out() -> None:
+    """A request whose walk ended while its write waited for a full socket (a silent
+    peer's) used to wait out WRITE_TIMEOUT (10 s) in a shielded scope, and held the
+    walk that long. Now a task of the session finishes the write; the writer leaves
+    at once, and the frame still goes out whole."""
+    async def main() -> None:
+        a_pipe, b_pipe = pair()
+        write = a_pipe.write
+        unstuck = trio.Event()
+
+        async def stuck(data: bytes) -> None:
+            await unstuck.wait()
+            await write(data)
+
+        a_pipe.write = stuck  # type: ignore[method-assign]
+        a = session(a_pipe)
+        peer = RawPeer(b_pipe)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.start)
+            await trio.testing.wait_all_tasks_blocked()  # the session runs
+            out = await a.open_stream()
+            start = trio.current_time()
+            with trio.move_on_after(0.5) as scope:
+                await out.write(b"first")
+            assert scope.cancelled_caught
+            assert trio.current_time() - start == pytest.approx(0.5)
+            unstuck.set()
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"first")
+            nursery.cancel_scope.cancel()
+
+    run(main)

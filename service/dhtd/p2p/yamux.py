@@ -503,7 +503,9 @@ class Yamux(IMuxedConn):
         self._accept_send, self._accept_receive = trio.open_memory_channel[YamuxStream](
             ACCEPT_BACKLOG)
         self._pending: list[bytes] = []
-        self._write_lock = trio.Lock()
+        # A semaphore, not a lock: a write the socket could not take at once is
+        # finished by a task of the session (_drain), which lets go of it.
+        self._write_lock = trio.Semaphore(1)
         self._broken: str | None = None
         self._remote_go_away = False
         self.event_started = trio.Event()
@@ -653,34 +655,65 @@ class Yamux(IMuxedConn):
                 with suppress(ValueError):
                     self._pending.remove(data)
                 raise
+        handed = False
         try:
             while self._pending:
                 if self._broken is not None:
                     raise MuxedConnUnavailable(self._broken)
-                batch, self._pending = self._pending, []
-                self._queued_replies = 0
-                try:
-                    rest = self._io.send_now(b"".join(batch))
-                except Exception as exc:
-                    rest = None
-                    self._break(f"write failed: {exc}")
+                rest = self._send_batch()
                 if rest is not None:
-                    # Part of it must wait for the socket: shielded, so a cancelled
-                    # writer never leaves half a noise message out, and bounded.
-                    with trio.CancelScope(shield=True) as scope:
-                        scope.deadline = trio.current_time() + WRITE_TIMEOUT
-                        try:
-                            await self._io.send_rest(rest)
-                        except Exception as exc:
-                            self._break(f"write failed: {exc}")
-                    if scope.cancelled_caught:
-                        self._break(f"write not done within {WRITE_TIMEOUT:g}s")
-                if self._broken is not None:
-                    raise MuxedConnUnavailable(self._broken)
+                    if self._nursery is None:
+                        # Shielded, so a cancelled writer never leaves half a noise
+                        # message out, and bounded.
+                        with trio.CancelScope(shield=True):
+                            await self._send_rest(rest)
+                        continue
+                    # The rest, and whatever is queued meanwhile, goes out from a
+                    # task of the session, which lets go of the lock: a writer that is
+                    # cancelled meanwhile (its walk ended) returns at once, and the
+                    # frame still goes out whole, or the connection breaks after
+                    # WRITE_TIMEOUT.
+                    done = trio.Event()
+                    handed = True
+                    self._nursery.start_soon(self._drain, rest, done)
+                    await done.wait()
+                    break
             if self._broken is not None:
                 raise MuxedConnUnavailable(self._broken)
         finally:
+            if not handed:
+                self._write_lock.release()
+
+    def _send_batch(self) -> Any:
+        """Hands everything queued to the socket; returns what it could not take."""
+        batch, self._pending = self._pending, []
+        self._queued_replies = 0
+        try:
+            return self._io.send_now(b"".join(batch))
+        except Exception as exc:
+            self._break(f"write failed: {exc}")
+            return None
+
+    async def _send_rest(self, rest: Any) -> None:
+        """Waits for the socket to take ``rest``, at most WRITE_TIMEOUT."""
+        with trio.move_on_after(WRITE_TIMEOUT) as scope:
+            try:
+                await self._io.send_rest(rest)
+            except Exception as exc:
+                self._break(f"write failed: {exc}")
+        if scope.cancelled_caught:
+            self._break(f"write not done within {WRITE_TIMEOUT:g}s")
+
+    async def _drain(self, rest: Any, done: trio.Event) -> None:
+        """Finishes a write the socket could not take at once, then sends what was
+        queued meanwhile; holds the write lock (handed over by _send) until then."""
+        try:
+            while rest is not None and self._broken is None:
+                await self._send_rest(rest)
+                rest = self._send_batch() if self._pending and self._broken is None else None
+        finally:
             self._write_lock.release()
+            done.set()
 
     def _send_soon(self, frames: list[bytes]) -> None:
         """Queues ``frames`` (that nobody waits for: ping ACKs, refusals) without
@@ -700,7 +733,7 @@ class Yamux(IMuxedConn):
         self._queued_replies += len(data)
         self._pending.append(data)
         # A holder of the write lock sends everything queued before it lets go.
-        if not self._write_lock.locked() and not self._flushing and self._nursery is not None:
+        if self._write_lock.value and not self._flushing and self._nursery is not None:
             self._flushing = True
             self._nursery.start_soon(self._flush)
 
