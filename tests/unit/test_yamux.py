@@ -816,10 +816,8 @@ def test_a_peer_that_keeps_talking_is_never_pinged() -> None:
     run(main)
 
 
-@asynccontextmanager
-async def stuck_writer() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
-    """A running session against a raw peer, with a task whose write of "first" on
-    stream 1 holds the write lock until the event returned is set."""
+def stuck_pipe() -> tuple[Pipe, Pipe, trio.Event]:
+    """A pipe whose first end writes nothing until the event returned is set."""
     a_pipe, b_pipe = pair()
     write = a_pipe.write
     unstuck = trio.Event()
@@ -829,6 +827,14 @@ async def stuck_writer() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
         await write(data)
 
     a_pipe.write = stuck  # type: ignore[method-assign]
+    return a_pipe, b_pipe, unstuck
+
+
+@asynccontextmanager
+async def stuck_writer() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
+    """A running session against a raw peer, with a task whose write of "first" on
+    stream 1 holds the write lock until the event returned is set."""
+    a_pipe, b_pipe, unstuck = stuck_pipe()
     a = session(a_pipe)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(a.start)
@@ -896,15 +902,7 @@ def test_a_writer_cancelled_on_a_full_socket_returns_at_once_and_its_frame_goes_
     walk that long. Now a task of the session finishes the write; the writer leaves
     at once, and the frame still goes out whole."""
     async def main() -> None:
-        a_pipe, b_pipe = pair()
-        write = a_pipe.write
-        unstuck = trio.Event()
-
-        async def stuck(data: bytes) -> None:
-            await unstuck.wait()
-            await write(data)
-
-        a_pipe.write = stuck  # type: ignore[method-assign]
+        a_pipe, b_pipe, unstuck = stuck_pipe()
         a = session(a_pipe)
         peer = RawPeer(b_pipe)
         async with trio.open_nursery() as nursery:
