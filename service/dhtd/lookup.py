@@ -189,6 +189,9 @@ class LookupResult:
     # them too (a store to a stale one fails in the background; a live one may be
     # among the true k closest).
     slow_closer: list[PeerRecord] = field(default_factory=list)
+    # Whether the walk converged on the k nearest it could reach (not cut short by
+    # ``stop``, nor ended after its iterative phase).
+    complete: bool = True
 
 
 @dataclass
@@ -304,6 +307,7 @@ async def lookup(
     beta: int = BETA,
     request_timeout: float = PEER_REQUEST_TIMEOUT,
     book: PeerBook | None = None,
+    follow_up: bool = True,
 ) -> LookupResult:
     """Walks towards ``target`` (raw key bytes; distance is taken on SHA-256 of it).
 
@@ -313,7 +317,9 @@ async def lookup(
       yet asked among the k nearest known, until the ``beta`` nearest peers that
       did not fail have all answered (go-libp2p-kad-dht's lookup termination).
     * **Follow-up**: every peer among the k nearest not yet asked is asked at once;
-      peers their answers name that enter the k nearest are asked too.
+      peers their answers name that enter the k nearest are asked too. Without
+      ``follow_up`` the walk ends where the iterative phase does (the ``beta``
+      nearest hold what the k nearest hold, for a walk that reads records only).
 
     The walk ends when the k nearest peers that did not fail have all answered
     (convergence), when no peer is left to ask, or as soon as ``stop()`` turns
@@ -414,6 +420,8 @@ async def lookup(
             if live and all(walk.states[p] is _State.QUERIED for p in live):
                 break
             if not followup and all(walk.states[p] is _State.QUERIED for p in live[:beta]):
+                if not follow_up:
+                    break
                 followup = True
             limit = k if followup else alpha
             for peer in live:
@@ -474,7 +482,8 @@ async def lookup(
                 slow_closer.append(PeerRecord(peer, walk.addrs.get(peer, ())))
     return LookupResult(closest=closest, stopped=stopped, queried=queried, failed=failed,
                         unreachable=unreachable, skipped=skipped, slow=slow,
-                        slow_closer=slow_closer)
+                        slow_closer=slow_closer, complete=not stopped and (followup or
+                                                                           not live))
 
 
 def describe(exc: BaseException) -> str:

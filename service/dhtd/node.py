@@ -560,8 +560,10 @@ class DhtNode:
         emit: Emit,
         on_answer: Callable[[bytes, Message], None] = _ignore,
         stop: Callable[[], bool] = lambda: False,
+        follow_up: bool = True,
     ) -> LookupResult:
-        """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each answer."""
+        """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each
+        answer. Without ``follow_up`` it ends after its iterative phase (dhtd.lookup)."""
 
         async def ask(peer: bytes) -> list[PeerRecord]:
             answer = await self._request(peer, new_message(kind, key))
@@ -570,9 +572,10 @@ class DhtNode:
 
         self.maintainer.walked_into(key)
         result = await lookup(
-            key, self._seeds(key), self, ask, emit, self_id=self.self_id, stop=stop, book=self.book
+            key, self._seeds(key), self, ask, emit, self_id=self.self_id, stop=stop,
+            book=self.book, follow_up=follow_up,
         )
-        if not result.stopped:
+        if result.complete:
             self.netsize.track(key, [record.id for record in result.closest])
         return result
 
@@ -632,8 +635,11 @@ class DhtNode:
                         found(record if record.addrs else
                               PeerRecord(record.id, self.host.addrs_of(record.id)))
 
+                # Provider records live on the k peers nearest the key, each holding
+                # the same ones: once the beta nearest answered, the follow-up would
+                # ask the rest for what was already read (ours; it saves a round trip).
                 await self._walk(key, MessageType.GET_PROVIDERS, _ignore, on_answer,
-                                 stop=lambda: len(seen) >= count)
+                                 stop=lambda: len(seen) >= count, follow_up=False)
             if not seen:
                 raise NotFound("no provider found for this CID")
             return len(seen)

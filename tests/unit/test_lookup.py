@@ -787,3 +787,18 @@ def test_nearest_in_states_matches_brute_force() -> None:
         assert walk_.nearest(count, *states) == [
             p for p in ranked if walk_.states[p] in states][:count]
         assert b"self" not in walk_.states
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_without_follow_up_the_walk_ends_once_the_beta_nearest_answered(seed: int) -> None:
+    full_net, rng = network(900 + seed)
+    target = rng.randbytes(34)
+    seeds = seeds_from(rng, full_net.ids, 10)
+    full = walk(full_net, target, seeds)
+    short_net, _ = network(900 + seed)
+    short = walk(short_net, target, seeds, follow_up=False)
+    assert full.complete and not short.complete
+    # The 3 nearest of the whole network answered either way ...
+    assert [p.id for p in short.closest[:3]] == true_closest(target, short_net.ids, 3)
+    # ... but the short walk asked fewer peers.
+    assert sum(short_net.asked.values()) < sum(full_net.asked.values())
