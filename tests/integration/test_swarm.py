@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from dht.v1 import dht_pb2 as pb
-from dhtd.ids import b58decode, parse_cid
+from dhtd.ids import b58decode, kad_key, parse_cid, parse_peer_id
 from tests.integration.conftest import NAMESPACE
 from tests.swarm import Node, start_node, wait_until
 
@@ -215,10 +215,24 @@ class Frozen:
         os.kill(self.node.proc.pid, signal.SIGCONT)
 
 
+def nearest_is(nodes: list[Node], node: Node, tag: str) -> str:
+    """A CID (of ``tag`` and a counter) whose nearest peer among ``nodes`` is ``node``."""
+    for i in range(10_000):
+        cid = cid_for(f"{tag}-{i}")
+        target = int.from_bytes(kad_key(parse_cid(cid).multihash), "big")
+        if min(nodes, key=lambda n: int.from_bytes(
+                kad_key(parse_peer_id(n.peer_id)), "big") ^ target) is node:
+            return cid
+    raise AssertionError("no such CID in 10,000 tries")
+
+
 def test_short_deadline_is_deadline_exceeded_promptly(five: list[Node]) -> None:
+    # The frozen peer is the key's nearest: the walk waits for it (its patience, at
+    # least 0.5 s) and so cannot end before the 0.2 s deadline.
+    cid = nearest_is(five[1:], five[3], "never")
     with Frozen(five[3]):
         started = time.monotonic()
-        call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid_for("never")), timeout=0.2)
+        call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=0.2)
         assert status_of(call) == grpc.StatusCode.DEADLINE_EXCEEDED
         # Ended by its 0.2 s deadline, not by the frozen peer's 10 s request timeout
         # (a loose bound: it holds on a loaded 2-core machine).
