@@ -8,8 +8,8 @@ of process indexes, the same for both swarms; no op is ever issued by a victim.
 
 The workload is go_compare's: --ops Provide, as many FindProvs of those CIDs, --ops Put
 (``/pk/`` records) and as many Get of those keys, each FindProvs and Get asked by a live
-node outside the key's true 20 closest live nodes (XOR of sha256), where the record
-should have landed (the farthest live main node when none is left). Phases run in
+node outside the 20 live nodes closest to the key (XOR of sha256) other than the issuer,
+where the record should have landed (the farthest when none is left). Phases run in
 that order; within a phase up to --parallel ops run at once, never two on one process.
 """
 
@@ -79,8 +79,9 @@ class Step:
 
 def plan(keys: Sequence[bytes], swarm: Swarm, live: Sequence[int], rng: random.Random
          ) -> list[Step]:
-    """Issuers among the live processes' main nodes; each querier outside the key's 20
-    closest live nodes, where its record should land (at least the farthest one)."""
+    """Issuers among the live processes' main nodes; each querier outside the 20 live
+    nodes closest to the key other than the issuer (where the issuer stores the record),
+    or, when there is none, the farthest."""
     alive = set(live)
     nodes = [(kad_position(peer_id), proc.index, n == 0)
              for proc in swarm.procs if proc.index in alive for n, peer_id in enumerate(proc.ids)]
@@ -88,9 +89,9 @@ def plan(keys: Sequence[bytes], swarm: Swarm, live: Sequence[int], rng: random.R
     for key in keys:
         actor = rng.choice(live)
         target = kad(key)
-        ranked = sorted(nodes, key=lambda node: node[0] ^ target)
-        far = [proc for _pos, proc, main in ranked[min(K, len(ranked) - 1):]
-               if main and proc != actor]
+        ranked = sorted((node for node in nodes if not (node[1] == actor and node[2])),
+                        key=lambda node: node[0] ^ target)
+        far = [proc for _pos, proc, main in ranked[K:] if main and proc != actor]
         if not far:
             far = [proc for _pos, proc, main in reversed(ranked) if main and proc != actor][:1]
         steps.append(Step(actor, rng.choice(far)))

@@ -37,12 +37,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import resource
 import socket
 import struct
 import sys
 import time
 from collections import deque
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -334,7 +336,26 @@ def answer(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def raise_file_limit() -> int:
+    """Lifts this process's open-file limit as far as the kernel allows (it runs as root):
+    every proxied connection holds two sockets, and 200 nodes keep about 10,000
+    connections open, past the usual limit (where accept() would fail and dials hang)."""
+    try:
+        ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in (max(hard, ceiling), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            return limit
+        except (OSError, ValueError):
+            continue
+    return hard
+
+
 async def serve(args: argparse.Namespace) -> None:
+    files = raise_file_limit()
     loop = asyncio.get_running_loop()
     delays = [float(d) for d in args.delays.split(",")]
     proxy = Proxy(loop, delays)
@@ -343,7 +364,7 @@ async def serve(args: argparse.Namespace) -> None:
         servers.append(await loop.create_server(
             partial(Inbound, proxy, i), "127.0.0.1", 0, backlog=1024))
     ports = [s.sockets[0].getsockname()[1] for s in servers]
-    answer({"event": "ready", "ports": ports})
+    answer({"event": "ready", "ports": ports, "open_files_limit": files})
     reader = asyncio.StreamReader(limit=MAX_LINE)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     commands = 0

@@ -67,7 +67,8 @@ def print_case(r: dict[str, Any]) -> None:
           f"({c['cores']} cores); {c['new_connections']} new connections")
     p = r["proxy"]
     print(f"proxy lateness over the ops: mean {p['late_ms_mean']:.2f} ms, max "
-          f"{p['late_ms_max']:.1f} ms, {p['late_over_5ms']} of {p['chunks']} chunks over 5 ms")
+          f"{p['late_ms_max']:.1f} ms, {p['late_over_5ms']} of {p['chunks']} chunks over 5 ms; "
+          f"{p['open']} connections open through it at the end")
     for note in r["notes"]:
         print(f"NOTE: {note}")
     if r["records"]["unreachable"]:
