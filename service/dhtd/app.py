@@ -111,6 +111,7 @@ async def _run_dht(
             observer=metrics.observer(),
             reprovide_interval=config.reprovide_interval,
             provide_batch_min=config.provide_batch_min,
+            min_holders=config.min_holders,
             refresh_interval=config.refresh_interval,
             republish_interval=config.republish_interval,
             state=DiskState(db),

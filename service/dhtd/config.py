@@ -45,6 +45,8 @@ DEFAULT_CONN_GRACE = 20.0
 # dhtd.node.PROVIDE_BATCH_MIN: a Provide or reprovide round of this many CIDs or
 # more is announced in one sweep (a few lookups per keyspace region).
 DEFAULT_PROVIDE_BATCH_MIN = 32
+# Holders a Provide or Put waits for (dhtd.node.MIN_HOLDERS says why 5).
+DEFAULT_MIN_HOLDERS = 5
 # Ours: --block-source given more often is a mistake (each is tried in turn).
 MAX_BLOCK_SOURCES = 16
 # Ours: addresses one node announces (--announce plus --announce-append); a peer
@@ -109,6 +111,7 @@ class Config:
     routing_http_max_concurrent: int = DEFAULT_ROUTING_HTTP_MAX_CONCURRENT
     routing_http_put_ipns: bool = False
     provide_batch_min: int = DEFAULT_PROVIDE_BATCH_MIN
+    min_holders: int = DEFAULT_MIN_HOLDERS
     block_sources: tuple[str, ...] = ()
     # What identify and provider records carry instead of (announce) or beside
     # (announce_append) the listen addresses: binary multiaddrs.
@@ -208,6 +211,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="a Provide or reprovide round of this many CIDs or more is announced "
                    "in one sweep (a few lookups per keyspace region, then each peer gets all "
                    "its records on one stream) instead of a walk per CID; 0: never "
+                   "(default %(default)s)")
+    p.add_argument("--min-holders", default=env("min-holders", str(DEFAULT_MIN_HOLDERS)),
+                   help="a Provide or Put ends OK once this many of the key's 20 closest "
+                   "peers took the record; the other stores go on in the background. 1 to "
+                   "20; 20 waits for every store. A request's min_holders overrides it "
                    "(default %(default)s)")
     p.add_argument("--block-source", action="append", default=None,
                    help="where recursive Provide reads DAGs: file:///dir (CAR files) or "
@@ -340,6 +348,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                         f" addresses, at most {MAX_ANNOUNCE_ADDRS}")
     batch_min = _whole(args.provide_batch_min, "provide-batch-min", problems,
                        low=0, high=1_000_000)
+    min_holders = _whole(args.min_holders, "min-holders", problems, low=1, high=20)
     source_timeout = _number(args.block_source_timeout, "block-source-timeout", problems,
                              low=0.1, high=3600)
 
@@ -436,6 +445,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         routing_http_max_concurrent=routing_max,
         routing_http_put_ipns=put_ipns in ("true", "1", "yes"),
         provide_batch_min=batch_min,
+        min_holders=min_holders,
         block_sources=tuple(block_sources),
         announce=announce,
         announce_append=announce_append,

@@ -118,7 +118,8 @@ class Metrics:
             ("operation",), buckets=DHT_BUCKETS, registry=r)
         self.outbound = Counter(
             "dht_outbound_requests_total",
-            "Kad requests sent to other peers, by message type.",
+            "Kad requests sent to other peers, by message type, with those a walk stopped "
+            "waiting for (it ended first, or its caller left).",
             ("message_type",), registry=r)
         self.outbound_errors = Counter(
             "dht_outbound_request_errors_total",
@@ -136,6 +137,11 @@ class Metrics:
             "store full), by store. Rising: a peer, or a group of them, floods this node; "
             "honest records still get in (docs/limits.md).",
             ("store",), registry=r)
+        self.background_stores = Counter(
+            "dht_background_stores_total",
+            "Stores that ended after their Provide or Put had (--min-holders), by outcome. "
+            "A rising 'failed' share: the closest peers of keys are slow or gone.",
+            ("outcome",), registry=r)
         self.events = Counter(
             "dht_query_events_total",
             "Query events emitted to callers, by type. Rising QUERY_ERROR share: more "
@@ -154,6 +160,8 @@ class Metrics:
             self.events.labels(event.name)
         for store in ("provider", "value"):
             self.refusals.labels(store)
+        for outcome in ("stored", "failed"):
+            self.background_stores.labels(outcome)
         r.register(_LibraryLogCollector())
 
         # -- the Delegated Routing V1 HTTP API: boxo's names (go-http-metrics with
@@ -213,6 +221,7 @@ class Metrics:
             outbound=outbound,
             inbound=lambda kind: child(inbound, self.inbound, kind, message_type_name).inc(),
             refused=lambda store: self.refusals.labels(store).inc(),
+            background_store=lambda outcome: self.background_stores.labels(outcome).inc(),
         )
 
     def watch(self, node: DhtNode, read: Callable[[Callable[[], _Gauges]], _Gauges]) -> None:
@@ -249,6 +258,8 @@ class _Gauges:
 
     routing_table_size: int
     connected_peers: int
+    network_size: int
+    background_stores: int
     in_flight: dict[str, int]
     provider_records: int
     value_records: int
@@ -261,7 +272,8 @@ class _Gauges:
     def of(cls, node: DhtNode) -> _Gauges:
         info = node.info()
         cycles = node.reprovider
-        return cls(info.routing_table_size, info.connected_peers, dict(node.in_flight),
+        return cls(info.routing_table_size, info.connected_peers, info.network_size or 0,
+                   node.background_stores, dict(node.in_flight),
                    node.records.provider_count(), node.records.value_count(),
                    cycles.status(), cycles.cycles, cycles.announced, cycles.failures)
 
@@ -282,6 +294,16 @@ class _NodeCollector(Collector):
             "dht_connected_peers",
             "Open libp2p connections to other peers. Rising without bound: connections leak.",
             value=g.connected_peers)
+        yield GaugeMetricFamily(
+            "dht_network_size_estimate",
+            "DHT servers in the network, estimated from the distances this node's lookups "
+            "saw (0 until 5 lookups converged). A sudden fall: this node sees a part of the "
+            "network only (a partition, or an eclipse).", value=g.network_size)
+        yield GaugeMetricFamily(
+            "dht_background_stores",
+            "Stores (ADD_PROVIDER, PUT_VALUE) still running after their Provide or Put "
+            "ended at --min-holders. Staying high: holders are slow or gone.",
+            value=g.background_stores)
         in_flight = GaugeMetricFamily(
             "dht_queries_in_flight",
             "DHT operations running now. Rising and not falling: operations are stuck or "

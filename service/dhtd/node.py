@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -22,7 +23,9 @@ from dhtd.errors import DeadlineExceeded, FailedPrecondition, InvalidRecord, Not
 from dhtd.handlers import KadHandlers, Peers, Rejected, record_selector
 from dhtd.ids import kad_key, peer_id_to_str
 from dhtd.kadmsg import MessageType, add_peers, new_message, new_record, parse_time, read_peers
+from dhtd.liveness import PeerBook
 from dhtd.lookup import (
+    PEER_REQUEST_TIMEOUT,
     Emit,
     EventType,
     LookupResult,
@@ -32,9 +35,10 @@ from dhtd.lookup import (
     describe,
     lookup,
 )
+from dhtd.netsize import Estimator
 from dhtd.p2p import Host
 from dhtd.provider import ProvideSet, Reprovider, batch
-from dhtd.records import Candidate, Validators
+from dhtd.records import PK_NAMESPACE, Candidate, Validators
 from dhtd.refresh import REFRESH_INTERVAL, Maintainer
 from dhtd.routing import BUCKET_SIZE, RoutingTable
 from dhtd.state import NodeState, StorageFull, StorageUnavailable
@@ -77,6 +81,32 @@ REFRESH_WALK_TIMEOUT = 30.0
 # Get stops once this many peers returned a valid record
 # (the Amino DHT's IPNS quorum: 16 of the 20 closest).
 GET_QUORUM = 16
+
+# A Get for a key this node holds a valid record of waits at most this long for
+# the walk (for better records elsewhere) before it answers with the best in hand
+# (ours; go-libp2p-kad-dht's GetValue counts the local record towards its quorum
+# but waits for the walk). A walk on a healthy network ends well within it.
+HELD_RECORD_WAIT = 1.0
+
+# How many holders must have taken a record before a Provide or Put ends OK; the
+# rest of the k stores go on in the background (--min-holders; a request's
+# min_holders). Any one holder among a key's k closest makes the record findable,
+# since every lookup for the key ends by asking the k closest it found; 5 leaves
+# room for 4 of them to leave before the background stores end (ours, after
+# ProbeLab's optimistic provide, which returns before all k stores end).
+MIN_HOLDERS = 5
+
+# One store (ADD_PROVIDER or PUT_VALUE) to one peer is abandoned after this
+# (go-libp2p-kad-dht #1252 bounds each ADD_PROVIDER of a sweep likewise).
+STORE_TIMEOUT = PEER_REQUEST_TIMEOUT
+
+# Stores still running in the background after their Provide or Put ended; past
+# this, a Provide or Put waits for all of its stores (ours: 1,000 CIDs' worth).
+MAX_BACKGROUND_STORES = 20_000
+
+# A Get that has no record in hand stops its walk this long before its deadline,
+# to answer with what it found meanwhile (ours).
+ANSWER_MARGIN = 0.5
 
 # Records found outdated during a Get are corrected on their holders in the
 # background; each correction is bounded by this.
@@ -137,7 +167,11 @@ class Observer:
     op_finished: Callable[[str, str, float], None] = _ignore
     first_result: Callable[[str, float], None] = _ignore
     event: Callable[[int], None] = _ignore
+    # (message type, ok): a request that timed out is not ok; one the walk stopped
+    # waiting for (it ended, or its caller left) counts as sent, and ok.
     outbound: Callable[[int, bool], None] = _ignore
+    # A store that went on after its Provide or Put ended: "stored" or "failed".
+    background_store: Callable[[str], None] = _ignore
     inbound: Callable[[int], None] = _ignore
     refused: Callable[[str], None] = _ignore
 
@@ -152,6 +186,15 @@ class NodeInfo:
     connected_peers: int
     queries_in_flight: int
     announced: list[bytes] = field(default_factory=list)
+    network_size: int | None = None
+
+
+def _failed() -> bool:
+    """Inside an ``except BaseException``: whether the request failed (an error, or
+    a deadline passed: the peer's timeout or the operation's), as opposed to being
+    cancelled because the walk stopped waiting for it or its caller left."""
+    exc = sys.exc_info()[1]
+    return not isinstance(exc, trio.Cancelled) or getattr(exc, "source", None) == "deadline"
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -189,6 +232,7 @@ class DhtNode:
     provide_batch_min: int = PROVIDE_BATCH_MIN
     refresh_interval: float = REFRESH_INTERVAL
     republish_interval: float = REPUBLISH_INTERVAL
+    min_holders: int = MIN_HOLDERS
     state: NodeState = field(default_factory=NodeState)
     # Records held for other peers (in state.db for dhtd's own node).
     records: HeldRecords = field(default_factory=HeldRecords.in_memory)
@@ -196,6 +240,13 @@ class DhtNode:
     def __post_init__(self) -> None:
         self.self_id = self.host.self_id
         self.table = RoutingTable(self.self_id)
+        # Round trips and failures of the peers walks asked, across walks.
+        self.book = PeerBook()
+        # The network's size, from the walks that converged (dhtd.netsize).
+        self.netsize = Estimator(BUCKET_SIZE)
+        # Stores running on after their Provide or Put ended, and how those ended.
+        self.background_stores = 0
+        self.background_ended: dict[str, int] = {"stored": 0, "failed": 0}
         self.in_flight: dict[str, int] = {}
         self.handlers = KadHandlers(
             self_id=self.self_id,
@@ -218,7 +269,8 @@ class DhtNode:
         self.provided = ProvideSet()
         self.reprovider = Reprovider(
             keys=self.provided,
-            provide=lambda keys, timeout: self.provide(keys, _ignore, timeout, strict=False),
+            provide=lambda keys, timeout: self.provide(keys, _ignore, timeout, strict=False,
+                                                       min_holders=BUCKET_SIZE),
             ready=lambda: bool(self.table),
             busy=self._announcing.__contains__,
             clock=self.clock,
@@ -294,8 +346,10 @@ class DhtNode:
 
     def add_peer(self, peer: bytes) -> None:
         """A peer speaks kad (identify said so, or it answered): it joins the
-        routing table if its bucket has room."""
-        if peer in self.table:
+        routing table if its bucket has room. A peer that failed recently
+        (dhtd.liveness) joins only once it answers a request again: one whose kad
+        requests hang may still dial in and identify."""
+        if peer in self.table or self.book.is_dead(peer, trio.current_time()):
             return
         before = len(self.table)
         if not self.table.add(peer):
@@ -308,6 +362,15 @@ class DhtNode:
             self.on_table_change(len(self.table))
 
     def _forget(self, peer: bytes) -> None:
+        """``peer`` failed its liveness check: walks skip it for a while
+        (dhtd.liveness), and it is dropped (:meth:`_drop`)."""
+        self.book.failed(peer, trio.current_time())
+        self._drop(peer)
+
+    def _drop(self, peer: bytes) -> None:
+        """Closes ``peer``'s connection (a frozen one would hold the next request
+        too) and takes it out of the routing table."""
+        self.host.disconnect(peer)
         if not self.table.remove(peer):
             return
         log.debug("peer %s left the routing table", peer_id_to_str(peer))
@@ -386,6 +449,7 @@ class DhtNode:
                 except Exception as exc:  # any failure of one dial is that peer's, not ours
                     log.info("bootstrap peer %s: %s", peer_id_to_str(b.peer), describe(exc))
                     return
+                self.book.alive(b.peer)
                 if await self.host.wait_identified(b.peer):
                     self.add_peer(b.peer)
 
@@ -413,7 +477,8 @@ class DhtNode:
         self.host.learn(peers)
 
     def forget(self, peer: bytes) -> None:
-        self._forget(peer)
+        # The lookup has counted the failure in the book already.
+        self._drop(peer)
 
     def suspect(self, peer: bytes) -> None:
         self.maintainer.disconnected(peer)
@@ -462,6 +527,9 @@ class DhtNode:
         return [PeerRecord(p, self.host.addrs_of(p)) for p in peers]
 
     def _emitter(self, emit: Emit) -> Emit:
+        """``emit``, counting each event for the metrics; wrapped once, where events
+        go to a caller (internal walks' events are neither emitted nor counted)."""
+
         def counted(event: QueryEvent) -> None:
             self.observer.event(event.type)
             emit(event)
@@ -471,8 +539,8 @@ class DhtNode:
     async def _request(self, peer: bytes, message: Message) -> Message:
         try:
             answer = await self.host.request(peer, message)
-        except Exception:
-            self.observer.outbound(message.type, False)
+        except BaseException:
+            self.observer.outbound(message.type, not _failed())
             raise
         self.observer.outbound(message.type, True)
         return answer
@@ -480,8 +548,8 @@ class DhtNode:
     async def _send(self, peer: bytes, message: Message) -> None:
         try:
             await self.host.send(peer, message)
-        except Exception:
-            self.observer.outbound(message.type, False)
+        except BaseException:
+            self.observer.outbound(message.type, not _failed())
             raise
         self.observer.outbound(message.type, True)
 
@@ -492,8 +560,10 @@ class DhtNode:
         emit: Emit,
         on_answer: Callable[[bytes, Message], None] = _ignore,
         stop: Callable[[], bool] = lambda: False,
+        follow_up: bool = True,
     ) -> LookupResult:
-        """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each answer."""
+        """Runs the lookup sending ``kind`` requests for ``key``; ``on_answer`` sees each
+        answer. Without ``follow_up`` it ends after its iterative phase (dhtd.lookup)."""
 
         async def ask(peer: bytes) -> list[PeerRecord]:
             answer = await self._request(peer, new_message(kind, key))
@@ -501,9 +571,13 @@ class DhtNode:
             return read_peers(answer.closerPeers, MAX_CLOSER_PEERS)
 
         self.maintainer.walked_into(key)
-        return await lookup(
-            key, self._seeds(key), self, ask, self._emitter(emit), self_id=self.self_id, stop=stop
+        result = await lookup(
+            key, self._seeds(key), self, ask, emit, self_id=self.self_id, stop=stop,
+            book=self.book, follow_up=follow_up,
         )
+        if result.complete:
+            self.netsize.track(key, [record.id for record in result.closest])
+        return result
 
     # -- the six operations -------------------------------------------------
 
@@ -561,8 +635,11 @@ class DhtNode:
                         found(record if record.addrs else
                               PeerRecord(record.id, self.host.addrs_of(record.id)))
 
+                # Provider records live on the k peers nearest the key, each holding
+                # the same ones: once the beta nearest answered, the follow-up would
+                # ask the rest for what was already read (ours; it saves a round trip).
                 await self._walk(key, MessageType.GET_PROVIDERS, _ignore, on_answer,
-                                 stop=lambda: len(seen) >= count)
+                                 stop=lambda: len(seen) >= count, follow_up=False)
             if not seen:
                 raise NotFound("no provider found for this CID")
             return len(seen)
@@ -577,6 +654,11 @@ class DhtNode:
             answers: list[tuple[bytes | None, Candidate]] = []
             local = await self.records.value_of(key, self.clock())
             if local is not None:
+                if self.validators.namespace_of(key) == PK_NAMESPACE:
+                    # A /pk/ key is the hash of its only valid value: no better record
+                    # exists anywhere, so the one held is the answer at once.
+                    op.got_result(self.observer)
+                    return local.value
                 answers.append((None, Candidate(local.value, local.received_at)))
 
             def on_answer(peer: bytes, answer: Message) -> None:
@@ -590,13 +672,22 @@ class DhtNode:
                 answers.append((peer, Candidate(record.value, parse_time(record.timeReceived))))
                 op.got_result(self.observer)
 
-            try:
-                await self._walk(key, MessageType.GET_VALUE, _ignore, on_answer,
-                                 stop=lambda: len(answers) >= GET_QUORUM)
-            except Unavailable:
-                if not answers:
-                    raise
+            # The best record in hand is the answer when time runs out: once
+            # HELD_RECORD_WAIT has passed if this node holds one, else just before
+            # the operation's deadline (then, with none in hand, DeadlineExceeded).
+            deadline = trio.current_effective_deadline()
+            answer_by = (trio.current_time() + HELD_RECORD_WAIT if answers
+                         else deadline - min(ANSWER_MARGIN, timeout / 10))
+            with trio.move_on_at(answer_by) as walk_scope:
+                try:
+                    await self._walk(key, MessageType.GET_VALUE, _ignore, on_answer,
+                                     stop=lambda: len(answers) >= GET_QUORUM)
+                except Unavailable:
+                    if not answers:
+                        raise
             if not answers:
+                if walk_scope.cancelled_caught:
+                    raise trio.TooSlowError
                 raise NotFound("no peer holds a valid record under this key")
             best = answers[self.validators.select(key, [c for _, c in answers])][1]
             stale = [p for p, c in answers if p is not None and c.value != best.value]
@@ -612,12 +703,14 @@ class DhtNode:
                 for peer in peers:
                     nursery.start_soon(self._put_one, peer, message)
 
-    async def put_value(self, key: bytes, value: bytes, emit: Emit, timeout: float) -> int:
+    async def put_value(self, key: bytes, value: bytes, emit: Emit, timeout: float,
+                        min_holders: int | None = None) -> int:
         """Stores the record here and on the k peers nearest to ``key``.
 
         Emits the walk's events, then SENDING_QUERY and FINAL_PEER (stored) or
-        QUERY_ERROR per peer. Returns how many peers stored it; Unavailable if
-        none did."""
+        QUERY_ERROR per peer. Returns how many peers had stored it once
+        ``min_holders`` had (the rest go on in the background, see
+        :meth:`_store_on`); Unavailable if none did."""
         self.validators.validate(key, value)
         async with self._operation("put_value", timeout):
             now = self.clock()
@@ -638,7 +731,9 @@ class DhtNode:
             message = new_message(MessageType.PUT_VALUE, key)
             message.record.CopyFrom(new_record(key, value))
             stored = await self._store_on(result.closest, emit,
-                                          lambda peer: self._put_one(peer, message))
+                                          lambda peer: self._put_one(peer, message),
+                                          self._holders_needed(min_holders),
+                                          result.slow_closer)
             if stored == 0:
                 raise Unavailable(
                     f"no peer accepted the record (0 of the {len(result.closest)} closest)"
@@ -653,44 +748,119 @@ class DhtNode:
         if answer.record.value != message.record.value:
             raise PeerRequestError("peer did not store the record (echo differs)")
 
+    def _holders_needed(self, min_holders: int | None) -> int:
+        """A request's min_holders as a count of holders: 0 or None is the node's
+        default, and k or more means every store (go-libp2p-kad-dht's behaviour)."""
+        need = min_holders or self.min_holders
+        return BUCKET_SIZE if need >= BUCKET_SIZE else need
+
     async def _store_on(
         self,
         peers: Sequence[PeerRecord],
         emit: Emit,
         store: Callable[[bytes], Awaitable[None]],
+        need: int = BUCKET_SIZE,
+        extra: Sequence[PeerRecord] = (),
     ) -> int:
-        """Runs ``store`` against every peer at once; counts the ones that succeeded."""
-        stored = 0
+        """Runs ``store`` against every peer at once, each within STORE_TIMEOUT:
+        ``peers`` (a walk's closest that answered) and ``extra`` (nearer ones that
+        did not answer in time: alive but slow, or stale).
+
+        Returns how many had taken it once ``need`` of them had, or every store to
+        ``peers`` had ended. Stores still running then go on in the background,
+        where they no longer emit (counted in ``background_stores`` and by the
+        observer); if the caller leaves before that, every store is cancelled.
+        Without room in the background, ``extra`` is left out and every store is
+        waited for."""
+        peers = list(peers)
+        background = self._background
+        room = (background is not None and self.background_stores + len(peers) + len(extra)
+                <= MAX_BACKGROUND_STORES)
+        everyone = peers + list(extra) if room else peers
+        if not peers:
+            return 0
+        need = min(need, len(peers))
+        stored = ended = 0
+        primary = set(id(peer) for peer in peers)
+        primary_left = len(peers)
+        listening = True  # the caller waits: events go to it
+        detached = False  # the caller ended OK first: the rest are background stores
+        enough = trio.Event()
+        scopes: list[trio.CancelScope] = []
+
+        def tell(event: QueryEvent) -> None:
+            if listening:
+                emit(event)
 
         async def one(peer: PeerRecord) -> None:
-            nonlocal stored
-            emit(QueryEvent(EventType.SENDING_QUERY, peer.id))
-            try:
-                await store(peer.id)
-            except Exception as exc:
-                emit(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=describe(exc)))
-                return
-            stored += 1
-            emit(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+            nonlocal stored, ended, primary_left
+            took: bool | None = None
+            scope = trio.CancelScope()
+            scopes.append(scope)
+            with scope:
+                tell(QueryEvent(EventType.SENDING_QUERY, peer.id))
+                try:
+                    with trio.fail_after(STORE_TIMEOUT):
+                        await store(peer.id)
+                except trio.TooSlowError:
+                    took = False
+                    tell(QueryEvent(EventType.QUERY_ERROR, peer.id,
+                                    extra=f"not stored within {STORE_TIMEOUT:g}s"))
+                except Exception as exc:
+                    took = False
+                    tell(QueryEvent(EventType.QUERY_ERROR, peer.id, extra=describe(exc)))
+                else:
+                    took = True
+                    stored += 1
+                    tell(QueryEvent(EventType.FINAL_PEER, peer.id, responses=(peer,)))
+            ended += 1
+            if id(peer) in primary:
+                primary_left -= 1
+            if detached:
+                self.background_stores -= 1
+                if took is not None:
+                    outcome = "stored" if took else "failed"
+                    self.background_ended[outcome] += 1
+                    self.observer.background_store(outcome)
+            if stored >= need or primary_left == 0:
+                enough.set()
 
-        # No limiter: ``peers`` are a walk's closest, at most k (20), so a Put or an
-        # announcement costs one round trip after its walk.
-        async with trio.open_nursery() as nursery:
-            for peer in peers:
-                nursery.start_soon(one, peer)
+        # No limiter: at most k (20) answered and the few slow ones nearer, so a Put
+        # or an announcement costs one round trip after its walk.
+        if background is None or not room:
+            async with trio.open_nursery() as nursery:
+                for peer in everyone:
+                    nursery.start_soon(one, peer)
+            listening = False
+            return stored
+        for peer in everyone:
+            background.start_soon(one, peer)
+        try:
+            await enough.wait()
+        except BaseException:
+            for scope in scopes:
+                scope.cancel()
+            raise
+        finally:
+            listening = False
+        detached = True
+        self.background_stores += len(everyone) - ended
         return stored
 
     async def provide(
         self, keys: Sequence[bytes], emit: Callable[[int, QueryEvent], None], timeout: float,
         strict: bool = True, on_committed: Callable[[], None] = lambda: None,
+        min_holders: int | None = None,
     ) -> list[int]:
         """Announces this node as a provider of each key (a multihash).
 
         ``emit`` gets the index of the key with each event (a key given twice is
         walked once, under its first index). The keys are committed to the
         provide set before the first event (then ``on_committed`` is called).
-        Returns the number of peers that took each announcement; Unavailable if
-        any took none, unless not ``strict`` (then its count is 0)."""
+        Returns the number of peers that took each announcement by the time
+        ``min_holders`` had (see :meth:`_store_on`; the batched path waits for all);
+        Unavailable if any took none, unless not ``strict`` (then its count is 0)."""
+        need = self._holders_needed(min_holders)
         if not self.table:
             raise Unavailable(NO_PEERS)
         async with self._operation("provide", timeout):
@@ -711,8 +881,8 @@ class DhtNode:
                         return  # the table emptied meanwhile: no peer took it (count 0)
                     message = self._add_provider(key, addrs)
                     counts[index] = await self._store_on(
-                        result.closest, tagged, lambda peer: self._send(peer, message)
-                    )
+                        result.closest, tagged, lambda peer: self._send(peer, message), need,
+                        result.slow_closer)
                 self._announced([key] if counts[index] else [])
 
             # A key given twice is announced once (its events carry the first index).
@@ -827,6 +997,7 @@ class DhtNode:
             routing_table_size=len(self.table),
             connected_peers=len(self.host.connected_peers()),
             queries_in_flight=self.queries_in_flight(),
+            network_size=self.netsize.estimate(),
         )
 
     async def connect(self, peer: bytes, addr: bytes, timeout: float) -> tuple[PeerRecord, bool]:
@@ -836,6 +1007,7 @@ class DhtNode:
                 await self.host.connect(peer, addr)
             except PeerRequestError as exc:
                 raise Unavailable(f"could not connect: {exc}") from None
+            self.book.alive(peer)  # an explicit dial that worked outweighs a past failure
             kad = await self.host.wait_identified(peer)
             if kad:
                 self.add_peer(peer)

@@ -40,7 +40,7 @@ IMPORT_PATH = "dhtd/clients/go"
 DEBIAN_GOCODE = "/usr/share/gocode"
 LIVE_TESTS = [
     "TestLiveInfo", "TestLiveFindPeer", "TestLiveProvideFindProvs", "TestLivePutGet",
-    "TestLiveQuery", "TestLiveNotFound", "TestLiveInvalidArgument",
+    "TestLiveQuery", "TestLiveMinHolders", "TestLiveNotFound", "TestLiveInvalidArgument",
     "TestLiveInvalidArgument/peer_id", "TestLiveInvalidArgument/cids",
     "TestLiveInvalidArgument/key",
 ]
@@ -48,7 +48,7 @@ LIVE_TESTS = [
 # with or without a dhtd.
 FAKE_TESTS = [
     "TestBatchEventsRequested", "TestProvideEventsInOrder", "TestPutEventsInOrder",
-    "TestQueryEventsInOrder",
+    "TestQueryEventsInOrder", "TestNoHoldersReported", "TestMinHoldersAndHolders",
 ]
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+import multiaddr
 import pytest
 import trio
 
 from dht.v1 import dht_pb2 as pb
-from dhtd.ids import encode_uvarint
+from dhtd.ids import encode_uvarint, kad_key, peer_id_to_str
 from dhtd.kadmsg import MessageType, add_peers, new_message
 from dhtd.lookup import PeerRecord, PeerRequestError
 from dhtd.p2p import FRAME_READ_TIMEOUT, MAX_INBOUND_STREAMS_PER_PEER, _Framed
@@ -246,3 +250,74 @@ def test_inbound_streams_are_capped_and_timed_out(node: Node) -> None:
     assert rss_mb(node) - rss0 < 30
     assert_healthy(node)
     wait_until(lambda: fds(node) < 200, 10, "file descriptors to be released")
+
+
+def made_up_closer_peers(key: bytes, count: int, addr: bytes) -> list[PeerRecord]:
+    """``count`` made-up peers whose Kademlia keys share 12 leading bits with ``key``'s
+    (closer than any honest peer of a small network), all at ``addr``."""
+    target = int.from_bytes(kad_key(key), "big")
+    out: list[PeerRecord] = []
+    while len(out) < count:
+        candidate = b"\x12\x20" + os.urandom(32)
+        if (int.from_bytes(kad_key(candidate), "big") ^ target) >> (256 - 12) == 0:
+            out.append(PeerRecord(candidate, (addr,)))
+    return out
+
+
+def test_peers_naming_made_up_peers_at_a_tarpit_cost_seconds_not_the_deadline(
+        node: Node) -> None:
+    """Issue 22: a peer answers every FIND_NODE, GET_PROVIDERS and GET_VALUE with 40
+    made-up peers closer to the key, at a port that accepts and never speaks. FindProvs,
+    Get and Query of missing keys used to run to their 60 s deadline, and so did a Get
+    of a record the node itself holds. Now the made-up peers cost a walk one patience
+    (1-2 s), their namer loses standing, and the held record is answered within 1 s."""
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(4096)  # the kernel completes handshakes; nothing ever reads
+    tarpit_addr = bytes(multiaddr.Multiaddr(
+        f"/ip4/127.0.0.1/tcp/{tarpit.getsockname()[1]}").to_bytes())
+
+    async def liar(peer: bytes, request: Message) -> Message:
+        answer = new_message(request.type, request.key)
+        if request.type in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS,
+                            MessageType.GET_VALUE):
+            add_peers(answer.closerPeers, made_up_closer_peers(request.key, 40, tarpit_addr),
+                      frozenset())
+        return answer
+
+    held, value = b"/demo/held-by-victim", b"the victim's own"
+    list(node.dht.Put(pb.PutRequest(key=held, value=value), timeout=30))
+    missing = cid_of(provider_key(1, b"tarpit"))
+
+    def timed(call: Callable[[], object]) -> float:
+        t0 = time.monotonic()
+        with contextlib.suppress(grpc.RpcError):  # NOT_FOUND is the expected end
+            call()
+        return time.monotonic() - t0
+
+    ops: dict[str, Callable[[], object]] = {
+        "get held": lambda: node.dht.Get(pb.GetRequest(key=held), timeout=60),
+        "get missing": lambda: node.dht.Get(pb.GetRequest(key=b"/demo/nowhere"), timeout=60),
+        "findprovs missing": lambda: list(node.dht.FindProvs(
+            pb.FindProvsRequest(cid=missing), timeout=60)),
+        "query": lambda: list(node.dht.Query(pb.QueryRequest(
+            peer_id=peer_id_to_str(b"\x12\x20" + os.urandom(32))), timeout=60)),
+    }
+
+    async def attack(peer: Peer) -> dict[str, float]:
+        took = {}
+        for name, op in ops.items():
+            # Each op meets the liar afresh: Connect makes it a table peer again.
+            await peer.call(lambda: node.node.Connect(pb.ConnectRequest(addr=peer.addr()),
+                                                      timeout=10))
+            took[name] = await peer.call(lambda op=op: timed(op))  # type: ignore[misc]
+        return took
+
+    try:
+        took = run(node.p2p_addr, attack, handler=liar, timeout=240)
+    finally:
+        tarpit.close()
+    assert node.dht.Get(pb.GetRequest(key=held), timeout=10).value == value
+    assert took["get held"] < 2.5, took
+    assert max(took.values()) < 8.0, took
+    assert_healthy(node)

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from dht.v1 import dht_pb2 as pb
 from dht.v1 import dht_pb2_grpc as pb_grpc
 from dhtd_client import QueryEventType
 from tests.integration.test_swarm import cid_for
+from tests.service.stub_server import serve
 from tests.swarm import Node, dev_node
 
 DHTCTL = Path(sys.executable).parent / "dhtctl"
@@ -182,12 +182,16 @@ def test_provide_from_arguments_and_stdin_then_findprovs(live: Node) -> None:
     lines = ok(dhtctl("provide", one, "-", addr=live.grpc_addr, stdin=f"{two}\n".encode())
                ).splitlines()
     assert [x.split()[0] for x in lines] == [one, two]
-    events = json_lines(dhtctl("--json", "provide", addr=live.grpc_addr,
-                               stdin=f"{one}\n{three}\n".encode()))
+    *events, held_one, held_three = json_lines(dhtctl("--json", "provide", addr=live.grpc_addr,
+                                                      stdin=f"{one}\n{three}\n".encode()))
     for event in events:
         check_event(event, with_cid=True)
         assert event["cid"] in (one, three)
     assert {e["cid"] for e in events if e["type"] == "FINAL_PEER"} == {one, three}
+    # Last, dhtd's holders per CID, in request order.
+    for held, cid in ((held_one, one), (held_three, three)):
+        finals = sum(e["type"] == "FINAL_PEER" and e["cid"] == cid for e in events)
+        assert held == {"cid": cid, "holders": finals}
 
     assert ok(dhtctl("findprovs", "-n", "1", two, addr=live.grpc_addr)).split() == [
         live.peer_id]
@@ -199,8 +203,9 @@ def test_provide_from_arguments_and_stdin_then_findprovs(live: Node) -> None:
 def test_put_from_stdin_then_get_gives_the_bytes_back(live: Node) -> None:
     key = f"/demo/dhtctl-{time.time_ns()}"
     value = b"\x00\xffbinary\nvalue without a final newline"
-    stored = ok(dhtctl("put", key, addr=live.grpc_addr, stdin=value)).splitlines()
+    *stored, held = ok(dhtctl("put", key, addr=live.grpc_addr, stdin=value)).splitlines()
     assert stored and set(stored) <= set(live.dev_peer_ids()) | {live.peer_id}
+    assert held == f"stored on {len(stored)} peer{'s' if len(stored) > 1 else ''}"
     got = dhtctl("get", key, addr=live.grpc_addr)
     ok(got)
     assert got.stdout == value
@@ -214,13 +219,36 @@ def test_put_from_stdin_then_get_gives_the_bytes_back(live: Node) -> None:
     assert base64.b64decode(record["value_base64"]) == value
 
     # A value given as an argument (its UTF-8 bytes), with NDJSON events.
-    events = json_lines(dhtctl("--json", "put", key, "héllo", addr=live.grpc_addr))
+    *events, held = json_lines(dhtctl("--json", "put", key, "héllo", addr=live.grpc_addr))
     for event in events:
         check_event(event)
     assert any(e["type"] == "FINAL_PEER" for e in events)
+    assert held == {"holders": sum(e["type"] == "FINAL_PEER" for e in events)}
     assert dhtctl("get", key, addr=live.grpc_addr).stdout == "héllo".encode()
     ok(dhtctl("put", "--key-hex", key_hex, "-", addr=live.grpc_addr, stdin=b"third"))
     assert dhtctl("get", key, addr=live.grpc_addr).stdout == b"third"
+
+
+def test_min_holders_20_waits_for_every_store(live: Node) -> None:
+    key = f"/demo/dhtctl-holders-{time.time_ns()}"
+    *events, held = json_lines(dhtctl("--json", "put", "--min-holders", "20", key, "v",
+                                      addr=live.grpc_addr))
+    for event in events:
+        check_event(event)
+    finals = sum(e["type"] == "FINAL_PEER" for e in events)
+    assert held == {"holders": finals} and finals >= 1
+    *ids, line = ok(dhtctl("put", key, "w", "--min-holders", "20", addr=live.grpc_addr)
+                    ).splitlines()
+    assert line == f"stored on {len(ids)} peer{'s' if len(ids) > 1 else ''}"
+    cid = cid_for(f"dhtctl-holders-{time.time_ns()}")
+    *events, held = json_lines(dhtctl("--json", "provide", "--min-holders", "20", cid,
+                                      addr=live.grpc_addr))
+    finals = sum(e["type"] == "FINAL_PEER" for e in events)
+    assert held == {"cid": cid, "holders": finals} and finals >= 1
+    line = ok(dhtctl("provide", "--min-holders", "20", cid, addr=live.grpc_addr)).strip()
+    assert re.fullmatch(rf"{cid} announced to [1-9]\d* peers?", line), line
+    usage = dhtctl("put", "--min-holders", "0", key, "v", addr=live.grpc_addr)
+    assert usage.returncode == 2 and b"--min-holders" in usage.stderr
 
 
 def test_progress_log_stays_empty_when_stderr_is_no_terminal(live: Node, tmp_path: Path
@@ -284,14 +312,8 @@ class _Stub(pb_grpc.DhtServiceServicer):
 @pytest.fixture
 def stub() -> Iterator[tuple[str, _Stub]]:
     servicer = _Stub()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_DhtServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", servicer
-    finally:
-        server.stop(0)
+    with serve(servicer) as addr:
+        yield addr, servicer
 
 
 def test_cancelled_internal_and_ctrl_c(stub: tuple[str, _Stub]) -> None:

@@ -378,6 +378,14 @@ def test_provide_batch_min_from_a_flag_or_a_variable() -> None:
         "--provide-batch-min: -1 is outside 0..1e+06"]
 
 
+def test_min_holders_from_a_flag_or_a_variable() -> None:
+    assert load([], BASE_ENV).min_holders == 5
+    assert load(["--min-holders", "20"], BASE_ENV).min_holders == 20
+    assert load([], {**BASE_ENV, "DHTD_MIN_HOLDERS": "1"}).min_holders == 1
+    assert problems_of(["--min-holders", "0"]) == ["--min-holders: 0 is outside 1..20"]
+    assert problems_of(["--min-holders", "21"]) == ["--min-holders: 21 is outside 1..20"]
+
+
 def test_announce_addresses_from_flags_or_variables() -> None:
     config = load(["--announce", "/dns4/dht.example.com/tcp/4001",
                    "--announce", "/ip4/203.0.113.7/tcp/4001",

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from dhtd.ids import kad_key, xor_distance
+from dhtd.liveness import PeerBook
 from dhtd.lookup import (
     EventType,
     LookupResult,
@@ -221,7 +222,8 @@ def test_every_peer_is_asked_at_most_once(seed: int) -> None:
 def test_never_more_than_alpha_requests_in_flight(alpha: int) -> None:
     net, rng = network(300 + alpha)
     target = rng.randbytes(34)
-    walk(net, target, seeds_from(rng, net.ids, 30), alpha=alpha)
+    # beta = k: the follow-up phase starts only once the walk has converged.
+    walk(net, target, seeds_from(rng, net.ids, 30), alpha=alpha, beta=K)
     # Reaching alpha shows that the counter can see concurrency at all.
     assert net.max_in_flight == alpha
 
@@ -340,7 +342,22 @@ def test_all_seeds_failing_gives_an_empty_result() -> None:
     assert sorted(transport.forgotten) == sorted(p.id for p in seeds)
 
 
-def test_request_timeout_turns_a_hung_peer_into_a_query_error() -> None:
+def _timed_walk(target: bytes, seeds: Sequence[PeerRecord], ask: object,
+                transport: FakeTransport, events: list[QueryEvent],
+                **kwargs: object) -> tuple[LookupResult, float]:
+    async def main() -> tuple[LookupResult, float]:
+        start = trio.current_time()
+        with trio.fail_after(WALK_BOUND):
+            result = await lookup(target, seeds, transport, ask, events.append,  # type: ignore[arg-type]
+                                  self_id=b"self", **kwargs)  # type: ignore[arg-type]
+        return result, trio.current_time() - start
+
+    outcome = run(main)
+    assert isinstance(outcome, tuple)
+    return outcome
+
+
+def test_the_walk_does_not_wait_for_a_hung_peer_past_its_patience() -> None:
     net, rng = network(700, n=40)
     target = rng.randbytes(34)
     # The peer nearest to the target is sure to be asked.
@@ -350,25 +367,168 @@ def test_request_timeout_turns_a_hung_peer_into_a_query_error() -> None:
     events: list[QueryEvent] = []
     transport = FakeTransport()
 
-    async def main() -> tuple[LookupResult, float]:
-        start = trio.current_time()
-        with trio.fail_after(WALK_BOUND):
-            result = await lookup(target, seeds, transport, net.ask(target), events.append,
-                                  self_id=b"self", request_timeout=2.5)
-        return result, trio.current_time() - start
-
-    outcome = run(main)
-    assert isinstance(outcome, tuple)
-    result, elapsed = outcome
+    result, elapsed = _timed_walk(target, seeds, net.ask(target), transport, events,
+                                  request_timeout=10.0)
+    # Nothing is known of the network yet: the walk waits 2 s (DEFAULT_PATIENCE),
+    # not the 10 s request timeout.
+    assert elapsed == pytest.approx(2.0)
+    assert result.slow == 1
     errors = [e for e in events if e.type is EventType.QUERY_ERROR]
-    assert [(e.peer, e.extra) for e in errors] == [(hung, "no answer within 2.5s")]
-    # A timeout may be overload: the peer is checked (suspect), not dropped at once.
+    assert [(e.peer, e.extra) for e in errors] == [(hung, "no answer before the walk ended")]
+    # Slow once may be overload: the peer is checked (suspect), not dropped at once.
     assert transport.suspects == [hung] and transport.forgotten == []
     assert hung in net.cancelled
     assert hung not in {p.id for p in result.closest}
     assert [p.id for p in result.closest] == true_closest(
         target, [p for p in net.ids if p != hung], K)
-    assert elapsed == pytest.approx(2.5)
+
+
+def _nearest_misbehaves(seed: int, how: str) -> tuple[FakeNetwork, bytes, bytes,
+                                                      list[PeerRecord]]:
+    """A network whose peer nearest to the target is ``how`` ("hung" or "failing"),
+    and seeds that include it: (network, target, that peer, seeds)."""
+    net, rng = network(seed, n=40)
+    target = rng.randbytes(34)
+    bad = true_closest(target, net.ids, 1)[0]
+    setattr(net, how, frozenset([bad]))
+    return net, target, bad, [PeerRecord(bad, addr_of(bad)), *seeds_from(rng, net.ids, 3)]
+
+
+def test_a_peer_slow_in_three_walks_in_a_row_counts_as_failed() -> None:
+    net, target, hung, seeds = _nearest_misbehaves(701, "hung")
+    book = PeerBook()
+    transport = FakeTransport()
+    for _ in range(2):
+        _timed_walk(target, seeds, net.ask(target), transport, [], book=book)
+        assert transport.forgotten == []
+    _timed_walk(target, seeds, net.ask(target), transport, [], book=book)
+    assert transport.forgotten == [hung]
+    # The fourth walk does not ask it at all, and so does not wait for it.
+    asked_before = net.asked[hung]
+    result, elapsed = _timed_walk(target, seeds, net.ask(target), transport, [], book=book)
+    assert net.asked[hung] == asked_before
+    assert result.skipped == 1 and elapsed == 0
+
+
+def test_a_request_that_outlives_every_answer_ends_at_the_request_timeout() -> None:
+    """When every peer is silent the walk has nothing else to do: it waits for them
+    up to the request timeout, then counts them failed."""
+    peers = [b"\x12\x20" + bytes([i]) * 32 for i in range(1, 4)]
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    events: list[QueryEvent] = []
+    transport = FakeTransport()
+    result, elapsed = _timed_walk(b"t", [PeerRecord(p) for p in peers], ask, transport, events,
+                                  request_timeout=5.0)
+    assert elapsed == pytest.approx(5.0)
+    assert result.failed == 3 and result.closest == []
+    assert sorted(transport.forgotten) == sorted(peers)
+    assert {e.extra for e in events if e.type is EventType.QUERY_ERROR} == {
+        "no answer within 5s"}
+
+
+def test_a_late_answer_is_still_used() -> None:
+    slow_peer, hung, found = (b"\x12\x20" + bytes([i]) * 32 for i in (1, 2, 3))
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == slow_peer:
+            await trio.sleep(3.0)  # past its 2 s patience
+            return [PeerRecord(found, (b"a",))]
+        if peer == found:
+            return []
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    result, elapsed = _timed_walk(b"t", [PeerRecord(slow_peer), PeerRecord(hung)], ask,
+                                  FakeTransport(), [], request_timeout=10.0)
+    assert {p.id for p in result.closest} == {slow_peer, found}
+    assert elapsed == pytest.approx(3.0)
+
+
+def test_patience_follows_the_round_trips_measured_to_each_peer() -> None:
+    fast, slow_peer, hung = (b"\x12\x20" + bytes([i]) * 32 for i in (1, 2, 3))
+    book = PeerBook()
+    for _ in range(20):
+        book.answered(fast, 0.01)
+        book.answered(slow_peer, 0.8)
+    assert book.patience(fast, True, 10.0) == 0.5  # MIN_PATIENCE
+    assert 1.5 < book.patience(slow_peer, True, 10.0) < 4.0
+    # Without a connection a first answer costs a dial too.
+    assert book.patience(slow_peer, False, 5.0) == 5.0  # at most the request timeout
+    # A peer never measured: the network's figure.
+    assert 0.5 <= book.patience(hung, True, 10.0) == book.patience(b"other", True, 10.0)
+
+    async def ask(peer: bytes) -> Sequence[PeerRecord]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def answer(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == fast:
+            return []
+        return await ask(peer)
+
+    # A hung peer that used to answer fast is given up on at 1 s.
+    expected = book.patience(hung, True, 10.0)
+    result, elapsed = _timed_walk(b"t", [PeerRecord(fast), PeerRecord(hung)], answer,
+                                  FakeTransport(connected={fast, hung}), [], book=book)
+    assert elapsed == pytest.approx(expected)
+    assert [p.id for p in result.closest] == [fast]
+
+
+def test_a_failed_peer_is_remembered_across_walks_until_it_shows_life() -> None:
+    net, target, dead, seeds = _nearest_misbehaves(702, "failing")
+    book = PeerBook()
+    first = walk(net, target, seeds, book=book)
+    assert first.failed == 1 and net.asked[dead] == 1
+    second = walk(net, target, seeds, book=book)
+    assert second.failed == 0 and second.skipped == 1 and net.asked[dead] == 1
+    book.alive(dead)
+    walk(net, target, seeds, book=book)
+    assert net.asked[dead] == 2
+
+
+def test_the_follow_up_asks_the_rest_of_the_k_closest_at_once() -> None:
+    net, rng = network(703)
+    target = rng.randbytes(34)
+    result = walk(net, target, seeds_from(rng, net.ids, 30), alpha=1)
+    assert net.max_in_flight > 1
+    assert [p.id for p in result.closest] == true_closest(target, net.ids, K)
+
+
+def test_a_peer_naming_made_up_peers_at_a_dead_address_loses_standing() -> None:
+    """A tarpit: the hostile peer answers with 40 made-up peers nearer to the target,
+    whose requests hang. Only a few are asked; the hostile peer is forgotten, and
+    the walk still ends with the true k nearest honest peers."""
+    net, rng = network(704, n=60)
+    target = rng.randbytes(34)
+    honest = list(net.ids)
+    hostile = honest.pop()
+    tkey = kad_key(target)
+    fakes: list[bytes] = []
+    while len(fakes) < 40:
+        candidate = sha_id(rng)
+        if xor_distance(kad_key(candidate), tkey) < xor_distance(
+                kad_key(true_closest(target, honest, 1)[0]), tkey):
+            fakes.append(candidate)
+    net.hung = frozenset(fakes)
+    ask = net.ask(target)
+
+    async def hostile_ask(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == hostile:
+            return [PeerRecord(f, (b"tarpit",)) for f in fakes]
+        return await ask(peer)
+
+    transport = FakeTransport()
+    seeds = [PeerRecord(hostile, addr_of(hostile)), *seeds_from(rng, honest, 5)]
+    result, elapsed = _timed_walk(target, seeds, hostile_ask, transport, [])
+    assert hostile in transport.forgotten
+    assert sum(1 for f in fakes if net.asked[f]) <= 10 + 4
+    assert result.skipped >= 40 - 14
+    assert [p.id for p in result.closest] == true_closest(target, honest, K)
+    assert elapsed <= 2 * 2.0  # two rounds of patience at most
 
 
 # --- stop and cancellation ------------------------------------------------------------------
@@ -627,3 +787,18 @@ def test_nearest_in_states_matches_brute_force() -> None:
         assert walk_.nearest(count, *states) == [
             p for p in ranked if walk_.states[p] in states][:count]
         assert b"self" not in walk_.states
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_without_follow_up_the_walk_ends_once_the_beta_nearest_answered(seed: int) -> None:
+    full_net, rng = network(900 + seed)
+    target = rng.randbytes(34)
+    seeds = seeds_from(rng, full_net.ids, 10)
+    full = walk(full_net, target, seeds)
+    short_net, _ = network(900 + seed)
+    short = walk(short_net, target, seeds, follow_up=False)
+    assert full.complete and not short.complete
+    # The 3 nearest of the whole network answered either way ...
+    assert [p.id for p in short.closest[:3]] == true_closest(target, short_net.ids, 3)
+    # ... but the short walk asked fewer peers.
+    assert sum(short_net.asked.values()) < sum(full_net.asked.values())

@@ -404,10 +404,15 @@ def test_frames_of_concurrent_writers_go_out_in_fewer_writes() -> None:
     run(main)
 
 
-def test_a_write_the_socket_never_takes_breaks_the_connection_after_the_timeout() -> None:
+def test_a_write_the_socket_never_takes_closes_the_connection_after_the_timeout() -> None:
     async def main() -> None:
         a_pipe, _ = pair()
-        a = session(a_pipe)
+        closed = trio.Event()
+
+        async def on_close() -> None:
+            closed.set()
+
+        a = Yamux(a_pipe, PEER, on_close=on_close)  # type: ignore[arg-type]
         stuck = trio.Event()
 
         async def never(data: bytes) -> None:
@@ -423,6 +428,10 @@ def test_a_write_the_socket_never_takes_breaks_the_connection_after_the_timeout(
             assert trio.current_time() - start == pytest.approx(yamux.WRITE_TIMEOUT)
             with pytest.raises(MuxedConnUnavailable):
                 await a._send(b"")
+            # Nothing more can go out: the connection is closed, and the host told.
+            with trio.fail_after(1):
+                await closed.wait()
+            assert a.is_closed and a_pipe.closed
             nursery.cancel_scope.cancel()
 
     run(main)
@@ -713,3 +722,200 @@ def test_unread_puts_bytes_back_without_counting_them_twice_against_the_window()
         assert stream._consumed == len(b"/kad\nrequest")
 
     trio.run(main)
+
+
+# -- keepalive (go-yamux: KeepAliveInterval 30 s, ConnectionWriteTimeout 10 s) --------
+
+
+@asynccontextmanager
+async def closing_session() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
+    """A running session against a raw peer, and an event set when it closed (the
+    host's hook ran)."""
+    a_pipe, b_pipe = pair()
+    closed = trio.Event()
+
+    async def on_close() -> None:
+        closed.set()
+
+    a = Yamux(a_pipe, PEER, on_close=on_close)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.start)
+        yield a, RawPeer(b_pipe), closed
+        nursery.cancel_scope.cancel()
+
+
+def test_a_silent_peer_is_pinged_after_30s_and_the_connection_closed_10s_later() -> None:
+    assert (yamux.KEEPALIVE_INTERVAL, yamux.KEEPALIVE_TIMEOUT) == (30.0, 10.0)
+
+    async def main() -> None:
+        async with closing_session() as (a, peer, closed):
+            start = trio.current_time()
+            stream = await a.open_stream()
+            with trio.fail_after(100):
+                frame = await peer.frame()
+            assert frame is not None and frame[:2] == (TYPE_PING, FLAG_SYN)
+            assert trio.current_time() - start == pytest.approx(30.0)
+            # Never answered: closed 10 s later, without a GO_AWAY (nothing more is
+            # sent on a connection whose peer does not answer), streams reset.
+            with trio.fail_after(100):
+                await closed.wait()
+            assert trio.current_time() - start == pytest.approx(40.0)
+            assert await peer.frame() is None
+            assert a.is_closed
+            with pytest.raises(MuxedStreamReset):
+                await stream.read()
+            with pytest.raises(MuxedConnUnavailable, match="keepalive"):
+                await a._send(b"")
+
+    run(main)
+
+
+def test_answered_pings_keep_the_connection_and_only_the_right_opaque_value_counts() -> None:
+    async def main() -> None:
+        async with closing_session() as (a, peer, closed):
+            start = trio.current_time()
+            opaques = []
+            for i in range(5):
+                with trio.fail_after(100):
+                    frame = await peer.frame()
+                assert frame is not None and frame[:3] == (TYPE_PING, FLAG_SYN, 0)
+                # One ping per 30 s of silence, each answered at once.
+                assert trio.current_time() - start == pytest.approx(30.0 * (i + 1))
+                opaques.append(frame[3])
+                await peer.send(TYPE_PING, FLAG_ACK, 0, frame[3])
+            assert len(set(opaques)) == 5 and not closed.is_set()
+            # An ACK that answers another ping does not count.
+            with trio.fail_after(100):
+                frame = await peer.frame()
+            assert frame is not None and frame[:2] == (TYPE_PING, FLAG_SYN)
+            pinged = trio.current_time()
+            await peer.send(TYPE_PING, FLAG_ACK, 0, frame[3] + 1)
+            with trio.fail_after(100):
+                await closed.wait()
+            assert trio.current_time() - pinged == pytest.approx(10.0)
+            assert a.is_closed
+
+    run(main)
+
+
+def test_a_peer_that_keeps_talking_is_never_pinged() -> None:
+    async def main() -> None:
+        async with closing_session() as (_a, peer, closed):
+            for i in range(10):  # 250 s, a frame every 25 s: never 30 s of silence
+                await trio.sleep(25)
+                await peer.send(TYPE_PING, FLAG_SYN, 0, i)
+                assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, i, b"")
+            assert not closed.is_set()
+            # Silent from here: pinged 30 s after its last frame, not earlier.
+            last = trio.current_time()
+            with trio.fail_after(100):
+                frame = await peer.frame()
+            assert frame is not None and frame[:2] == (TYPE_PING, FLAG_SYN)
+            assert trio.current_time() - last == pytest.approx(30.0)
+
+    run(main)
+
+
+def stuck_pipe() -> tuple[Pipe, Pipe, trio.Event]:
+    """A pipe whose first end writes nothing until the event returned is set."""
+    a_pipe, b_pipe = pair()
+    write = a_pipe.write
+    unstuck = trio.Event()
+
+    async def stuck(data: bytes) -> None:
+        await unstuck.wait()
+        await write(data)
+
+    a_pipe.write = stuck  # type: ignore[method-assign]
+    return a_pipe, b_pipe, unstuck
+
+
+@asynccontextmanager
+async def stuck_writer() -> AsyncIterator[tuple[Yamux, RawPeer, trio.Event]]:
+    """A running session against a raw peer, with a task whose write of "first" on
+    stream 1 holds the write lock until the event returned is set."""
+    a_pipe, b_pipe, unstuck = stuck_pipe()
+    a = session(a_pipe)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.start)
+        out = await a.open_stream()
+        nursery.start_soon(out.write, b"first")
+        await trio.testing.wait_all_tasks_blocked()
+        yield a, RawPeer(b_pipe), unstuck
+        nursery.cancel_scope.cancel()
+
+
+def test_the_reader_goes_on_while_a_writer_is_stuck_and_the_ack_follows_its_batch() -> None:
+    """A ping answered while another task's write waits for the socket: the ACK
+    is queued behind that write, and the frames after the ping are read at once
+    (the reader used to wait for the write lock)."""
+    async def main() -> None:
+        async with stuck_writer() as (a, peer, unstuck):
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 77)
+            await trio.testing.wait_all_tasks_blocked()  # the ping is read
+            await peer.send(TYPE_DATA, FLAG_SYN, 2, 4, b"next")
+            with trio.fail_after(1):  # the write would time out at 10 s
+                inbound = await a.accept_stream()
+                assert await inbound.read() == b"next"
+            unstuck.set()
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"first")
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 77, b"")
+
+    run(main)
+
+
+def test_replies_queued_behind_a_stuck_write_are_capped(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.setattr(yamux, "MAX_QUEUED_REPLIES", 10 * HEADER.size)
+
+    async def main() -> None:
+        async with stuck_writer() as (_a, peer, unstuck):
+            # A peer that pings and never reads: 50 pings, 10 ACKs kept.
+            await peer.pipe.write(b"".join(HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, i)
+                                           for i in range(50)))
+            await trio.testing.wait_all_tasks_blocked()
+            unstuck.set()
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"first")
+            for i in range(10):
+                assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, i, b"")
+            # Once the queue went out, pings are answered again.
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 99)
+            assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 99, b"")
+
+    run(main)
+
+
+def test_a_ping_ack_goes_out_at_once_when_nobody_is_writing() -> None:
+    async def main() -> None:
+        async with against_raw_peer() as (_a, a_pipe, peer, _nursery):
+            await peer.send(TYPE_PING, FLAG_SYN, 0, 3)
+            with trio.fail_after(1):
+                assert await peer.frame() == (TYPE_PING, FLAG_ACK, 0, 3, b"")
+            assert a_pipe.writes == 1
+
+    run(main)
+
+
+def test_a_writer_cancelled_on_a_full_socket_returns_at_once_and_its_frame_goes_out() -> None:
+    """A request whose walk ended while its write waited for a full socket (a silent
+    peer's) used to wait out WRITE_TIMEOUT (10 s) in a shielded scope, and held the
+    walk that long. Now a task of the session finishes the write; the writer leaves
+    at once, and the frame still goes out whole."""
+    async def main() -> None:
+        a_pipe, b_pipe, unstuck = stuck_pipe()
+        a = session(a_pipe)
+        peer = RawPeer(b_pipe)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.start)
+            await trio.testing.wait_all_tasks_blocked()  # the session runs
+            out = await a.open_stream()
+            start = trio.current_time()
+            with trio.move_on_after(0.5) as scope:
+                await out.write(b"first")
+            assert scope.cancelled_caught
+            assert trio.current_time() - start == pytest.approx(0.5)
+            unstuck.set()
+            assert await peer.frame() == (TYPE_DATA, FLAG_SYN, 1, 5, b"first")
+            nursery.cancel_scope.cancel()
+
+    run(main)

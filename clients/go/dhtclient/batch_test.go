@@ -76,6 +76,15 @@ type fakeDHT struct {
 	provide []*dhtv1.ProvideRequest
 	put     []*dhtv1.PutRequest
 	query   []*dhtv1.QueryRequest
+	// holders: end Provide and Put with the eventless message that carries the
+	// holders, as a dhtd with min_holders does.
+	holders bool
+}
+
+func (f *fakeDHT) sendsHolders() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.holders
 }
 
 func (f *fakeDHT) Provide(req *dhtv1.ProvideRequest, stream dhtv1.DhtService_ProvideServer) error {
@@ -86,6 +95,11 @@ func (f *fakeDHT) Provide(req *dhtv1.ProvideRequest, stream dhtv1.DhtService_Pro
 		if err := stream.Send(m); err != nil {
 			return err
 		}
+	}
+	if f.sendsHolders() {
+		return stream.Send(&dhtv1.ProvideResponse{Holders: []*dhtv1.ProvideHolders{
+			{Cid: "cid-1", Holders: 1}, {Cid: "cid-2", Holders: 1},
+		}})
 	}
 	return nil
 }
@@ -98,6 +112,9 @@ func (f *fakeDHT) Put(req *dhtv1.PutRequest, stream dhtv1.DhtService_PutServer) 
 		if err := stream.Send(&dhtv1.PutResponse{Events: walkMessages[i], Event: walkSingles[i]}); err != nil {
 			return err
 		}
+	}
+	if f.sendsHolders() {
+		return stream.Send(&dhtv1.PutResponse{Holders: 3})
 	}
 	return nil
 }
@@ -239,5 +256,65 @@ func TestQueryEventsInOrder(t *testing.T) {
 	want := []string{evD.GetId(), evE.GetId(), evD.GetId()}
 	if !reflect.DeepEqual(closest, want) {
 		t.Errorf("Query closest = %v, want %v", closest, want)
+	}
+}
+
+// Without the holders message (a dhtd older than min_holders, or the fake's
+// eventless message in mid-stream), ProvideWith and PutWith report none.
+func TestNoHoldersReported(t *testing.T) {
+	_, client, ctx := startFake(t)
+	pr, err := client.ProvideWith(ctx, []string{"cid-1", "cid-2"}, dhtclient.ProvideOptions{}, nil)
+	if err != nil || pr.Finals != 2 || pr.Holders != nil {
+		t.Errorf("ProvideWith = %+v, %v; want 2 finals, nil holders", pr, err)
+	}
+	pu, err := client.PutWith(ctx, []byte("/demo/k"), []byte("v"), dhtclient.PutOptions{}, nil)
+	if err != nil || pu.Finals != 3 || pu.HoldersReported {
+		t.Errorf("PutWith = %+v, %v; want 3 finals, holders not reported", pu, err)
+	}
+}
+
+// min_holders reaches dhtd; the last, eventless message gives the holders and
+// no event.
+func TestMinHoldersAndHolders(t *testing.T) {
+	fake, client, ctx := startFake(t)
+	fake.mu.Lock()
+	fake.holders = true
+	fake.mu.Unlock()
+	var got []string
+	pr, err := client.ProvideWith(ctx, []string{"cid-1", "cid-2"},
+		dhtclient.ProvideOptions{MinHolders: 7, Recursive: true},
+		func(cid string, ev *dhtv1.QueryEvent) { got = append(got, describe(cid, ev)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, "ProvideWith", got, wantProvide)
+	if pr.Finals != 2 || len(pr.Holders) != 2 || pr.Holders[0].GetCid() != "cid-1" ||
+		pr.Holders[0].GetHolders() != 1 || pr.Holders[1].GetCid() != "cid-2" {
+		t.Errorf("ProvideWith = %+v", pr)
+	}
+	got = nil
+	pu, err := client.PutWith(ctx, []byte("/demo/k"), []byte("v"), dhtclient.PutOptions{MinHolders: 20},
+		func(ev *dhtv1.QueryEvent) { got = append(got, describe("", ev)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEvents(t, "PutWith", got, wantWalk)
+	if pu.Finals != 3 || pu.Holders != 3 || !pu.HoldersReported {
+		t.Errorf("PutWith = %+v; want 3 finals, 3 holders reported", pu)
+	}
+	// The old calls still count the FINAL_PEER events only.
+	if n, err := client.Put(ctx, []byte("/demo/k"), []byte("v"), nil); err != nil || n != 3 {
+		t.Errorf("Put = %d, %v; want 3, nil", n, err)
+	}
+	provide, put, _ := fake.requests()
+	if provide.GetMinHolders() != 7 || !provide.GetRecursive() || put.GetMinHolders() != 0 {
+		t.Errorf("min_holders: Provide %d (recursive %v), last Put %d; want 7 (true), 0",
+			provide.GetMinHolders(), provide.GetRecursive(), put.GetMinHolders())
+	}
+	fake.mu.Lock()
+	first := fake.put[0]
+	fake.mu.Unlock()
+	if first.GetMinHolders() != 20 {
+		t.Errorf("PutWith sent min_holders %d, want 20", first.GetMinHolders())
 	}
 }

@@ -99,40 +99,109 @@ func (c *Client) FindProvs(ctx context.Context, cid string, n uint32, onProvider
 // Provide announces this node as a provider of each CID. Every event is passed
 // to onEvent, if not nil, one call per event in stream order, with the CID it
 // belongs to. It returns the number of FINAL_PEER events: announcements
-// delivered.
+// delivered. It is ProvideWith with dhtd's default min_holders.
 //
 // Provide, Put and Query ask dhtd for batched events (batch_events: several
 // per gRPC message, which costs both ends less CPU) and hand them to onEvent
 // one at a time; from a dhtd that sends one event per message they do the same.
 func (c *Client) Provide(ctx context.Context, cids []string, onEvent func(cid string, ev *dhtv1.QueryEvent)) (int, error) {
-	stream, err := c.DHT.Provide(ctx, &dhtv1.ProvideRequest{Cids: cids, BatchEvents: true})
+	res, err := c.ProvideWith(ctx, cids, ProvideOptions{}, onEvent)
+	return res.Finals, err
+}
+
+// ProvideOptions are the optional fields of a Provide.
+type ProvideOptions struct {
+	// MinHolders: the call ends once this many peers took each CID's record
+	// (0: dhtd's --min-holders, 5; 20 or more: every store).
+	MinHolders uint32
+	// Recursive: provide every CID of the DAG under each CID.
+	Recursive bool
+}
+
+// ProvideResult is how a Provide ended.
+type ProvideResult struct {
+	// Finals is the number of FINAL_PEER events: announcements delivered.
+	Finals int
+	// Holders is how many peers had taken each CID's record when the call
+	// ended, in request order, as dhtd reported it in the stream's last message
+	// (nil from a dhtd that does not report holders).
+	Holders []*dhtv1.ProvideHolders
+}
+
+// ProvideWith is Provide with options; it also returns the holders per CID.
+func (c *Client) ProvideWith(ctx context.Context, cids []string, opts ProvideOptions, onEvent func(cid string, ev *dhtv1.QueryEvent)) (ProvideResult, error) {
+	var res ProvideResult
+	stream, err := c.DHT.Provide(ctx, &dhtv1.ProvideRequest{
+		Cids: cids, Recursive: opts.Recursive, BatchEvents: true, MinHolders: opts.MinHolders,
+	})
 	if err != nil {
-		return 0, err
+		return res, err
 	}
-	return drain(func() ([]labeled, error) {
+	res.Finals, err = drain(func() ([]labeled, error) {
 		resp, err := stream.Recv()
 		if err != nil {
 			return nil, err
 		}
-		return provideEvents(resp), nil
+		// The last message has no event and carries the holders of every CID;
+		// an eventless message that is not the last is nothing.
+		events := provideEvents(resp)
+		res.Holders = nil
+		if len(events) == 0 && len(resp.GetHolders()) > 0 {
+			res.Holders = resp.GetHolders()
+		}
+		return events, nil
 	}, onEvent)
+	return res, err
 }
 
 // Put stores value under key here and on the closest peers. Every event is
 // passed to onEvent, if not nil, one call per event in stream order. It
-// returns the number of peers that stored it.
+// returns the number of peers that stored it (the FINAL_PEER events). It is
+// PutWith with dhtd's default min_holders.
 func (c *Client) Put(ctx context.Context, key, value []byte, onEvent func(*dhtv1.QueryEvent)) (int, error) {
-	stream, err := c.DHT.Put(ctx, &dhtv1.PutRequest{Key: key, Value: value, BatchEvents: true})
+	res, err := c.PutWith(ctx, key, value, PutOptions{}, onEvent)
+	return res.Finals, err
+}
+
+// PutOptions are the optional fields of a Put.
+type PutOptions struct {
+	// MinHolders: the call ends once this many peers stored the record (0:
+	// dhtd's --min-holders, 5; 20 or more: every store).
+	MinHolders uint32
+}
+
+// PutResult is how a Put ended.
+type PutResult struct {
+	// Finals is the number of FINAL_PEER events: peers that stored the record.
+	Finals int
+	// Holders is how many peers had stored the record when the call ended, as
+	// dhtd reported it in the stream's last message; HoldersReported is false
+	// (and Holders 0) with a dhtd that does not report it.
+	Holders         uint32
+	HoldersReported bool
+}
+
+// PutWith is Put with options; it also returns dhtd's holders figure.
+func (c *Client) PutWith(ctx context.Context, key, value []byte, opts PutOptions, onEvent func(*dhtv1.QueryEvent)) (PutResult, error) {
+	var res PutResult
+	stream, err := c.DHT.Put(ctx, &dhtv1.PutRequest{
+		Key: key, Value: value, BatchEvents: true, MinHolders: opts.MinHolders,
+	})
 	if err != nil {
-		return 0, err
+		return res, err
 	}
-	return drain(func() ([]labeled, error) {
+	res.Finals, err = drain(func() ([]labeled, error) {
 		resp, err := stream.Recv()
 		if err != nil {
 			return nil, err
 		}
-		return walkEvents(resp.GetEvents(), resp.GetEvent()), nil
+		// The last message has no event and carries the holders; an eventless
+		// message that is not the last is nothing.
+		events := walkEvents(resp.GetEvents(), resp.GetEvent())
+		res.Holders, res.HoldersReported = resp.GetHolders(), len(events) == 0
+		return events, nil
 	}, dropLabel(onEvent))
+	return res, err
 }
 
 // Query walks towards peerID, passing every event to onEvent, if not nil, one

@@ -141,6 +141,36 @@ func TestLivePutGet(t *testing.T) {
 	}
 }
 
+// With min_holders 20 every store is waited for: dhtd's holders figure is the
+// number of FINAL_PEER events, per CID for Provide.
+func TestLiveMinHolders(t *testing.T) {
+	client, ctx := live(t)
+	var finals int
+	pu, err := client.PutWith(ctx, []byte("/demo/"+unique("go-holders")), []byte("v"),
+		dhtclient.PutOptions{MinHolders: 20}, func(ev *dhtv1.QueryEvent) {
+			if ev == nil || ev.GetId() == "" {
+				t.Errorf("empty event %v", ev)
+			}
+			if ev.GetType() == dhtv1.QueryEventType_QUERY_EVENT_TYPE_FINAL_PEER {
+				finals++
+			}
+		})
+	if err != nil {
+		t.Fatal(dhtclient.Explain(err))
+	}
+	if !pu.HoldersReported || pu.Holders < 1 || int(pu.Holders) != finals || pu.Finals != finals {
+		t.Errorf("PutWith = %+v, %d FINAL_PEER events", pu, finals)
+	}
+	cid := dhtclient.RawCID([]byte(unique("go-holders")))
+	pr, err := client.ProvideWith(ctx, []string{cid}, dhtclient.ProvideOptions{MinHolders: 20}, nil)
+	if err != nil {
+		t.Fatal(dhtclient.Explain(err))
+	}
+	if len(pr.Holders) != 1 || pr.Holders[0].GetCid() != cid || int(pr.Holders[0].GetHolders()) != pr.Finals || pr.Finals < 1 {
+		t.Errorf("ProvideWith = %+v", pr)
+	}
+}
+
 func TestLiveQuery(t *testing.T) {
 	client, ctx := live(t)
 	peer := devPeer(t)

@@ -28,6 +28,7 @@ import {
   type NodeMode,
   type PeerInfo,
   type ProvideEvent,
+  type ProvideHolders,
   type QueryEvent,
   QueryEventType,
 } from "./types";
@@ -53,9 +54,31 @@ export interface FindProvsOptions extends CallOptions {
   numProviders?: number;
 }
 
+export interface PutOptions extends CallOptions {
+  /**
+   * End the call once this many peers stored the record; the other stores go on in
+   * dhtd's background. 0 (the default): dhtd's `--min-holders` (5); 20 or more:
+   * wait for every store.
+   */
+  minHolders?: number;
+  /**
+   * Called once, when the stream ends, with how many peers had stored the record,
+   * from the stream's last message (that message carries no event). Not called by a
+   * dhtd that does not report holders.
+   */
+  onHolders?: (holders: number) => void;
+}
+
 export interface ProvideOptions extends CallOptions {
   /** Provide the whole DAG under each CID. dhtd answers FAILED_PRECONDITION for now. */
   recursive?: boolean;
+  /** As `PutOptions.minHolders`, per CID. */
+  minHolders?: number;
+  /**
+   * Called once, when the stream ends, with how many peers had taken each CID's
+   * record, in request order. Not called by a dhtd that does not report holders.
+   */
+  onHolders?: (holders: ProvideHolders[]) => void;
 }
 
 export interface DhtClientOptions {
@@ -129,13 +152,9 @@ export class DhtClient {
    */
   findProvs(cid: string, options: FindProvsOptions = {}): AsyncGenerator<PeerInfo, void, undefined> {
     const numProviders = options.numProviders ?? 0;
-    if (!Number.isInteger(numProviders) || numProviders < 0 || numProviders > MAX_UINT32) {
-      return failingStream(
-        new InvalidArgumentError(
-          Status.INVALID_ARGUMENT,
-          `num_providers: must be an integer from 0 to ${MAX_UINT32}, got ${numProviders}`,
-        ),
-      );
+    const bad = checkUint32("num_providers", numProviders);
+    if (bad) {
+      return failingStream(bad);
     }
     return this.stream(this.dht.findProvs, this.dht, { cid, numProviders }, options, (r) => [
       peerFromPb(r.provider),
@@ -154,23 +173,42 @@ export class DhtClient {
    * CID was taken by no peer.
    */
   provide(cids: string | readonly string[], options: ProvideOptions = {}): AsyncGenerator<ProvideEvent, void, undefined> {
+    const minHolders = options.minHolders ?? 0;
+    const bad = checkUint32("min_holders", minHolders);
+    if (bad) {
+      return failingStream(bad);
+    }
     // Asks for batched events (several per message; see provideEventsFromPb).
     const request = {
       cids: typeof cids === "string" ? [cids] : [...cids],
       recursive: options.recursive ?? false,
       batchEvents: true,
+      minHolders,
     };
-    return this.stream(this.dht.provide, this.dht, request, options, provideEventsFromPb);
+    // The holders message names every CID: one without any is not it.
+    const last = new LastHolders<pb.ProvideResponse, ProvideHolders[]>((r) =>
+      r.holders.length === 0 ? undefined : r.holders.map((h) => ({ cid: h.cid, holders: h.holders })),
+    );
+    const events = this.stream(this.dht.provide, this.dht, request, options, (r) => last.see(r, provideEventsFromPb(r)));
+    return last.after(events, options.onHolders);
   }
 
   /**
    * Stores a record here and on the k closest peers, yielding the walk events; each
    * FINAL_PEER is a peer that stored it. Throws UnavailableError if no peer took it.
+   * `minHolders` and `onHolders`: see PutOptions.
    */
-  put(key: Uint8Array | string, value: Uint8Array | string, options: CallOptions = {}): AsyncGenerator<QueryEvent, void, undefined> {
+  put(key: Uint8Array | string, value: Uint8Array | string, options: PutOptions = {}): AsyncGenerator<QueryEvent, void, undefined> {
+    const minHolders = options.minHolders ?? 0;
+    const bad = checkUint32("min_holders", minHolders);
+    if (bad) {
+      return failingStream(bad);
+    }
     // Asks for batched events (several per message; see walkEventsFromPb).
-    const request = { key: toBytes(key), value: toBytes(value), batchEvents: true };
-    return this.stream(this.dht.put, this.dht, request, options, walkEventsFromPb);
+    const request = { key: toBytes(key), value: toBytes(value), batchEvents: true, minHolders };
+    const last = new LastHolders<pb.PutResponse, number>((r) => r.holders);
+    const events = this.stream(this.dht.put, this.dht, request, options, (r) => last.see(r, walkEventsFromPb(r)));
+    return last.after(events, options.onHolders);
   }
 
   /** The walk towards `peerId`; ends with one FINAL_PEER event per closest peer found. */
@@ -276,6 +314,42 @@ function abortedError(signal: AbortSignal): CancelledError {
   return new CancelledError(Status.CANCELLED, `aborted before the call started${text ? `: ${text}` : ""}`, {
     cause: reason,
   });
+}
+
+/** An InvalidArgumentError naming `field` unless `value` is an integer from 0 to MAX_UINT32. */
+function checkUint32(field: string, value: number): InvalidArgumentError | undefined {
+  if (Number.isInteger(value) && value >= 0 && value <= MAX_UINT32) {
+    return undefined;
+  }
+  return new InvalidArgumentError(
+    Status.INVALID_ARGUMENT,
+    `${field}: must be an integer from 0 to ${MAX_UINT32}, got ${value}`,
+  );
+}
+
+/**
+ * The holders of a Provide or Put stream: its last message has no event and
+ * carries them. An eventless message that is followed by events is nothing, and a
+ * dhtd that does not report holders ends with an event: then there are none.
+ */
+class LastHolders<Res, H> {
+  private holders: H | undefined;
+
+  constructor(private readonly fromPb: (response: Res) => H | undefined) {}
+
+  /** Notes one response and its events; returns the events. */
+  see<T>(response: Res, events: T[]): T[] {
+    this.holders = events.length === 0 ? this.fromPb(response) : undefined;
+    return events;
+  }
+
+  /** `events`, then `onHolders` called with the holders, if the stream ended with them. */
+  async *after<T>(events: AsyncGenerator<T, void, undefined>, onHolders?: (holders: H) => void): AsyncGenerator<T, void, undefined> {
+    yield* events;
+    if (this.holders !== undefined) {
+      onHolders?.(this.holders);
+    }
+  }
 }
 
 async function* failingStream<T>(err: Error): AsyncGenerator<T, void, undefined> {

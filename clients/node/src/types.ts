@@ -35,6 +35,12 @@ export interface ProvideEvent {
   event: QueryEvent;
 }
 
+/** How many peers had taken one CID's provider record when Provide ended. */
+export interface ProvideHolders {
+  cid: string;
+  holders: number;
+}
+
 /** Whether the node answers kad requests from others. */
 export type NodeMode = "server" | "client" | "unspecified";
 

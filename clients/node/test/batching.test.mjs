@@ -98,9 +98,19 @@ describe("batched walk events (fake dhtd)", () => {
     cancelled = new Promise((resolve) => {
       onCancelled = resolve;
     });
+    // Provide and Put end with the holders message only when min_holders is set,
+    // so that the other tests see a dhtd that predates it.
+    const withHolders = (type, messages, holders) => (call) => {
+      for (const message of messages) call.write(type.fromPartial(message));
+      if (call.request.minHolders > 0) call.write(type.fromPartial({ holders }));
+      call.end();
+    };
     fake = await startFake({
-      provide: PROVIDE_MESSAGES,
-      put: WALK_MESSAGES,
+      provide: withHolders(pb.ProvideResponse, PROVIDE_MESSAGES, [
+        { cid: "cid-1", holders: 1 },
+        { cid: "cid-2", holders: 1 },
+      ]),
+      put: withHolders(pb.PutResponse, WALK_MESSAGES, 3),
       query: (call) => {
         if (call.request.peerId !== "hold-open") {
           for (const message of WALK_MESSAGES) call.write(pb.QueryResponse.fromPartial(message));
@@ -149,6 +159,37 @@ describe("batched walk events (fake dhtd)", () => {
 
   test("query yields every event of every message, in order", async () => {
     assert.deepEqual(await collect(client.query("12D3KooWTarget")), WALK_EVENTS);
+  });
+
+  test("min_holders is sent, and the last message's holders go to onHolders, not as an event", async () => {
+    const got = [];
+    const provided = await collect(
+      client.provide(["cid-1", "cid-2"], { minHolders: 20, onHolders: (h) => got.push(h) }),
+    );
+    assert.deepEqual(provided, PROVIDE_EVENTS);
+    assert.equal(fake.requests.provide.at(-1).minHolders, 20);
+    assert.deepEqual(got, [[{ cid: "cid-1", holders: 1 }, { cid: "cid-2", holders: 1 }]]);
+
+    const stored = await collect(client.put("/demo/k", "v", { minHolders: 7, onHolders: (h) => got.push(h) }));
+    assert.deepEqual(stored, WALK_EVENTS);
+    assert.equal(fake.requests.put.at(-1).minHolders, 7);
+    assert.deepEqual(got.at(-1), 3);
+    assert.equal(got.length, 2);
+  });
+
+  test("without a holders message (an older dhtd) onHolders is not called", async () => {
+    const called = [];
+    await collect(client.provide(["cid-1"], { onHolders: (h) => called.push(h) }));
+    await collect(client.put("/demo/k", "v", { onHolders: (h) => called.push(h) }));
+    assert.equal(fake.requests.provide.at(-1).minHolders, 0);
+    assert.equal(fake.requests.put.at(-1).minHolders, 0);
+    assert.deepEqual(called, []);
+  });
+
+  test("a bad minHolders is an InvalidArgumentError", async () => {
+    const err = await collect(client.put("/demo/k", "v", { minHolders: -1 })).catch((e) => e);
+    assert.equal(err.code, 3);
+    assert.match(err.message, /min_holders/);
   });
 
   test("findProvs still yields one provider per message", async () => {

@@ -115,6 +115,24 @@ describe("DhtClient against a live dhtd", LIVE, () => {
     assert.equal(new TextDecoder().decode(got), "world");
   });
 
+  test("minHolders 20 waits for every store; onHolders gets the FINAL_PEER count", async () => {
+    let holders;
+    const events = await collect(
+      client.put(`/demo/${unique("holders")}`, "v", { minHolders: 20, onHolders: (h) => (holders = h) }),
+    );
+    assert.ok(events.every((e) => e.id !== "" && e.type !== undefined), "no empty event");
+    const finals = events.filter((e) => e.type === QueryEventType.FINAL_PEER).length;
+    assert.ok(finals >= 1);
+    assert.equal(holders, finals);
+
+    const cid = cidFor(unique("holders"));
+    let perCid;
+    const provided = await collect(client.provide(cid, { minHolders: 20, onHolders: (h) => (perCid = h) }));
+    assert.ok(provided.every((p) => p.cid === cid && p.event.id !== ""), "no empty event");
+    const delivered = provided.filter((p) => p.event.type === QueryEventType.FINAL_PEER).length;
+    assert.deepEqual(perCid, [{ cid, holders: delivered }]);
+  });
+
   test("NOT_FOUND is a NotFoundError, unary and streaming", async () => {
     const err = await client.get(new TextEncoder().encode(`/demo/${unique("missing")}`)).catch((e) => e);
     assert.ok(err instanceof NotFoundError, String(err));

@@ -241,17 +241,22 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             return
         t = self.timeout(context)
         keys = [c.multihash for c in cids]
+        holders: list[int] = []
 
-        async def work(put: Callable[[tuple[int, QueryEvent]], None]) -> list[int]:
-            return await self.node.provide(keys, lambda i, e: put((i, e)), t)
+        async def work(put: Callable[[tuple[int, QueryEvent]], None]) -> None:
+            holders.extend(await self.node.provide(keys, lambda i, e: put((i, e)), t,
+                                                   min_holders=request.min_holders))
 
         if request.batch_events:
             async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
                 yield pb.ProvideResponse(events=[
                     pb.ProvideEvent(event=query_event(e), cid=request.cids[i]) for i, e in batch])
-            return
-        async for index, event in self.bridge.stream(work):
-            yield pb.ProvideResponse(event=query_event(event), cid=request.cids[index])
+        else:
+            async for index, event in self.bridge.stream(work):
+                yield pb.ProvideResponse(event=query_event(event), cid=request.cids[index])
+        yield pb.ProvideResponse(holders=[
+            pb.ProvideHolders(cid=cid, holders=n) for cid, n in zip(request.cids, holders,
+                                                                   strict=True)])
 
     async def _provide_dags(self, request: pb.ProvideRequest, cids: list[Cid],
                             context: grpc.aio.ServicerContext
@@ -325,16 +330,19 @@ class DhtServicer(_Base, pb_grpc.DhtServiceServicer):
             raise InvalidArgument("value", f"rejected by the /{parse_record_key(key)[0]}/ "
                                   f"validator: {excerpt(str(exc), 2 * ECHO_CHARS)}") from None
         t = self.timeout(context)
+        holders: list[int] = []
 
-        async def work(put: Callable[[QueryEvent], None]) -> int:
-            return await self.node.put_value(key, request.value, put, t)
+        async def work(put: Callable[[QueryEvent], None]) -> None:
+            holders.append(await self.node.put_value(key, request.value, put, t,
+                                                     min_holders=request.min_holders))
 
         if request.batch_events:
             async for batch in self.bridge.batches(work, MAX_EVENTS_PER_MESSAGE):
                 yield pb.PutResponse(events=[query_event(e) for e in batch])
-            return
-        async for event in self.bridge.stream(work):
-            yield pb.PutResponse(event=query_event(event))
+        else:
+            async for event in self.bridge.stream(work):
+                yield pb.PutResponse(event=query_event(event))
+        yield pb.PutResponse(holders=holders[0])
 
     @streaming
     async def Query(self, request: pb.QueryRequest, context: grpc.aio.ServicerContext
@@ -370,6 +378,7 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
             version=dhtd.__version__,
             queries_in_flight=info.queries_in_flight,
             announced_addrs=[_addr_text(a) for a in info.announced],
+            network_size=info.network_size or 0,
         )
 
     @unary
@@ -404,8 +413,9 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
     @unary
     async def ProvideStatus(self, request: pb.ProvideStatusRequest,
                             context: grpc.aio.ServicerContext) -> pb.ProvideStatusResponse:
-        status, cycles, now = await self.bridge.call(lambda: _now((
-            self.node.reprovider.status(), self.node.reprovider.cycles, self.node.clock())))
+        status, cycles, now, running, ended = await self.bridge.call(lambda: _now((
+            self.node.reprovider.status(), self.node.reprovider.cycles, self.node.clock(),
+            self.node.background_stores, dict(self.node.background_ended))))
         return pb.ProvideStatusResponse(
             cids=status.keys,
             current=reprovide_cycle(status.current, now),
@@ -413,6 +423,9 @@ class NodeServicer(_Base, pb_grpc.NodeServiceServicer):
             next_cycle=status.next_cycle or 0.0,
             reprovide_interval=status.interval,
             cycles=cycles,
+            background_stores=running,
+            background_stored=ended["stored"],
+            background_failed=ended["failed"],
         )
 
     @unary

@@ -5,6 +5,12 @@ request to a peer, serve kad requests under a protocol id, learn and look up
 addresses, hear about peers that speak kad, and verify signatures. Peer IDs
 cross this boundary as binary multihashes and addresses as binary multiaddrs;
 libp2p's exception groups are unwrapped into :class:`PeerRequestError` here.
+
+Dials are the host's own (:meth:`Host._dial`, through py-libp2p's
+``Swarm.dial_addr``): every address of a peer at once, the whole set-up within
+DIAL_TIMEOUT, one dial per address at a time, and addresses that timed out or were
+refused backed off (:class:`DialBackoff`), so a request to a peer whose every
+address is dead fails at once.
 """
 
 from __future__ import annotations
@@ -30,10 +36,9 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key, deserialize_public_key
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.connection.exceptions import RawConnError
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import PeerStore
 from libp2p.security.secure_session import SecureSession
 
@@ -190,6 +195,33 @@ IDENTIFY_WAIT = 5.0
 # How long an inbound stream may take to name its protocol (go-libp2p's host:
 # negotiationTimeout, 10 s).
 NEGOTIATE_TIMEOUT = 10.0
+
+# A new connection to a peer (TCP connect, noise, yamux, for all the addresses
+# dialled at once) is made within this, or the dial fails. go-libp2p's swarm
+# allows 5 s for a dial to a local address (DialTimeoutLocal), 10 s per address
+# (core/transport.DialTimeout) and 15 s per peer; 5 s is half a kad request's
+# 10 s (dhtd.lookup.PEER_REQUEST_TIMEOUT), and a set-up on a wide-area network
+# takes about 4 round trips (1.2 s at 300 ms).
+DIAL_TIMEOUT = 5.0
+# Ours: addresses of one peer dialled at once (the first to connect wins).
+MAX_DIAL_ADDRS = 4
+# An address (IP or DNS name, and port) whose dial timed out or was refused is
+# not dialled again for DIAL_BACKOFF_BASE, doubled with each further failure up
+# to DIAL_BACKOFF_MAX, until a dial there succeeds. go-libp2p's swarm backs off
+# failed dials from 5 s (BackoffBase) to 5 min (BackoffMax), growing with the
+# square of the failures; this doubles.
+DIAL_BACKOFF_BASE = 5.0
+DIAL_BACKOFF_MAX = 300.0
+# Ours: addresses remembered in backoff; past it the oldest is forgotten.
+MAX_BACKOFF_ADDRS = 4096
+# Addresses given to Host.connect stay in the peerstore this long (as py-libp2p's
+# BasicHost.connect keeps them); identify then keeps the peer's own.
+CONNECT_ADDR_TTL = 120
+# How long Host.disconnect may take to close a peer's connections (yamux's close
+# takes at most SHUTDOWN_TIMEOUT, 5 s; then py-libp2p's bookkeeping).
+DISCONNECT_TIMEOUT = 10.0
+# Why a dial failed, as counted in Host.dial_failures.
+DIAL_FAILURE_REASONS = ("timeout", "refused", "error", "backoff")
 
 # Idle kad streams kept for reuse, per peer and in all. Like go-libp2p-kad-dht's
 # message sender, dhtd sends successive requests to a peer on one stream, which
@@ -369,6 +401,82 @@ def _local_ipv4() -> list[str]:
     return ips
 
 
+_DIAL_HOSTS = frozenset({"ip4", "ip6", *_DNS_FAMILIES})
+
+
+def dial_key(addr: multiaddr.Multiaddr) -> str | None:
+    """What dial backoff is kept under: ``host:port`` of a TCP address
+    (``/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port>``, maybe ending in /p2p/<id>), or
+    None for an address dhtd cannot dial."""
+    parts = str(addr).split("/")
+    if len(parts) < 5 or parts[1] not in _DIAL_HOSTS:
+        return None
+    if parts[3] != "tcp" or (len(parts) > 5 and (len(parts) != 7 or parts[5] != "p2p")):
+        return None
+    return f"[{parts[2]}]:{parts[4]}" if parts[1] == "ip6" else f"{parts[2]}:{parts[4]}"
+
+
+def _is_loopback(key: str) -> bool:
+    return key.startswith(("127.", "[::1]:", "localhost:"))
+
+
+class DialBackoff:
+    """Addresses whose dial failed, and until when none is made to them again:
+    DIAL_BACKOFF_BASE after the first failure, doubled with each further one up to
+    DIAL_BACKOFF_MAX. An address that stayed quiet for DIAL_BACKOFF_MAX after its
+    backoff ended starts again from the base. At most MAX_BACKOFF_ADDRS addresses,
+    the least recently failed forgotten first. Times are trio's clock, passed in."""
+
+    def __init__(self) -> None:
+        # key -> (failures in a row, dialable again at)
+        self._until: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def failed(self, key: str, now: float) -> float:
+        """A dial to ``key`` failed at ``now``; returns how long it is backed off."""
+        tries, until = self._until.pop(key, (0, now))
+        if now - until > DIAL_BACKOFF_MAX:
+            tries = 0
+        wait = min(DIAL_BACKOFF_BASE * 2.0 ** min(tries, 32), DIAL_BACKOFF_MAX)
+        self._until[key] = (tries + 1, now + wait)
+        while len(self._until) > MAX_BACKOFF_ADDRS:
+            self._until.popitem(last=False)
+        return wait
+
+    def blocked(self, key: str, now: float) -> bool:
+        entry = self._until.get(key)
+        return entry is not None and now < entry[1]
+
+    def clear(self, key: str) -> None:
+        self._until.pop(key, None)
+
+
+def _refused(exc: BaseException) -> BaseException | None:
+    """The OS error under a failed dial (connection refused, network unreachable,
+    reset while connecting), if that is what ended it; py-libp2p wraps it in two
+    exceptions. A failed handshake is not one: the address is alive."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+class _PeerDial:
+    """A dial to one peer in flight, which requests to it wait for."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: str | None = "dial cancelled: the host is closing"
+
+
 class _Notifee:
     """Tells the host of closed connections and of any change to the set (new
     connections are identified: py-libp2p calls Identifier.schedule)."""
@@ -441,6 +549,11 @@ class Host:
         # addresses: py-libp2p's own list ends each address in /p2p/<id>, which
         # go-libp2p stores, passes on in FIND_NODE answers, and cannot dial.
         network.upgrader = Upgrader(key_pair, network.upgrader)
+        # Dials are dhtd's (Host._dial): every address of a peer at once, under one
+        # DIAL_TIMEOUT, with backoff per address. py-libp2p would retry each failed
+        # address 3 more times (0.1, 0.2, 0.4 s apart: a refused peer cost 0.7 s,
+        # a tarpit four handshake timeouts); go-libp2p does not retry a dial either.
+        network.retry_config = RetryConfig(max_retries=0)
         self._identify = Identifier(self._host, protocol_id, self.announced_addrs)
         self._inbound: dict[bytes, int] = {}
         self._inbound_total = 0
@@ -457,6 +570,18 @@ class Host:
         # peers' addrs over and over; converting them showed up in profiles).
         self._stripped: dict[bytes, bytes] = {}
         self._nursery: trio.Nursery | None = None
+        # Dials: per peer (requests to it wait for one), per address (one at a
+        # time: fake peers at one tarpit cost one dial), and the addresses in backoff.
+        self._dials: dict[bytes, _PeerDial] = {}
+        self._addr_dials: dict[str, trio.Event] = {}
+        self._backoff = DialBackoff()
+        # Peers whose connections Host.disconnect is closing.
+        self._closing: dict[bytes, trio.Event] = {}
+        # Failed dials to a peer by reason (DIAL_FAILURE_REASONS: timed out, refused
+        # by the OS, failed otherwise (a handshake, the wrong peer), or not made
+        # because every address was in backoff), and addresses dialled.
+        self.dial_failures: dict[str, int] = dict.fromkeys(DIAL_FAILURE_REASONS, 0)
+        self.dial_attempts = 0
 
     @asynccontextmanager
     async def open(
@@ -628,18 +753,64 @@ class Host:
         return self._identify.speaks_kad(peer)
 
     async def connect(self, peer: bytes, addr: bytes) -> None:
-        """Dials ``peer`` at ``addr`` (a /dns* name is resolved now, at every dial).
+        """Dials ``peer`` at ``addr`` (a /dns* name is resolved now, at every dial),
+        unless it is connected already; within DIAL_TIMEOUT.
 
         Raises PeerRequestError if resolution or the dial fails. An explicit dial
-        always dials: the peer is taken out of py-libp2p's negative dial cache first
-        (else a bootstrap peer that was down a moment ago is refused for a minute)."""
+        always dials: the addresses' dial backoff is cleared first (a bootstrap peer
+        or one named to Connect that was down a moment ago may be back)."""
         addrs = await resolve(multiaddr.Multiaddr(addr))
-        with suppress(Exception):
-            self._host.get_network().unblock_peer(ID(peer))
+        pid = ID(peer)
+        self._host.get_peerstore().add_addrs(pid, addrs, CONNECT_ADDR_TTL)
+        if self._has_connection(peer):
+            return
+        targets = [(key, a) for a in addrs if (key := dial_key(a)) is not None]
+        if not targets:
+            raise PeerRequestError(
+                f"no TCP address to dial in {', '.join(str(a) for a in addrs)}")
+        for key, _ in targets:
+            self._backoff.clear(key)
+        error = await self._dial(peer, targets[:MAX_DIAL_ADDRS])
+        if error is not None:
+            raise PeerRequestError(error)
+
+    def disconnect(self, peer: bytes) -> None:
+        """Closes every connection to ``peer`` and drops its idle kad streams: the
+        next request to it dials afresh (waiting for the close first). Returns at
+        once; the close runs in the host's nursery, within DISCONNECT_TIMEOUT, and
+        never raises."""
+        self._idle.pop(peer, None)  # they live on the connections being closed
+        if self._nursery is None or peer in self._closing:
+            return
         try:
-            await self._host.connect(PeerInfo(ID(peer), addrs))
-        except Exception as exc:
-            raise PeerRequestError(describe(exc)) from None
+            conns = list(self._host.get_network().get_connections(ID(peer)))
+        except Exception:
+            return
+        if conns:
+            done = self._closing[peer] = trio.Event()
+            self._nursery.start_soon(self._close_connections, peer, conns, done)
+
+    async def _close_connections(self, peer: bytes, conns: list[Any], done: trio.Event
+                                 ) -> None:
+        try:
+            with trio.move_on_after(DISCONNECT_TIMEOUT):
+                for conn in conns:
+                    try:
+                        await conn.close()
+                    except Exception as exc:
+                        log.debug("closing a connection to %s: %s", ID(peer), describe(exc))
+        finally:
+            if self._closing.get(peer) is done:
+                del self._closing[peer]
+            done.set()
+
+    def dial_backoff(self, peer: bytes) -> bool:
+        """True when a request to ``peer`` would fail at once: it has no open
+        connection, and every address it is known at is in dial backoff."""
+        if self._has_connection(peer):
+            return False
+        dialable, fresh = self._dial_targets(peer)
+        return bool(dialable) and not fresh
 
     async def wait_identified(self, peer: bytes, timeout: float = IDENTIFY_WAIT) -> bool:
         """Waits (at most ``timeout``) for identify; True if ``peer`` speaks kad.
@@ -700,16 +871,164 @@ class Host:
                     self.unprotect(peer, _BUSY_TAG)
 
     async def _open(self, peer: bytes) -> _Framed:
-        """A new kad stream to ``peer`` (dialled if need be), negotiated lazily: the
-        multistream header and proposal go out with the first request, and the
-        answer's negotiation is read before the answer (dhtd.p2p.multistream)."""
+        """A new kad stream to ``peer`` (dialled if need be: :meth:`_connection_to`),
+        negotiated lazily: the multistream header and proposal go out with the first
+        request, and the answer's negotiation is read before the answer
+        (dhtd.p2p.multistream)."""
+        await self._connection_to(peer)
         try:
-            stream = await self._host.get_network().new_stream(ID(peer))
+            # Opening a stream sends nothing; bounded in case the connection closed
+            # just now and py-libp2p dials again by itself.
+            with trio.fail_after(DIAL_TIMEOUT):
+                stream = await self._host.get_network().new_stream(ID(peer))
+        except trio.TooSlowError:
+            raise PeerRequestError(
+                f"no stream to {ID(peer)} within {DIAL_TIMEOUT:g}s") from None
         except Exception as exc:
             raise PeerRequestError(describe(exc)) from None
         with suppress(Exception):
             stream.set_protocol(self.protocol_id)
         return _Framed(stream, expect=self.protocol_id)
+
+    # -- dialling --------------------------------------------------------------
+
+    def _has_connection(self, peer: bytes) -> bool:
+        try:
+            conns = self._host.get_network().get_connections(ID(peer))
+        except Exception:
+            return False
+        return any(not conn.is_closed for conn in conns)
+
+    def _dial_targets(self, peer: bytes) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+        """(every TCP address ``peer`` is known at, those of them not in backoff), as
+        (dial key, multiaddr); loopback ones only when it has no other (as
+        py-libp2p's swarm chooses)."""
+        try:
+            known = self._host.get_peerstore().addrs(ID(peer))
+        except Exception:
+            known = []
+        dialable: dict[str, Any] = {}
+        for addr in known:
+            key = dial_key(addr)
+            if key is not None and key not in dialable:
+                dialable[key] = addr
+        items = list(dialable.items())
+        if any(not _is_loopback(key) for key, _ in items):
+            items = [item for item in items if not _is_loopback(item[0])]
+        now = trio.current_time()
+        return items, [item for item in items if not self._backoff.blocked(item[0], now)]
+
+    async def _connection_to(self, peer: bytes) -> None:
+        """Returns once ``peer`` has an open connection: at once if it has one, else
+        after a dial (one per peer at a time: concurrent requests wait for the same).
+        Raises PeerRequestError at once when every address of the peer is in dial
+        backoff, or it has none; after DIAL_TIMEOUT at most when the dial fails."""
+        closing = self._closing.get(peer)
+        if closing is not None:
+            await closing.wait()  # within DISCONNECT_TIMEOUT
+        if self._has_connection(peer):
+            return
+        dial = self._dials.get(peer)
+        if dial is None:
+            if self._nursery is None:
+                raise PeerRequestError("the host is not running")
+            dialable, fresh = self._dial_targets(peer)
+            if not fresh:
+                if dialable:
+                    self.dial_failures["backoff"] += 1
+                    raise PeerRequestError(
+                        f"dial backoff: every address of {ID(peer)} failed recently")
+                raise PeerRequestError(f"no known TCP address for {ID(peer)}")
+            dial = self._dials[peer] = _PeerDial()
+            # In the host's nursery: a request cancelled meanwhile does not cut it
+            # short, so what it learns of each address is kept.
+            self._nursery.start_soon(self._dial_for, peer, fresh[:MAX_DIAL_ADDRS], dial)
+        await dial.done.wait()  # within DIAL_TIMEOUT
+        if dial.error is not None:
+            raise PeerRequestError(dial.error)
+
+    async def _dial_for(self, peer: bytes, targets: list[tuple[str, Any]], dial: _PeerDial
+                        ) -> None:
+        try:
+            dial.error = await self._dial(peer, targets)
+        finally:
+            if self._dials.get(peer) is dial:
+                del self._dials[peer]
+            dial.done.set()
+
+    async def _dial(self, peer: bytes, targets: list[tuple[str, Any]]) -> str | None:
+        """Dials ``targets`` (dial key, multiaddr) of ``peer`` at once; the first to
+        connect ends the others. Returns None once connected, else why not, after
+        DIAL_TIMEOUT at most. Counts the failure in dial_failures."""
+        pid = ID(peer)
+        if not targets:
+            return f"no TCP address to dial for {pid}"
+        deadline = trio.current_time() + DIAL_TIMEOUT
+        outcomes: dict[str, tuple[str, str]] = {}
+        async with trio.open_nursery() as nursery:
+            for key, addr in targets:
+                nursery.start_soon(self._dial_addr, pid, key, addr, deadline, outcomes,
+                                   nursery.cancel_scope)
+        reasons = {reason for reason, _ in outcomes.values()}
+        if "ok" in reasons:
+            return None
+        for reason in DIAL_FAILURE_REASONS:  # the first is the one told
+            if reason in reasons:
+                break
+        self.dial_failures[reason] += 1
+        if reason == "timeout":
+            return f"dial to {pid} timed out after {DIAL_TIMEOUT:g}s"
+        if reason == "backoff":
+            return f"dial backoff: every address of {pid} failed recently"
+        text = next(text for r, text in outcomes.values() if r == reason)
+        return f"dial to {pid} {'refused' if reason == 'refused' else 'failed'}: {text}"
+
+    async def _dial_addr(self, pid: ID, key: str, addr: Any, deadline: float,
+                         outcomes: dict[str, tuple[str, str]], won: trio.CancelScope
+                         ) -> None:
+        """One address of a dial: waits for a dial to the same address in flight (for
+        another peer: fake peers at one tarpit), then dials unless it is in backoff.
+        Records the outcome in ``outcomes[key]``; cancels ``won`` once connected."""
+        with trio.move_on_at(deadline) as waiting:
+            while (busy := self._addr_dials.get(key)) is not None:
+                await busy.wait()
+        if waiting.cancelled_caught:
+            outcomes[key] = ("timeout", "")
+            return
+        if self._has_connection(pid.to_bytes()):  # that dial was to this peer
+            outcomes[key] = ("ok", "")
+            won.cancel()
+            return
+        if self._backoff.blocked(key, trio.current_time()):
+            outcomes[key] = ("backoff", "")
+            return
+        done = self._addr_dials[key] = trio.Event()
+        try:
+            outcomes[key] = outcome = await self._dial_once(pid, key, addr, deadline)
+            if outcome[0] == "ok":
+                won.cancel()
+        finally:
+            del self._addr_dials[key]
+            done.set()
+
+    async def _dial_once(self, pid: ID, key: str, addr: Any, deadline: float
+                         ) -> tuple[str, str]:
+        """Dials ``addr`` (TCP, noise, yamux) until ``deadline``; keeps its backoff.
+        (outcome, text): ok, timeout, refused (by the OS) or error."""
+        self.dial_attempts += 1
+        with trio.move_on_at(deadline):
+            try:
+                await self._host.get_network().dial_addr(addr, pid)
+            except Exception as exc:
+                cause = _refused(exc)
+                if cause is None:
+                    return "error", describe(exc)
+                self._backoff.failed(key, trio.current_time())
+                return "refused", describe(cause)
+            self._backoff.clear(key)
+            return "ok", ""
+        self._backoff.failed(key, trio.current_time())
+        return "timeout", ""
 
     async def _exchange(self, peer: bytes, framed: _Framed, frame: bytes) -> Message:
         stream = framed.stream

@@ -26,6 +26,14 @@ Promises:
   connection with a GO_AWAY (protocol error), never the process.
 - A write that cannot go out within ``WRITE_TIMEOUT`` closes the connection: part
   of a noise message may be out, so nothing more can be sent on it.
+- **Keepalive**, as go-yamux's: a connection that heard nothing from its peer for
+  ``KEEPALIVE_INTERVAL`` pings it, and one whose ping is not answered within
+  ``KEEPALIVE_TIMEOUT`` is closed (the host hears of it as of any closed
+  connection). A frozen peer (its process stopped, or its host gone behind a live
+  TCP path) loses its connection within the two, counted from the last frame it sent.
+- The reader never waits to write: ping ACKs and the resets of refused streams go
+  out with the next batch of whoever is writing, or from a task of their own, so a
+  writer stuck on a full socket cannot stop the connection from being read.
 - A write that waits for the peer's window waits at most ``WINDOW_WAIT_TIMEOUT``,
   then resets the stream.
 """
@@ -95,6 +103,16 @@ ACCEPT_BACKLOG = 256
 WRITE_TIMEOUT = 10.0
 # Ours: how long a write waits for the peer to open its window (py-libp2p: 5 s).
 WINDOW_WAIT_TIMEOUT = 30.0
+# go-yamux (libp2p's fork) Config.KeepAliveInterval, with EnableKeepAlive: a session
+# that heard nothing from its peer for this long sends it a ping.
+KEEPALIVE_INTERVAL = 30.0
+# go-yamux: a keepalive ping not answered within ConnectionWriteTimeout (10 s) ends
+# the session (ErrKeepAliveTimeout).
+KEEPALIVE_TIMEOUT = 10.0
+# Ours: bytes of ping ACKs and stream refusals the reader may queue behind a write
+# that waits for the socket; past it they are dropped, so a peer that sends faster
+# than it reads cannot grow the queue (go-yamux drops ping ACKs past PingBacklog, 32).
+MAX_QUEUED_REPLIES = 64 * 1024
 # Ours: how long closing a connection may take (GO_AWAY, socket, the host's hooks),
 # shielded from the cancellation that may have ended it.
 SHUTDOWN_TIMEOUT = 5.0
@@ -485,11 +503,25 @@ class Yamux(IMuxedConn):
         self._accept_send, self._accept_receive = trio.open_memory_channel[YamuxStream](
             ACCEPT_BACKLOG)
         self._pending: list[bytes] = []
-        self._write_lock = trio.Lock()
+        # A semaphore, not a lock: a write the socket could not take at once is
+        # finished by a task of the session (_drain), which lets go of it.
+        self._write_lock = trio.Semaphore(1)
         self._broken: str | None = None
         self._remote_go_away = False
         self.event_started = trio.Event()
         self.event_closed = trio.Event()
+        # While start() runs: its nursery (the keepalive, the flush of queued
+        # replies), whose cancellation ends the session.
+        self._nursery: trio.Nursery | None = None
+        # Reply bytes (ping ACKs, refusals) in _pending, and whether a task to send
+        # them was started.
+        self._queued_replies = 0
+        self._flushing = False
+        # When the reader last received anything (trio time), and the keepalive
+        # ping waiting for its ACK: its opaque value and the event the ACK sets.
+        self._heard = 0.0
+        self._ping_id = 0
+        self._ping_acked: trio.Event | None = None
 
     @property
     def is_initiator(self) -> bool:
@@ -514,18 +546,71 @@ class Yamux(IMuxedConn):
         return getter() if getter is not None else None
 
     async def start(self) -> None:
-        """Reads and dispatches frames until the connection ends, then closes it."""
+        """Reads and dispatches frames until the connection ends (or the keepalive
+        or a failed write ends it), then closes it."""
         self.event_started.set()
         error = GO_AWAY_NORMAL
+        self._heard = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keepalive)
+                error = await self._read()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            await self._shutdown(error)
+
+    async def _read(self) -> int:
+        """The read loop; returns the GO_AWAY code the connection ends with."""
         try:
             await self._read_loop()
         except ProtocolError as exc:
             log.debug("yamux: %s broke the protocol: %s", self.peer_id, exc)
-            error = GO_AWAY_PROTOCOL_ERROR
+            return GO_AWAY_PROTOCOL_ERROR
         except Exception as exc:  # a bad MAC, a dead socket: this connection ends
             log.debug("yamux: connection to %s ended: %s", self.peer_id, exc)
+        return GO_AWAY_NORMAL
+
+    def _break(self, reason: str) -> None:
+        """Nothing more can be sent: every later write fails with ``reason``, and the
+        session ends (start() closes it)."""
+        if self._broken is None:
+            self._broken = reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- keepalive
+
+    async def _keepalive(self) -> None:
+        """Pings the peer once it was silent for KEEPALIVE_INTERVAL; ends the session
+        when a ping is not answered within KEEPALIVE_TIMEOUT. Runs as long as the
+        session, waking once per interval at most."""
+        while True:
+            quiet_until = self._heard + KEEPALIVE_INTERVAL
+            if trio.current_time() < quiet_until:
+                await trio.sleep_until(quiet_until)
+                continue
+            if not await self._ping():
+                log.debug("yamux: %s did not answer a ping within %gs: closing",
+                          self.peer_id, KEEPALIVE_TIMEOUT)
+                self._break(f"keepalive: no answer to a ping within {KEEPALIVE_TIMEOUT:g}s")
+                return
+
+    async def _ping(self) -> bool:
+        """Sends one PING (SYN, a new opaque value); True once its ACK came back
+        within KEEPALIVE_TIMEOUT."""
+        self._ping_id = self._ping_id % 0xFFFFFFFF + 1
+        acked = self._ping_acked = trio.Event()
+        try:
+            with trio.move_on_after(KEEPALIVE_TIMEOUT):
+                await self._send(_HEADER.pack(VERSION, TYPE_PING, FLAG_SYN, 0, self._ping_id))
+                await acked.wait()
+        except MuxedConnUnavailable:
+            return False
         finally:
-            await self._shutdown(error)
+            self._ping_acked = None
+        return acked.is_set()
 
     async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
         await self._shutdown(error_code)
@@ -570,32 +655,97 @@ class Yamux(IMuxedConn):
                 with suppress(ValueError):
                     self._pending.remove(data)
                 raise
+        handed = False
         try:
             while self._pending:
                 if self._broken is not None:
                     raise MuxedConnUnavailable(self._broken)
-                batch, self._pending = self._pending, []
-                try:
-                    rest = self._io.send_now(b"".join(batch))
-                except Exception as exc:
-                    rest, self._broken = None, f"write failed: {exc}"
+                rest = self._send_batch()
                 if rest is not None:
-                    # Part of it must wait for the socket: shielded, so a cancelled
-                    # writer never leaves half a noise message out, and bounded.
-                    with trio.CancelScope(shield=True) as scope:
-                        scope.deadline = trio.current_time() + WRITE_TIMEOUT
-                        try:
-                            await self._io.send_rest(rest)
-                        except Exception as exc:
-                            self._broken = f"write failed: {exc}"
-                    if scope.cancelled_caught:
-                        self._broken = f"write not done within {WRITE_TIMEOUT:g}s"
-                if self._broken is not None:
-                    raise MuxedConnUnavailable(self._broken)
+                    if self._nursery is None:
+                        # Shielded, so a cancelled writer never leaves half a noise
+                        # message out, and bounded.
+                        with trio.CancelScope(shield=True):
+                            await self._send_rest(rest)
+                        continue
+                    # The rest, and whatever is queued meanwhile, goes out from a
+                    # task of the session, which lets go of the lock: a writer that is
+                    # cancelled meanwhile (its walk ended) returns at once, and the
+                    # frame still goes out whole, or the connection breaks after
+                    # WRITE_TIMEOUT.
+                    done = trio.Event()
+                    handed = True
+                    self._nursery.start_soon(self._drain, rest, done)
+                    await done.wait()
+                    break
             if self._broken is not None:
                 raise MuxedConnUnavailable(self._broken)
         finally:
+            if not handed:
+                self._write_lock.release()
+
+    def _send_batch(self) -> Any:
+        """Hands everything queued to the socket; returns what it could not take."""
+        batch, self._pending = self._pending, []
+        self._queued_replies = 0
+        try:
+            return self._io.send_now(b"".join(batch))
+        except Exception as exc:
+            self._break(f"write failed: {exc}")
+            return None
+
+    async def _send_rest(self, rest: Any) -> None:
+        """Waits for the socket to take ``rest``, at most WRITE_TIMEOUT."""
+        with trio.move_on_after(WRITE_TIMEOUT) as scope:
+            try:
+                await self._io.send_rest(rest)
+            except Exception as exc:
+                self._break(f"write failed: {exc}")
+        if scope.cancelled_caught:
+            self._break(f"write not done within {WRITE_TIMEOUT:g}s")
+
+    async def _drain(self, rest: Any, done: trio.Event) -> None:
+        """Finishes a write the socket could not take at once, then sends what was
+        queued meanwhile; holds the write lock (handed over by _send) until then."""
+        try:
+            while rest is not None and self._broken is None:
+                await self._send_rest(rest)
+                rest = self._send_batch() if self._pending and self._broken is None else None
+        finally:
             self._write_lock.release()
+            done.set()
+
+    def _send_soon(self, frames: list[bytes]) -> None:
+        """Queues ``frames`` (that nobody waits for: ping ACKs, refusals) without
+        waiting: they go out with the batch of the task writing now, if one is, else
+        from a task of its own. The reader uses it, so that a writer stuck on a full
+        socket does not stop the connection from being read. Frames past
+        MAX_QUEUED_REPLIES queued bytes are dropped."""
+        if self._broken is not None:
+            return
+        room = (MAX_QUEUED_REPLIES - self._queued_replies) // HEADER_SIZE
+        if room < len(frames):
+            log.debug("yamux: %s sends faster than it reads: replies dropped", self.peer_id)
+            frames = frames[:max(room, 0)]
+            if not frames:
+                return
+        data = b"".join(frames)
+        self._queued_replies += len(data)
+        self._pending.append(data)
+        # A holder of the write lock sends everything queued before it lets go.
+        if self._write_lock.value and not self._flushing and self._nursery is not None:
+            self._flushing = True
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        try:
+            if self._pending:
+                # _send queues what it is given behind what waits: the last queued
+                # frame, taken out and given back, keeps its place.
+                with suppress(MuxedConnUnavailable):
+                    await self._send(self._pending.pop())
+        finally:
+            self._flushing = False
 
     # -- reading
 
@@ -606,6 +756,7 @@ class Yamux(IMuxedConn):
             chunk = await self._io.receive()
             if not chunk:
                 return
+            self._heard = trio.current_time()
             buf += chunk
             pos = 0
             replies: list[bytes] = []
@@ -630,6 +781,9 @@ class Yamux(IMuxedConn):
                 if kind == TYPE_PING:
                     if flags & FLAG_SYN:
                         replies.append(_HEADER.pack(VERSION, TYPE_PING, FLAG_ACK, 0, length))
+                    elif (flags & FLAG_ACK and length == self._ping_id
+                          and self._ping_acked is not None):
+                        self._ping_acked.set()
                     continue
                 if kind == TYPE_GO_AWAY:
                     self._remote_go_away = True
@@ -656,7 +810,7 @@ class Yamux(IMuxedConn):
                     stream._on_fin()
             del buf[:pos]
             if replies:
-                await self._send(b"".join(replies))
+                self._send_soon(replies)
 
     def _incoming(self, stream_id: int, replies: list[bytes]) -> YamuxStream | None:
         refuse = _HEADER.pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)

@@ -1,6 +1,6 @@
 """A typed Python client for dhtd, the libp2p Kademlia DHT served over gRPC."""
 
-from ._aio import AsyncClient
+from ._aio import AsyncClient, AsyncHoldersStream
 from ._errors import (
     CallCancelledError,
     DataLossError,
@@ -18,6 +18,7 @@ from ._models import (
     PeerInfo,
     ProvidedCid,
     ProvideEvent,
+    ProvideHolders,
     ProvideProgress,
     ProvideStatus,
     PutRecord,
@@ -25,10 +26,11 @@ from ._models import (
     QueryEventType,
     ReprovideCycle,
 )
-from ._sync import Client
+from ._sync import Client, HoldersStream
 
 __all__ = [
     "AsyncClient",
+    "AsyncHoldersStream",
     "CallCancelledError",
     "Client",
     "ConnectResult",
@@ -36,12 +38,14 @@ __all__ = [
     "DeadlineExceededError",
     "DhtdError",
     "FailedPreconditionError",
+    "HoldersStream",
     "InternalError",
     "InvalidArgumentError",
     "NodeInfo",
     "NotFoundError",
     "PeerInfo",
     "ProvideEvent",
+    "ProvideHolders",
     "ProvideProgress",
     "ProvideStatus",
     "ProvidedCid",

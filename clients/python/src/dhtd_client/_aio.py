@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -15,10 +15,12 @@ from ._errors import from_rpc_error
 from ._models import (
     MAX_CIDS_PER_MESSAGE,
     ConnectResult,
+    LastHolders,
     NodeInfo,
     PeerInfo,
     ProvidedCid,
     ProvideEvent,
+    ProvideHolders,
     ProvideProgress,
     ProvideStatus,
     PutRecord,
@@ -29,14 +31,17 @@ from ._models import (
     peer_from_pb,
     provide_batches,
     provide_events_from_pb,
+    provide_holders_from_pb,
     provide_progress_from_pb,
     provide_status_from_pb,
+    put_holders_from_pb,
 )
 from ._sync import DEFAULT_TARGET
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncHoldersStream"]
 
 _T = TypeVar("_T")
+_H = TypeVar("_H")
 
 
 class AsyncClient:
@@ -96,6 +101,12 @@ class AsyncClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
     def _stream(
         self,
         method: Any,
@@ -103,11 +114,7 @@ class AsyncClient:
         timeout: float | None,
         convert: Callable[[Any], Iterable[_T]],
     ) -> AsyncGenerator[_T, None]:
-        try:
-            call = method(request, timeout=self._deadline(timeout))
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return _aiterate(call, convert)
+        return _aiterate(self._call(method, request, timeout), convert)
 
     # -- DhtService ----------------------------------------------------------------
 
@@ -133,12 +140,17 @@ class AsyncClient:
         return value
 
     def provide(
-        self, *cids: str, recursive: bool = False, timeout: float | None = None
-    ) -> AsyncGenerator[ProvideEvent, None]:
-        """Announce that this node provides each CID, yielding the walk events."""
+        self, *cids: str, recursive: bool = False, min_holders: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncHoldersStream[ProvideEvent, tuple[ProvideHolders, ...]]:
+        """Announce that this node provides each CID, yielding the walk events.
+
+        As ``Client.provide``: ``min_holders`` (None or 0: dhtd's default), and the
+        stream's ``holders`` once it is exhausted."""
         request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive,
-                                         batch_events=True)
-        return self._stream(self._dht.Provide, request, timeout, provide_events_from_pb)
+                                         batch_events=True, min_holders=min_holders or 0)
+        return AsyncHoldersStream(self._call(self._dht.Provide, request, timeout),
+                                  provide_events_from_pb, provide_holders_from_pb)
 
     def provide_many(
         self, cids: Iterable[str], *, batch_size: int = MAX_CIDS_PER_MESSAGE,
@@ -152,11 +164,17 @@ class AsyncClient:
                             lambda r: (provide_progress_from_pb(r),))
 
     def put(
-        self, key: bytes, value: bytes, *, timeout: float | None = None
-    ) -> AsyncGenerator[QueryEvent, None]:
-        """Store a record on this node and the closest peers, yielding the walk events."""
-        request = dht_pb2.PutRequest(key=key, value=value, batch_events=True)
-        return self._stream(self._dht.Put, request, timeout, events_from_pb)
+        self, key: bytes, value: bytes, *, min_holders: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncHoldersStream[QueryEvent, int]:
+        """Store a record on this node and the closest peers, yielding the walk events.
+
+        As ``Client.put``: ``min_holders`` (None or 0: dhtd's default), and the
+        stream's ``holders`` once it is exhausted."""
+        request = dht_pb2.PutRequest(key=key, value=value, batch_events=True,
+                                     min_holders=min_holders or 0)
+        return AsyncHoldersStream(self._call(self._dht.Put, request, timeout), events_from_pb,
+                                  put_holders_from_pb)
 
     def query(
         self, peer_id: str, *, timeout: float | None = None
@@ -222,6 +240,32 @@ class AsyncClient:
         """Stop putting the record under ``key`` again (NotFoundError if none is kept)."""
         request = dht_pb2.StopRepublishingRequest(key=key)
         await self._unary(self._node.StopRepublishing, request, timeout)
+
+
+class AsyncHoldersStream(AsyncGenerator[_T, None], Generic[_T, _H]):
+    """The events of a Put or Provide, an async generator like every stream of
+    ``AsyncClient``, which also keeps what the stream's last message reported:
+    ``holders``, as on ``HoldersStream`` (None until the stream ends, and with a
+    dhtd that does not report it)."""
+
+    def __init__(self, call: Any, events: Callable[[Any], Iterable[_T]],
+                 holders: Callable[[Any], _H | None]) -> None:
+        # As HoldersStream: the generator refers to the sink only (no cycle).
+        self._sink: LastHolders[_T, _H] = LastHolders(events, holders)
+        self._gen = _aiterate(call, self._sink.convert)
+
+    @property
+    def holders(self) -> _H | None:
+        return self._sink.holders
+
+    async def asend(self, value: None) -> _T:
+        return await self._gen.asend(value)
+
+    async def athrow(self, *args: Any) -> _T:
+        return await self._gen.athrow(*args)
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
 
 
 async def _aiterate(call: Any, convert: Callable[[Any], Iterable[_T]]) -> AsyncGenerator[_T, None]:

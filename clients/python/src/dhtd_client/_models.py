@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, Generic, TypeVar
 
 from dht.v1 import dht_pb2
 
@@ -13,6 +14,7 @@ __all__ = [
     "NodeInfo",
     "PeerInfo",
     "ProvideEvent",
+    "ProvideHolders",
     "ProvideProgress",
     "ProvideStatus",
     "ProvidedCid",
@@ -21,6 +23,9 @@ __all__ = [
     "QueryEventType",
     "ReprovideCycle",
 ]
+
+_T = TypeVar("_T")
+_H = TypeVar("_H")
 
 # CIDs per ProvideMany message: the server's cap per message.
 MAX_CIDS_PER_MESSAGE = 10_000
@@ -67,6 +72,14 @@ class ProvideEvent:
 
     cid: str
     event: QueryEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ProvideHolders:
+    """How many peers had taken one CID's provider record when Provide ended."""
+
+    cid: str
+    holders: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +151,11 @@ class ProvideStatus:
     next_cycle: float
     reprovide_interval: float
     cycles: int
+    # Stores still running after their Provide or Put ended (min_holders), and how
+    # many of those ended since dhtd started, taken or not (0 from an older dhtd).
+    background_stores: int = 0
+    background_stored: int = 0
+    background_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +195,39 @@ def provide_events_from_pb(msg: dht_pb2.ProvideResponse) -> list[ProvideEvent]:
     if msg.HasField("event"):
         return [ProvideEvent(cid=msg.cid, event=event_from_pb(msg.event))]
     return []
+
+
+def provide_holders_from_pb(msg: dht_pb2.ProvideResponse) -> tuple[ProvideHolders, ...] | None:
+    """The holders per CID of a Provide stream's last message (it has no event and
+    names every CID); None for any other message."""
+    if msg.events or msg.HasField("event") or not msg.holders:
+        return None
+    return tuple(ProvideHolders(cid=h.cid, holders=h.holders) for h in msg.holders)
+
+
+def put_holders_from_pb(msg: dht_pb2.PutResponse) -> int | None:
+    """The holders of a Put stream's last message (it has no event); None for a
+    message with events."""
+    if msg.events or msg.HasField("event"):
+        return None
+    return int(msg.holders)
+
+
+class LastHolders(Generic[_T, _H]):
+    """What the last message of a Put or Provide stream reported: ``holders`` (None
+    until it ended, and with a dhtd that does not report it). ``convert`` turns each
+    response into its events, noting the holders on the way."""
+
+    def __init__(self, events: Callable[[Any], Iterable[_T]],
+                 holders: Callable[[Any], _H | None]) -> None:
+        self.holders: _H | None = None
+        self._events = events
+        self._holders = holders
+
+    def convert(self, response: Any) -> Iterable[_T]:
+        # Only the last message counts: an eventless message before events is nothing.
+        self.holders = self._holders(response)
+        return self._events(response)
 
 
 def events_from_pb(msg: dht_pb2.PutResponse | dht_pb2.QueryResponse) -> list[QueryEvent]:
@@ -226,6 +277,9 @@ def provide_status_from_pb(msg: dht_pb2.ProvideStatusResponse) -> ProvideStatus:
         next_cycle=msg.next_cycle,
         reprovide_interval=msg.reprovide_interval,
         cycles=msg.cycles,
+        background_stores=msg.background_stores,
+        background_stored=msg.background_stored,
+        background_failed=msg.background_failed,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 
@@ -14,10 +14,12 @@ from ._errors import from_rpc_error
 from ._models import (
     MAX_CIDS_PER_MESSAGE,
     ConnectResult,
+    LastHolders,
     NodeInfo,
     PeerInfo,
     ProvidedCid,
     ProvideEvent,
+    ProvideHolders,
     ProvideProgress,
     ProvideStatus,
     PutRecord,
@@ -28,13 +30,16 @@ from ._models import (
     peer_from_pb,
     provide_batches,
     provide_events_from_pb,
+    provide_holders_from_pb,
     provide_progress_from_pb,
     provide_status_from_pb,
+    put_holders_from_pb,
 )
 
-__all__ = ["Client"]
+__all__ = ["Client", "HoldersStream"]
 
 _T = TypeVar("_T")
+_H = TypeVar("_H")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -96,6 +101,12 @@ class Client:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from err
 
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
     def _stream(
         self,
         method: Any,
@@ -103,11 +114,7 @@ class Client:
         timeout: float | None,
         convert: Callable[[Any], Iterable[_T]],
     ) -> Generator[_T, None, None]:
-        try:
-            call = method(request, timeout=self._deadline(timeout))
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from err
-        return _iterate(call, convert)
+        return _iterate(self._call(method, request, timeout), convert)
 
     # -- DhtService ----------------------------------------------------------------
 
@@ -132,12 +139,19 @@ class Client:
         return value
 
     def provide(
-        self, *cids: str, recursive: bool = False, timeout: float | None = None
-    ) -> Generator[ProvideEvent, None, None]:
-        """Announce that this node provides each CID, yielding the walk events."""
+        self, *cids: str, recursive: bool = False, min_holders: int | None = None,
+        timeout: float | None = None,
+    ) -> HoldersStream[ProvideEvent, tuple[ProvideHolders, ...]]:
+        """Announce that this node provides each CID, yielding the walk events.
+
+        The call ends once ``min_holders`` peers took each CID's record (None or 0:
+        dhtd's ``--min-holders``, 5; 20 or more: every store). Once the stream is
+        exhausted, its ``holders`` is a ``ProvideHolders(cid, holders)`` per CID, in
+        request order (None from a dhtd that does not report it)."""
         request = dht_pb2.ProvideRequest(cids=list(cids), recursive=recursive,
-                                         batch_events=True)
-        return self._stream(self._dht.Provide, request, timeout, provide_events_from_pb)
+                                         batch_events=True, min_holders=min_holders or 0)
+        return HoldersStream(self._call(self._dht.Provide, request, timeout),
+                             provide_events_from_pb, provide_holders_from_pb)
 
     def provide_many(
         self, cids: Iterable[str], *, batch_size: int = MAX_CIDS_PER_MESSAGE,
@@ -151,11 +165,19 @@ class Client:
                             lambda r: (provide_progress_from_pb(r),))
 
     def put(
-        self, key: bytes, value: bytes, *, timeout: float | None = None
-    ) -> Generator[QueryEvent, None, None]:
-        """Store a record on this node and the closest peers, yielding the walk events."""
-        request = dht_pb2.PutRequest(key=key, value=value, batch_events=True)
-        return self._stream(self._dht.Put, request, timeout, events_from_pb)
+        self, key: bytes, value: bytes, *, min_holders: int | None = None,
+        timeout: float | None = None,
+    ) -> HoldersStream[QueryEvent, int]:
+        """Store a record on this node and the closest peers, yielding the walk events.
+
+        The call ends once ``min_holders`` peers stored it (None or 0: dhtd's
+        ``--min-holders``, 5; 20 or more: every store). Once the stream is exhausted,
+        its ``holders`` is how many peers had stored it (None from a dhtd that does
+        not report it)."""
+        request = dht_pb2.PutRequest(key=key, value=value, batch_events=True,
+                                     min_holders=min_holders or 0)
+        return HoldersStream(self._call(self._dht.Put, request, timeout), events_from_pb,
+                             put_holders_from_pb)
 
     def query(
         self, peer_id: str, *, timeout: float | None = None
@@ -215,6 +237,36 @@ class Client:
         """Stop putting the record under ``key`` again (NotFoundError if none is kept)."""
         request = dht_pb2.StopRepublishingRequest(key=key)
         self._unary(self._node.StopRepublishing, request, timeout)
+
+
+class HoldersStream(Generator[_T, None, None], Generic[_T, _H]):
+    """The events of a Put or Provide, a generator like every stream of ``Client``,
+    which also keeps what the stream's last message reported.
+
+    ``holders`` is None until the stream ends, and stays None with a dhtd that does
+    not report holders; then it is an ``int`` (Put) or a tuple of ``ProvideHolders``
+    (Provide). That last message carries no event, so nothing is yielded for it.
+    """
+
+    def __init__(self, call: Any, events: Callable[[Any], Iterable[_T]],
+                 holders: Callable[[Any], _H | None]) -> None:
+        # The generator refers to the sink, never to this object: no reference cycle,
+        # so dropping the stream (a ``break``) closes it and cancels the call at once.
+        self._sink: LastHolders[_T, _H] = LastHolders(events, holders)
+        self._gen = _iterate(call, self._sink.convert)
+
+    @property
+    def holders(self) -> _H | None:
+        return self._sink.holders
+
+    def send(self, value: None) -> _T:
+        return self._gen.send(value)
+
+    def throw(self, *args: Any) -> _T:
+        return self._gen.throw(*args)
+
+    def close(self) -> None:
+        self._gen.close()
 
 
 def _iterate(call: Any, convert: Callable[[Any], Iterable[_T]]) -> Generator[_T, None, None]:

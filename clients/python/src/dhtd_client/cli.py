@@ -167,6 +167,12 @@ def _add_key_options(parser: argparse.ArgumentParser) -> None:
                      help="KEY is base64 (standard or URL-safe): the key's bytes")
 
 
+def _add_min_holders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-holders", metavar="N", type=_positive_int, default=None,
+                        help="end once N peers took the record (default: dhtd's "
+                        "--min-holders, 5; 20 or more waits for every store)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, in_command=True)
@@ -203,10 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("put", "store a record on the DHT",
                 "Store VALUE under KEY on dhtd and the closest peers; print the ID of "
-                "each peer that stored it.")
+                "each peer that stored it, then how many peers held it when the call ended.")
     _add_key_options(p)
     p.add_argument("value", metavar="VALUE", nargs="?", default="-",
                    help="the value (its UTF-8 bytes); '-' or none reads the bytes from stdin")
+    _add_min_holders(p)
 
     p = command("provide", "announce that dhtd provides CIDs",
                 "Announce dhtd as a provider of each CID; print, per CID, how many peers "
@@ -216,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--recursive", action="store_true",
                    help="provide every CID of the DAG under each CID, read from dhtd's "
                    "--block-source")
+    _add_min_holders(p)
 
     p = command("provide-many", "announce any number of CIDs, streamed from a file",
                 "Stream CIDs, one a line, from FILE (or stdin) to dhtd's ProvideMany, "
@@ -402,8 +410,15 @@ async def _print_walk(
 
 
 async def cmd_put(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
-    await _print_walk(client.put(args.key_bytes, args.value_bytes), args, screen,
+    events = client.put(args.key_bytes, args.value_bytes, min_holders=args.min_holders)
+    await _print_walk(events, args, screen,
                       Status("putting", kind="walk", final_word="stored"), "stored on")
+    if events.holders is None:  # a dhtd that does not report holders
+        return
+    if args.json:
+        _emit(screen, {"holders": events.holders})
+    else:
+        screen.result(f"stored on {_plural(events.holders, 'peer')}")
 
 
 async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Screen) -> None:
@@ -418,9 +433,10 @@ async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Scr
             for cid, peers in announced.items():
                 screen.result(f"{cid} announced to {_plural(peers, 'peer')}")
 
+    stream = client.provide(*cids, recursive=args.recursive, min_holders=args.min_holders)
     try:
         async with screen.progress(Status(label, kind="walk", final_word="announced")), aclosing(
-            client.provide(*cids, recursive=args.recursive)
+            stream
         ) as events:
             async for item in events:
                 got_events = True
@@ -432,6 +448,12 @@ async def cmd_provide(client: AsyncClient, args: argparse.Namespace, screen: Scr
     except DhtdError:
         summarize()  # which CIDs made it, before the error line
         raise
+    if stream.holders is not None:  # dhtd's own count, per CID (equal to the FINAL_PEERs)
+        got_events = True
+        for h in stream.holders:
+            announced[h.cid] = h.holders
+            if args.json:
+                _emit(screen, {"cid": h.cid, "holders": h.holders})
     summarize()
 
 
@@ -495,7 +517,10 @@ async def cmd_provide_status(client: AsyncClient, args: argparse.Namespace,
     if args.json:
         _emit(screen, {"cids": st.cids, "current": _cycle_json(st.current),
                        "last": _cycle_json(st.last), "next_cycle": st.next_cycle,
-                       "reprovide_interval": st.reprovide_interval, "cycles": st.cycles})
+                       "reprovide_interval": st.reprovide_interval, "cycles": st.cycles,
+                       "background_stores": st.background_stores,
+                       "background_stored": st.background_stored,
+                       "background_failed": st.background_failed})
         return
     rows = [
         ("provide set", _plural(st.cids, "CID")),
@@ -504,6 +529,8 @@ async def cmd_provide_status(client: AsyncClient, args: argparse.Namespace,
         ("last cycle", _cycle_text(st.last) if st.last else "none yet"),
         ("next cycle", _when(st.next_cycle) if st.next_cycle else "none (nothing to provide)"),
         ("cycles", str(st.cycles)),
+        ("stores behind", f"{st.background_stores} running; since start "
+                          f"{st.background_stored} taken, {st.background_failed} not"),
     ]
     for name, value in rows:
         screen.result(f"{name + ':':<15}{value}")

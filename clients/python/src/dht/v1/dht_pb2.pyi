@@ -94,24 +94,36 @@ class GetResponse(_message.Message):
     def __init__(self, value: _Optional[bytes] = ...) -> None: ...
 
 class ProvideRequest(_message.Message):
-    __slots__ = ("cids", "recursive", "batch_events")
+    __slots__ = ("cids", "recursive", "batch_events", "min_holders")
     CIDS_FIELD_NUMBER: _ClassVar[int]
     RECURSIVE_FIELD_NUMBER: _ClassVar[int]
     BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_HOLDERS_FIELD_NUMBER: _ClassVar[int]
     cids: _containers.RepeatedScalarFieldContainer[str]
     recursive: bool
     batch_events: bool
-    def __init__(self, cids: _Optional[_Iterable[str]] = ..., recursive: _Optional[bool] = ..., batch_events: _Optional[bool] = ...) -> None: ...
+    min_holders: int
+    def __init__(self, cids: _Optional[_Iterable[str]] = ..., recursive: _Optional[bool] = ..., batch_events: _Optional[bool] = ..., min_holders: _Optional[int] = ...) -> None: ...
 
 class ProvideResponse(_message.Message):
-    __slots__ = ("event", "cid", "events")
+    __slots__ = ("event", "cid", "events", "holders")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     CID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
     event: QueryEvent
     cid: str
     events: _containers.RepeatedCompositeFieldContainer[ProvideEvent]
-    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ProvideEvent, _Mapping]]] = ...) -> None: ...
+    holders: _containers.RepeatedCompositeFieldContainer[ProvideHolders]
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., cid: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ProvideEvent, _Mapping]]] = ..., holders: _Optional[_Iterable[_Union[ProvideHolders, _Mapping]]] = ...) -> None: ...
+
+class ProvideHolders(_message.Message):
+    __slots__ = ("cid", "holders")
+    CID_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    cid: str
+    holders: int
+    def __init__(self, cid: _Optional[str] = ..., holders: _Optional[int] = ...) -> None: ...
 
 class ProvideEvent(_message.Message):
     __slots__ = ("event", "cid")
@@ -142,22 +154,26 @@ class ProvideManyResponse(_message.Message):
     def __init__(self, received: _Optional[int] = ..., committed: _Optional[int] = ..., announced: _Optional[int] = ..., failed: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
 
 class PutRequest(_message.Message):
-    __slots__ = ("key", "value", "batch_events")
+    __slots__ = ("key", "value", "batch_events", "min_holders")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_HOLDERS_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     batch_events: bool
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., batch_events: _Optional[bool] = ...) -> None: ...
+    min_holders: int
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., batch_events: _Optional[bool] = ..., min_holders: _Optional[int] = ...) -> None: ...
 
 class PutResponse(_message.Message):
-    __slots__ = ("event", "events")
+    __slots__ = ("event", "events", "holders")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
     event: QueryEvent
     events: _containers.RepeatedCompositeFieldContainer[QueryEvent]
-    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[QueryEvent, _Mapping]]] = ...) -> None: ...
+    holders: int
+    def __init__(self, event: _Optional[_Union[QueryEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[QueryEvent, _Mapping]]] = ..., holders: _Optional[int] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("peer_id", "batch_events")
@@ -180,7 +196,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "connected_peers", "version", "queries_in_flight", "announced_addrs")
+    __slots__ = ("peer_id", "addrs", "mode", "protocol", "routing_table_size", "connected_peers", "version", "queries_in_flight", "announced_addrs", "network_size")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +206,7 @@ class InfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCED_ADDRS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_SIZE_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     addrs: _containers.RepeatedScalarFieldContainer[str]
     mode: Mode
@@ -199,7 +216,8 @@ class InfoResponse(_message.Message):
     version: str
     queries_in_flight: int
     announced_addrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., connected_peers: _Optional[int] = ..., version: _Optional[str] = ..., queries_in_flight: _Optional[int] = ..., announced_addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    network_size: int
+    def __init__(self, peer_id: _Optional[str] = ..., addrs: _Optional[_Iterable[str]] = ..., mode: _Optional[_Union[Mode, str]] = ..., protocol: _Optional[str] = ..., routing_table_size: _Optional[int] = ..., connected_peers: _Optional[int] = ..., version: _Optional[str] = ..., queries_in_flight: _Optional[int] = ..., announced_addrs: _Optional[_Iterable[str]] = ..., network_size: _Optional[int] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("addr",)
@@ -308,17 +326,23 @@ class ReprovideCycle(_message.Message):
     def __init__(self, started: _Optional[float] = ..., duration: _Optional[float] = ..., due: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ProvideStatusResponse(_message.Message):
-    __slots__ = ("cids", "current", "last", "next_cycle", "reprovide_interval", "cycles")
+    __slots__ = ("cids", "current", "last", "next_cycle", "reprovide_interval", "cycles", "background_stores", "background_stored", "background_failed")
     CIDS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     NEXT_CYCLE_FIELD_NUMBER: _ClassVar[int]
     REPROVIDE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CYCLES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_STORES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_STORED_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FAILED_FIELD_NUMBER: _ClassVar[int]
     cids: int
     current: ReprovideCycle
     last: ReprovideCycle
     next_cycle: float
     reprovide_interval: float
     cycles: int
-    def __init__(self, cids: _Optional[int] = ..., current: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., last: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., next_cycle: _Optional[float] = ..., reprovide_interval: _Optional[float] = ..., cycles: _Optional[int] = ...) -> None: ...
+    background_stores: int
+    background_stored: int
+    background_failed: int
+    def __init__(self, cids: _Optional[int] = ..., current: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., last: _Optional[_Union[ReprovideCycle, _Mapping]] = ..., next_cycle: _Optional[float] = ..., reprovide_interval: _Optional[float] = ..., cycles: _Optional[int] = ..., background_stores: _Optional[int] = ..., background_stored: _Optional[int] = ..., background_failed: _Optional[int] = ...) -> None: ...

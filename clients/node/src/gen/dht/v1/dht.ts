@@ -231,6 +231,14 @@ export interface ProvideRequest {
    * Default false: one event per message, as before.
    */
   batchEvents: boolean;
+  /**
+   * How many of a CID's k closest peers must have taken its provider record
+   * before the call ends OK; the other stores go on in the background (no more
+   * events). 0: the server default (--min-holders, 5). 20 or more: wait for
+   * every store, as go-libp2p-kad-dht does. From 32 CIDs on (a sweep) every
+   * store is waited for.
+   */
+  minHolders: number;
 }
 
 export interface ProvideResponse {
@@ -242,6 +250,19 @@ export interface ProvideResponse {
   cid: string;
   /** With batch_events: the events of this message, in order, each with its CID. */
   events: ProvideEvent[];
+  /**
+   * Only in the last message of the stream (which has no event): how many
+   * holders had each CID's record when the call ended, in request order.
+   */
+  holders: ProvideHolders[];
+}
+
+/** ProvideHolders is how far one CID's announcement had got when Provide ended. */
+export interface ProvideHolders {
+  /** The CID as given in the request. */
+  cid: string;
+  /** Peers that had taken its provider record. */
+  holders: number;
 }
 
 /** ProvideEvent is one event of a batched Provide stream. */
@@ -286,6 +307,12 @@ export interface PutRequest {
    * Default false: one event per message, as before.
    */
   batchEvents: boolean;
+  /**
+   * How many of the key's k closest peers must have stored the record before the
+   * call ends OK; the other stores go on in the background (no more events).
+   * 0: the server default (--min-holders, 5). 20 or more: wait for every store.
+   */
+  minHolders: number;
 }
 
 export interface PutResponse {
@@ -295,6 +322,11 @@ export interface PutResponse {
     | undefined;
   /** With batch_events: the events of this message, in order. */
   events: QueryEvent[];
+  /**
+   * Only in the last message of the stream (which has no event): how many peers
+   * had stored the record when the call ended (this node not counted).
+   */
+  holders: number;
 }
 
 export interface QueryRequest {
@@ -339,6 +371,11 @@ export interface InfoResponse {
    * --announce if given, else the listen multiaddrs; then --announce-append.
    */
   announcedAddrs: string[];
+  /**
+   * The estimated number of DHT servers in the network, from the distances that
+   * this node's lookups saw (0: not enough lookups yet).
+   */
+  networkSize: number;
 }
 
 export interface ConnectRequest {
@@ -463,6 +500,14 @@ export interface ProvideStatusResponse {
   reprovideInterval: number;
   /** Cycles ended since dhtd started. */
   cycles: number;
+  /**
+   * Stores (ADD_PROVIDER, PUT_VALUE) still running after their Provide or Put
+   * ended at min_holders.
+   */
+  backgroundStores: number;
+  /** Background stores ended since dhtd started: taken by the peer, and not. */
+  backgroundStored: number;
+  backgroundFailed: number;
 }
 
 function createBasePeerInfo(): PeerInfo {
@@ -1102,7 +1147,7 @@ export const GetResponse: MessageFns<GetResponse> = {
 };
 
 function createBaseProvideRequest(): ProvideRequest {
-  return { cids: [], recursive: false, batchEvents: false };
+  return { cids: [], recursive: false, batchEvents: false, minHolders: 0 };
 }
 
 export const ProvideRequest: MessageFns<ProvideRequest> = {
@@ -1115,6 +1160,9 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     }
     if (message.batchEvents !== false) {
       writer.uint32(24).bool(message.batchEvents);
+    }
+    if (message.minHolders !== 0) {
+      writer.uint32(32).uint32(message.minHolders);
     }
     return writer;
   },
@@ -1156,6 +1204,14 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
             message.batchEvents = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.minHolders = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1177,6 +1233,11 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
         : isSet(object.batch_events)
         ? globalThis.Boolean(object.batch_events)
         : false,
+      minHolders: isSet(object.minHolders)
+        ? globalThis.Number(object.minHolders)
+        : isSet(object.min_holders)
+        ? globalThis.Number(object.min_holders)
+        : 0,
     };
   },
 
@@ -1191,6 +1252,9 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     if (message.batchEvents !== false) {
       obj.batchEvents = message.batchEvents;
     }
+    if (message.minHolders !== 0) {
+      obj.minHolders = Math.round(message.minHolders);
+    }
     return obj;
   },
 
@@ -1202,12 +1266,13 @@ export const ProvideRequest: MessageFns<ProvideRequest> = {
     message.cids = object.cids?.map((e) => e) || [];
     message.recursive = object.recursive ?? false;
     message.batchEvents = object.batchEvents ?? false;
+    message.minHolders = object.minHolders ?? 0;
     return message;
   },
 };
 
 function createBaseProvideResponse(): ProvideResponse {
-  return { event: undefined, cid: "", events: [] };
+  return { event: undefined, cid: "", events: [], holders: [] };
 }
 
 export const ProvideResponse: MessageFns<ProvideResponse> = {
@@ -1220,6 +1285,9 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
     }
     for (const v of message.events) {
       ProvideEvent.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.holders) {
+      ProvideHolders.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1261,6 +1329,14 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
             message.events.push(ProvideEvent.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.holders.push(ProvideHolders.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1278,6 +1354,9 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
       event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
       cid: isSet(object.cid) ? globalThis.String(object.cid) : "",
       events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => ProvideEvent.fromJSON(e)) : [],
+      holders: globalThis.Array.isArray(object?.holders)
+        ? object.holders.map((e: any) => ProvideHolders.fromJSON(e))
+        : [],
     };
   },
 
@@ -1292,6 +1371,9 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
     if (message.events?.length) {
       obj.events = message.events.map((e) => ProvideEvent.toJSON(e));
     }
+    if (message.holders?.length) {
+      obj.holders = message.holders.map((e) => ProvideHolders.toJSON(e));
+    }
     return obj;
   },
 
@@ -1305,6 +1387,92 @@ export const ProvideResponse: MessageFns<ProvideResponse> = {
       : undefined;
     message.cid = object.cid ?? "";
     message.events = object.events?.map((e) => ProvideEvent.fromPartial(e)) || [];
+    message.holders = object.holders?.map((e) => ProvideHolders.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseProvideHolders(): ProvideHolders {
+  return { cid: "", holders: 0 };
+}
+
+export const ProvideHolders: MessageFns<ProvideHolders> = {
+  encode(message: ProvideHolders, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cid !== "") {
+      writer.uint32(10).string(message.cid);
+    }
+    if (message.holders !== 0) {
+      writer.uint32(16).uint32(message.holders);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProvideHolders {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProvideHolders();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.cid = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.holders = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProvideHolders {
+    return {
+      cid: isSet(object.cid) ? globalThis.String(object.cid) : "",
+      holders: isSet(object.holders) ? globalThis.Number(object.holders) : 0,
+    };
+  },
+
+  toJSON(message: ProvideHolders): unknown {
+    const obj: any = {};
+    if (message.cid !== "") {
+      obj.cid = message.cid;
+    }
+    if (message.holders !== 0) {
+      obj.holders = Math.round(message.holders);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProvideHolders>): ProvideHolders {
+    return ProvideHolders.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProvideHolders>): ProvideHolders {
+    const message = createBaseProvideHolders();
+    message.cid = object.cid ?? "";
+    message.holders = object.holders ?? 0;
     return message;
   },
 };
@@ -1597,7 +1765,7 @@ export const ProvideManyResponse: MessageFns<ProvideManyResponse> = {
 };
 
 function createBasePutRequest(): PutRequest {
-  return { key: new Uint8Array(0), value: new Uint8Array(0), batchEvents: false };
+  return { key: new Uint8Array(0), value: new Uint8Array(0), batchEvents: false, minHolders: 0 };
 }
 
 export const PutRequest: MessageFns<PutRequest> = {
@@ -1610,6 +1778,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     }
     if (message.batchEvents !== false) {
       writer.uint32(24).bool(message.batchEvents);
+    }
+    if (message.minHolders !== 0) {
+      writer.uint32(32).uint32(message.minHolders);
     }
     return writer;
   },
@@ -1651,6 +1822,14 @@ export const PutRequest: MessageFns<PutRequest> = {
             message.batchEvents = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.minHolders = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1672,6 +1851,11 @@ export const PutRequest: MessageFns<PutRequest> = {
         : isSet(object.batch_events)
         ? globalThis.Boolean(object.batch_events)
         : false,
+      minHolders: isSet(object.minHolders)
+        ? globalThis.Number(object.minHolders)
+        : isSet(object.min_holders)
+        ? globalThis.Number(object.min_holders)
+        : 0,
     };
   },
 
@@ -1686,6 +1870,9 @@ export const PutRequest: MessageFns<PutRequest> = {
     if (message.batchEvents !== false) {
       obj.batchEvents = message.batchEvents;
     }
+    if (message.minHolders !== 0) {
+      obj.minHolders = Math.round(message.minHolders);
+    }
     return obj;
   },
 
@@ -1697,12 +1884,13 @@ export const PutRequest: MessageFns<PutRequest> = {
     message.key = object.key ?? new Uint8Array(0);
     message.value = object.value ?? new Uint8Array(0);
     message.batchEvents = object.batchEvents ?? false;
+    message.minHolders = object.minHolders ?? 0;
     return message;
   },
 };
 
 function createBasePutResponse(): PutResponse {
-  return { event: undefined, events: [] };
+  return { event: undefined, events: [], holders: 0 };
 }
 
 export const PutResponse: MessageFns<PutResponse> = {
@@ -1712,6 +1900,9 @@ export const PutResponse: MessageFns<PutResponse> = {
     }
     for (const v of message.events) {
       QueryEvent.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.holders !== 0) {
+      writer.uint32(24).uint32(message.holders);
     }
     return writer;
   },
@@ -1745,6 +1936,14 @@ export const PutResponse: MessageFns<PutResponse> = {
             message.events.push(QueryEvent.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.holders = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1761,6 +1960,7 @@ export const PutResponse: MessageFns<PutResponse> = {
     return {
       event: isSet(object.event) ? QueryEvent.fromJSON(object.event) : undefined,
       events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => QueryEvent.fromJSON(e)) : [],
+      holders: isSet(object.holders) ? globalThis.Number(object.holders) : 0,
     };
   },
 
@@ -1771,6 +1971,9 @@ export const PutResponse: MessageFns<PutResponse> = {
     }
     if (message.events?.length) {
       obj.events = message.events.map((e) => QueryEvent.toJSON(e));
+    }
+    if (message.holders !== 0) {
+      obj.holders = Math.round(message.holders);
     }
     return obj;
   },
@@ -1784,6 +1987,7 @@ export const PutResponse: MessageFns<PutResponse> = {
       ? QueryEvent.fromPartial(object.event)
       : undefined;
     message.events = object.events?.map((e) => QueryEvent.fromPartial(e)) || [];
+    message.holders = object.holders ?? 0;
     return message;
   },
 };
@@ -2031,6 +2235,7 @@ function createBaseInfoResponse(): InfoResponse {
     version: "",
     queriesInFlight: 0,
     announcedAddrs: [],
+    networkSize: 0,
   };
 }
 
@@ -2062,6 +2267,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     }
     for (const v of message.announcedAddrs) {
       writer.uint32(74).string(v!);
+    }
+    if (message.networkSize !== 0) {
+      writer.uint32(80).uint64(message.networkSize);
     }
     return writer;
   },
@@ -2151,6 +2359,14 @@ export const InfoResponse: MessageFns<InfoResponse> = {
             message.announcedAddrs.push(reader.string());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.networkSize = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2194,6 +2410,11 @@ export const InfoResponse: MessageFns<InfoResponse> = {
         : globalThis.Array.isArray(object?.announced_addrs)
         ? object.announced_addrs.map((e: any) => globalThis.String(e))
         : [],
+      networkSize: isSet(object.networkSize)
+        ? globalThis.Number(object.networkSize)
+        : isSet(object.network_size)
+        ? globalThis.Number(object.network_size)
+        : 0,
     };
   },
 
@@ -2226,6 +2447,9 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     if (message.announcedAddrs?.length) {
       obj.announcedAddrs = message.announcedAddrs;
     }
+    if (message.networkSize !== 0) {
+      obj.networkSize = Math.round(message.networkSize);
+    }
     return obj;
   },
 
@@ -2243,6 +2467,7 @@ export const InfoResponse: MessageFns<InfoResponse> = {
     message.version = object.version ?? "";
     message.queriesInFlight = object.queriesInFlight ?? 0;
     message.announcedAddrs = object.announcedAddrs?.map((e) => e) || [];
+    message.networkSize = object.networkSize ?? 0;
     return message;
   },
 };
@@ -3416,7 +3641,17 @@ export const ReprovideCycle: MessageFns<ReprovideCycle> = {
 };
 
 function createBaseProvideStatusResponse(): ProvideStatusResponse {
-  return { cids: 0, current: undefined, last: undefined, nextCycle: 0, reprovideInterval: 0, cycles: 0 };
+  return {
+    cids: 0,
+    current: undefined,
+    last: undefined,
+    nextCycle: 0,
+    reprovideInterval: 0,
+    cycles: 0,
+    backgroundStores: 0,
+    backgroundStored: 0,
+    backgroundFailed: 0,
+  };
 }
 
 export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
@@ -3438,6 +3673,15 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     }
     if (message.cycles !== 0) {
       writer.uint32(48).uint64(message.cycles);
+    }
+    if (message.backgroundStores !== 0) {
+      writer.uint32(56).uint64(message.backgroundStores);
+    }
+    if (message.backgroundStored !== 0) {
+      writer.uint32(64).uint64(message.backgroundStored);
+    }
+    if (message.backgroundFailed !== 0) {
+      writer.uint32(72).uint64(message.backgroundFailed);
     }
     return writer;
   },
@@ -3503,6 +3747,30 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
             message.cycles = longToNumber(reader.uint64());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.backgroundStores = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.backgroundStored = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.backgroundFailed = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3531,6 +3799,21 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
         ? globalThis.Number(object.reprovide_interval)
         : 0,
       cycles: isSet(object.cycles) ? globalThis.Number(object.cycles) : 0,
+      backgroundStores: isSet(object.backgroundStores)
+        ? globalThis.Number(object.backgroundStores)
+        : isSet(object.background_stores)
+        ? globalThis.Number(object.background_stores)
+        : 0,
+      backgroundStored: isSet(object.backgroundStored)
+        ? globalThis.Number(object.backgroundStored)
+        : isSet(object.background_stored)
+        ? globalThis.Number(object.background_stored)
+        : 0,
+      backgroundFailed: isSet(object.backgroundFailed)
+        ? globalThis.Number(object.backgroundFailed)
+        : isSet(object.background_failed)
+        ? globalThis.Number(object.background_failed)
+        : 0,
     };
   },
 
@@ -3554,6 +3837,15 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     if (message.cycles !== 0) {
       obj.cycles = Math.round(message.cycles);
     }
+    if (message.backgroundStores !== 0) {
+      obj.backgroundStores = Math.round(message.backgroundStores);
+    }
+    if (message.backgroundStored !== 0) {
+      obj.backgroundStored = Math.round(message.backgroundStored);
+    }
+    if (message.backgroundFailed !== 0) {
+      obj.backgroundFailed = Math.round(message.backgroundFailed);
+    }
     return obj;
   },
 
@@ -3572,6 +3864,9 @@ export const ProvideStatusResponse: MessageFns<ProvideStatusResponse> = {
     message.nextCycle = object.nextCycle ?? 0;
     message.reprovideInterval = object.reprovideInterval ?? 0;
     message.cycles = object.cycles ?? 0;
+    message.backgroundStores = object.backgroundStores ?? 0;
+    message.backgroundStored = object.backgroundStored ?? 0;
+    message.backgroundFailed = object.backgroundFailed ?? 0;
     return message;
   },
 };
