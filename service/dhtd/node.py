@@ -441,14 +441,19 @@ class DhtNode:
             except (StorageFull, StorageUnavailable):
                 pass  # logged by the database; collected at the next round
 
-    async def _dial_bootstrap(self) -> None:
+    async def _dial_bootstrap(self) -> bool:
+        """Dials every bootstrap and saved peer at once; True if one answered."""
+        answered = False
+
         async def dial(b: Bootstrap) -> None:
+            nonlocal answered
             with trio.move_on_after(BOOTSTRAP_DIAL_TIMEOUT):
                 try:
                     await self.host.connect(b.peer, b.addr)
                 except Exception as exc:  # any failure of one dial is that peer's, not ours
                     log.info("bootstrap peer %s: %s", peer_id_to_str(b.peer), describe(exc))
                     return
+                answered = True
                 self.book.alive(b.peer)
                 if await self.host.wait_identified(b.peer):
                     self.add_peer(b.peer)
@@ -456,6 +461,7 @@ class DhtNode:
         async with trio.open_nursery() as nursery:
             for b in [*self.bootstrap, *self._saved]:
                 nursery.start_soon(dial, b)
+        return answered
 
     async def _refresh_walk(self, key: bytes) -> list[bytes] | None:
         """One refresh lookup (dhtd.refresh), bounded like any peer request chain:

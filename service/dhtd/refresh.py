@@ -4,11 +4,15 @@ A table built once at start-up goes stale: peers die, and peers that joined late
 are missing from the buckets far from this node. :class:`Maintainer` keeps it
 fresh and promises:
 
-* **Join and rejoin.** Until the table first has a peer, bootstrap peers are
-  dialled with backoff (every retry really dials: :meth:`dhtd.p2p.Host.connect`
-  clears py-libp2p's negative dial cache). Later, while it is thin (fewer than
-  THIN_TABLE peers, empty included), they are dialled again and the table
-  refreshed, at most every THIN_REFRESH_GAP.
+* **Join and rejoin.** Until one bootstrap peer (or one saved peer) has answered a
+  dial, they are dialled with backoff (every retry really dials:
+  :meth:`dhtd.p2p.Host.connect` clears the addresses' dial backoff): every
+  BOOTSTRAP_RETRY_FIRST .. BOOTSTRAP_RETRY_MAX while the table is thin, up to
+  JOIN_RETRY_MAX once it is not. A table that has peers is not proof of having
+  joined: peers that dialled in (or in-process dev peers) may be a partition of
+  their own, so the retries go on, and the first answer is followed by a refresh.
+  Later, while the table is thin (fewer than THIN_TABLE peers, empty included),
+  they are dialled again and the table refreshed, at most every THIN_REFRESH_GAP.
 * **Refresh.** As soon as the table has a peer: a self-lookup, then a lookup of a
   random key in every bucket with room (common prefix length 0 .. the table's
   deepest + 1, at most MAX_REFRESH_CPL) that the self-lookup did not cover.
@@ -75,6 +79,10 @@ CHECK_INTERVAL = 5.0
 # 8 s to an absent peer costs nothing (ours).
 BOOTSTRAP_RETRY_FIRST = 1.0
 BOOTSTRAP_RETRY_MAX = 8.0
+# While no bootstrap peer has answered yet but the table is not thin, the retries
+# keep doubling up to this (ours; go-libp2p's dial backoff also tops out at 5 min,
+# and a peer that came back is found within 2 min).
+JOIN_RETRY_MAX = 120.0
 
 # A liveness ping that takes longer counts as a failure (go-libp2p ping: 5 s...
 # ours: one request on loopback or WAN takes well under this).
@@ -103,13 +111,14 @@ class Mode(enum.Enum):
 class Maintainer:
     """Keeps one node's routing table fresh (see the module doc).
 
-    The node supplies the operations: ``bootstrap()`` dials its bootstrap peers,
+    The node supplies the operations: ``bootstrap()`` dials its bootstrap peers
+    and says whether one of them answered,
     ``lookup(key)`` runs a FIND_NODE walk, ``ping(peer)`` raises on failure,
     ``forget(peer)`` removes a dead peer."""
 
     table: RoutingTable
     self_id: bytes
-    bootstrap: Callable[[], Awaitable[None]]
+    bootstrap: Callable[[], Awaitable[bool]]
     has_bootstrap: bool
     lookup: Callable[[bytes], Awaitable[Sequence[bytes] | None]]
     ping: Callable[[bytes], Awaitable[None]]
@@ -123,6 +132,8 @@ class Maintainer:
     validated: dict[bytes, float] = field(default_factory=dict)
     _suspects: set[bytes] = field(default_factory=set)
     _wake: trio.Event = field(default_factory=trio.Event)
+    # A bootstrap peer answered after the table had filled without one: refresh.
+    _joined_late: bool = False
 
     def __post_init__(self) -> None:
         self.self_key = kad_key(self.self_id)
@@ -155,14 +166,37 @@ class Maintainer:
     async def run(self, table_nonempty: Callable[[], Awaitable[None]]) -> None:
         """Runs until cancelled."""
         delay = BOOTSTRAP_RETRY_FIRST
+        joined = tried = False
         while not self.table:
             if self.has_bootstrap:
-                await self.bootstrap()
+                joined, tried = await self.bootstrap(), True
             if self.table:
                 break
             with trio.move_on_after(delay if self.has_bootstrap else math.inf):
                 await table_nonempty()
             delay = min(delay * 2, BOOTSTRAP_RETRY_MAX)
+        async with trio.open_nursery() as nursery:
+            if self.has_bootstrap and not joined:
+                nursery.start_soon(self._join, delay, tried)
+            await self._maintain()
+
+    async def _join(self, delay: float, tried: bool) -> None:
+        """Dials the bootstrap peers with backoff until one answers (see the module
+        doc). If an earlier dial had failed, the main loop then refreshes the table:
+        its first refresh ran without them."""
+        while True:
+            if tried:
+                await trio.sleep(delay)
+                cap = BOOTSTRAP_RETRY_MAX if len(self.table) < THIN_TABLE else JOIN_RETRY_MAX
+                delay = min(delay * 2, cap)
+            if await self.bootstrap():
+                if tried:
+                    self._joined_late = True
+                    self._wake.set()
+                return
+            tried = True
+
+    async def _maintain(self) -> None:
         started = self.clock()
         await self.refresh(Mode.NOT_FULL)
         pending = list(STARTUP_REFRESH_DELAYS)
@@ -174,7 +208,10 @@ class Maintainer:
             if self._suspects:
                 await self.validate(sorted(self._suspects), delay=DISCONNECT_CHECK_DELAY)
             now = self.clock()
-            if pending and now - started >= pending[0]:
+            if self._joined_late:
+                self._joined_late = False
+                await self.refresh(Mode.NOT_FULL)
+            elif pending and now - started >= pending[0]:
                 pending.pop(0)
                 await self.refresh(Mode.NOT_FULL)
             elif now - last_full >= self.refresh_interval:

@@ -69,9 +69,10 @@ class World:
             lookup=self._lookup, ping=self._ping, forget=self._forget,
             refresh_interval=600.0, clock=lambda: self.now)
 
-    async def _bootstrap(self) -> None:
+    async def _bootstrap(self) -> bool:
         self.dials += 1
         self.table.add(peer(0))
+        return True
 
     async def _lookup(self, key: bytes) -> None:
         self.lookups.append(key)

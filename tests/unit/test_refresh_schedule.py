@@ -123,12 +123,14 @@ class Node:
         self.waits += 1
         await self.arrived.wait()
 
-    async def _bootstrap(self) -> None:
+    async def _bootstrap(self) -> bool:
+        """A bootstrap peer answers at dial ``join_on_dial`` and every later one."""
         self.dials.append(trio.current_time())
         assert len(self.dials) < 100, "bootstrap peers dialled in a tight loop"
         await trio.lowlevel.checkpoint()
         if len(self.dials) == self.join_on_dial:
             self.add(self.joiners)
+        return self.join_on_dial is not None and len(self.dials) >= self.join_on_dial
 
     async def _lookup(self, key: bytes) -> None:
         which = None if key == SELF else bucket(key)
@@ -208,15 +210,47 @@ def test_without_bootstrap_peers_it_waits_for_the_first_peer_without_polling() -
 
 
 def test_the_first_refresh_walks_every_bucket_with_room_up_to_one_past_the_deepest() -> None:
-    node = Node(bootstrap=True)
+    node = Node(bootstrap=True, join_on_dial=1)
 
     async def main() -> None:
         node.add(TABLE24)
         await live(node, 4)
 
     vrun(main)
-    assert node.dials == []  # the table has peers: nothing to dial
+    # The table has peers: the refresh does not wait for the bootstrap peers, which
+    # are dialled once beside it (they answer, so once only).
+    assert node.dials == [0]
     assert node.rounds() == [(0, [1, 2, 3])]  # bucket 0 is full
+
+
+def test_a_full_table_without_a_bootstrap_peer_keeps_dialling_them_then_refreshes() -> None:
+    """Peers that dialled in may be a partition of their own (a mass start: each
+    process's dev peers fill its table before its bootstrap peer listens). So the
+    bootstrap peers are dialled until one answers, backing off to JOIN_RETRY_MAX
+    while the table is not thin, and their answer is followed by a refresh."""
+    node = Node(bootstrap=True, join_on_dial=9)
+
+    async def main() -> None:
+        node.add(TABLE24)
+        await live(node, 600)
+
+    vrun(main)
+    assert node.dials == [0, 1, 3, 7, 15, 31, 63, 127, 247]
+    assert node.round_times() == [0, 247]
+    assert node.rounds()[1] == (247, [1, 2, 3])
+
+
+def test_bootstrap_peers_that_never_answer_are_dialled_every_120_s_at_most() -> None:
+    node = Node(bootstrap=True)
+
+    async def main() -> None:
+        node.add(TABLE24)
+        await live(node, 1000)
+
+    vrun(main)
+    gaps = [b - a for a, b in zip(node.dials, node.dials[1:], strict=False)]
+    assert gaps[:8] == [1, 2, 4, 8, 16, 32, 64, 120] and set(gaps[8:]) == {120}
+    assert node.round_times() == [0, 600]  # the first, then the periodic one
 
 
 # --- thin tables ----------------------------------------------------------------------
@@ -232,14 +266,14 @@ def test_a_thin_table_dials_bootstrap_and_refreshes_every_30_s() -> None:
 
 def test_a_table_of_10_peers_is_not_thin() -> None:
     ten = peers_in(0, 6) + peers_in(1, 3) + peers_in(2, 1)
-    node = Node(bootstrap=True)
+    node = Node(bootstrap=True, join_on_dial=1)
 
     async def main() -> None:
         node.add(ten)
         await live(node, 599)
 
     vrun(main)
-    assert node.dials == []
+    assert node.dials == [0]
     assert node.round_times() == [0]
 
 
@@ -247,14 +281,14 @@ def test_a_table_turning_thin_is_refreshed_at_once() -> None:
     """A removal that leaves 9 peers wakes the maintainer: the thin-table refresh (30 s
     after the last) does not wait for the next 5 s tick."""
     ten = peers_in(0, 6) + peers_in(1, 3) + peers_in(2, 1)
-    node = Node(bootstrap=True)
+    node = Node(bootstrap=True, join_on_dial=1)
 
     async def main() -> None:
         node.add(ten)
         await live(node, 34, (32.5, lambda: node.forget(ten[0])))
 
     vrun(main)
-    assert node.dials == [32.5]
+    assert node.dials == [0, 32.5]
     assert node.round_times() == [0, 32.5]
 
 
