@@ -674,7 +674,12 @@ class DhtNode:
                 try:
                     self.validators.validate(key, record.value)
                 except InvalidRecord as exc:
-                    raise PeerRequestError(f"invalid record: {exc}") from None
+                    # Discarded; the peer's closer peers still count, and the peer
+                    # keeps its standing: it may hold what another implementation's
+                    # validator took (go-libp2p-kad-dht's getValues does the same).
+                    log.debug("discarded an invalid record from %s: %s",
+                              peer_id_to_str(peer), exc)
+                    return
                 answers.append((peer, Candidate(record.value, parse_time(record.timeReceived))))
                 op.got_result(self.observer)
 

@@ -13,7 +13,7 @@ import pytest
 
 from dht.v1 import dht_pb2 as pb
 from dhtd.ids import b58decode, kad_key, parse_cid, parse_peer_id
-from tests.integration.conftest import NAMESPACE
+from tests.integration.conftest import DEV_PEERS, NAMESPACE
 from tests.swarm import Node, start_node, wait_until
 
 pytestmark = pytest.mark.integration
@@ -226,10 +226,27 @@ def nearest_is(nodes: list[Node], node: Node, tag: str) -> str:
     raise AssertionError("no such CID in 10,000 tries")
 
 
+def nearest_of_all_is(nodes: list[Node], node: Node, tag: str) -> str:
+    """A CID (of ``tag`` and a counter) whose nearest DHT node of all that ``nodes``
+    run, dev peers included, is ``node``'s main node."""
+    # A process logs its dev peers as they start, which may be after it is ready.
+    wait_until(lambda: all(len(n.dev_peer_ids()) == DEV_PEERS for n in nodes), 30,
+               "every process to log its dev peers")
+    everyone = [p for n in nodes for p in (n.peer_id, *n.dev_peer_ids())]
+    keys = {p: int.from_bytes(kad_key(parse_peer_id(p)), "big") for p in everyone}
+    for i in range(10_000):
+        cid = cid_for(f"{tag}-{i}")
+        target = int.from_bytes(kad_key(parse_cid(cid).multihash), "big")
+        if min(keys, key=lambda p: keys[p] ^ target) == node.peer_id:
+            return cid
+    raise AssertionError("no such CID in 10,000 tries")
+
+
 def test_short_deadline_is_deadline_exceeded_promptly(five: list[Node]) -> None:
-    # The frozen peer is the key's nearest: the walk waits for it (its patience, at
-    # least 0.5 s) and so cannot end before the 0.2 s deadline.
-    cid = nearest_is(five[1:], five[3], "never")
+    # The frozen node is the key's nearest of all (dev peers included), so among the
+    # beta nearest: the walk waits for it (its patience, at least 0.5 s) and so
+    # cannot end before the 0.2 s deadline.
+    cid = nearest_of_all_is(five, five[3], "never")
     with Frozen(five[3]):
         started = time.monotonic()
         call = five[0].dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=0.2)
