@@ -35,6 +35,8 @@ from dhtd.ids import b58decode
 OPS = ("provide", "findprovs", "put", "get")
 STOP_WAIT = 5.0  # for a killed process to be gone, a stopped one to be stopped
 SCHEDULER_POLL = 1.0
+PROXY_QUIET = 1.0
+PROXY_QUIET_MAX = 15.0
 
 
 @dataclass
@@ -306,6 +308,8 @@ def run_case(impl: str, sa: SwarmArgs, a: CaseArgs, lab: Lab) -> dict[str, Any]:
             lab.make_stale(victim)
         result["victims"] = {f"p{v.index}": v.kind for v in victims}
         result["checks"] = check_victims(victims, swarm)
+        if victims:
+            quiet_proxy(lab)
         t0, cpu0 = time.monotonic(), snapshot(swarm, lab, reset_late=True)
         live = [p.index for p in swarm.procs if p.index not in kinds]
         keys = make_keys(a.seed * 1000 + sum(map(ord, a.case)), a.ops)
@@ -336,6 +340,21 @@ def run_case(impl: str, sa: SwarmArgs, a: CaseArgs, lab: Lab) -> dict[str, Any]:
             lab.clear_stale(victims)
         finally:
             swarm.stop()
+
+
+def quiet_proxy(lab: Lab) -> None:
+    """Waits (at most PROXY_QUIET_MAX) until the proxy's count of open connections has
+    not moved for PROXY_QUIET: killing processes ends hundreds of connections at once,
+    and the ops should not start while the proxy is still passing those ends on."""
+    deadline = time.monotonic() + PROXY_QUIET_MAX
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        count = lab.proxy.stats()["open"]
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= PROXY_QUIET:
+            return
+        time.sleep(0.1)
 
 
 @dataclass
