@@ -56,11 +56,12 @@ MAX_OUTSTANDING = 4 * BUCKET_SIZE
 
 # A peer loses standing within a walk once at least REFERRAL_STRIKES of the peers
 # that it alone named outlived their patience, and more than REFERRAL_RATIO times
-# as many as answered (ours). A peer that answers with made-up peers at a dead
-# address (a tarpit) names only silent ones, and nobody else names them. An
-# honest peer's stale entries are in other peers' tables too: by the time their
-# patience ends (a second or more), other answers have named them as well. A
-# peer that refuses at once costs a walk nothing and counts against no one.
+# as many of the peers it named (alone or not) answered in time (ours). A peer
+# that answers with made-up peers at a dead address (a tarpit) names only silent
+# ones, that nobody else names. An honest peer may alone name several stale
+# entries that others already dropped (a third of a network gone), but most of
+# what it names answers. A peer that refuses at once costs a walk nothing and
+# counts against no one.
 REFERRAL_STRIKES = 4
 REFERRAL_RATIO = 3
 
@@ -212,6 +213,8 @@ class _Walk:
     # The one peer whose answer named each peer; a peer named by two or more peers
     # (or a seed) has none.
     referrer: dict[bytes, bytes] = field(default_factory=dict)
+    # Every peer whose answer named each peer.
+    namers: dict[bytes, set[bytes]] = field(default_factory=dict)
     target: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -223,6 +226,8 @@ class _Walk:
             return False
         if peer.addrs and not self.addrs.get(peer.id):
             self.addrs[peer.id] = peer.addrs
+        if referrer is not None:
+            self.namers.setdefault(peer.id, set()).add(referrer)
         if peer.id in self.states:
             if self.referrer.get(peer.id, referrer) != referrer:
                 del self.referrer[peer.id]
@@ -267,6 +272,7 @@ class _Walk:
                 del self.states[peer]
                 self.addrs.pop(peer, None)
                 self.referrer.pop(peer, None)
+                self.namers.pop(peer, None)
             else:
                 kept.append(entry)
         self.order = kept
@@ -284,7 +290,8 @@ class _Walk:
 
 @dataclass
 class _Referrals:
-    """How the peers that one peer alone named fared, within one walk."""
+    """How the peers that one peer named fared, within one walk: ``good`` counts
+    those that answered in time, ``bad`` those it alone named that did not."""
 
     good: int = 0
     bad: int = 0
@@ -377,18 +384,20 @@ async def lookup(
         send.send_nowait((peer, outcome, now() - started if connected else None))
 
     def judge_referrer(peer: bytes, good: bool) -> None:
-        """Counts how ``peer`` fared against the one peer that named it, if no other
-        peer named it too (an honest peer's dead entries are in other peers' tables
-        as well; made-up peers are named by their maker alone)."""
+        """Counts an answer in time for every peer that named ``peer``; a silence
+        against the one peer that named it, if no other peer named it too (an
+        honest peer's dead entries are in other peers' tables as well; made-up
+        peers are named by their maker alone)."""
+        if good:
+            for namer in walk.namers.get(peer, ()):
+                referrals.setdefault(namer, _Referrals()).good += 1
+            return
         by = walk.referrer.get(peer)
         if by is None:
             return
         tally = referrals.setdefault(by, _Referrals())
         was = tally.discredited()
-        if good:
-            tally.good += 1
-        else:
-            tally.bad += 1
+        tally.bad += 1
         if tally.discredited() and not was:
             nonlocal skipped
             skipped += walk.prune_referred(by)

@@ -81,6 +81,9 @@ REFRESH_WALK_TIMEOUT = 30.0
 # Get stops once this many peers returned a valid record
 # (the Amino DHT's IPNS quorum: 16 of the 20 closest).
 GET_QUORUM = 16
+# ... except under /pk/, where the key is the hash of its one valid value: the
+# first valid record is the answer, and asking more peers cannot change it (ours).
+PK_QUORUM = 1
 
 # A Get for a key this node holds a valid record of waits at most this long for
 # the walk (for better records elsewhere) before it answers with the best in hand
@@ -658,9 +661,10 @@ class DhtNode:
         self.validators.namespace_of(key)  # InvalidRecord for a malformed key
         async with self._operation("get_value", timeout) as op:
             answers: list[tuple[bytes | None, Candidate]] = []
+            quorum = PK_QUORUM if self.validators.namespace_of(key) == PK_NAMESPACE else GET_QUORUM
             local = await self.records.value_of(key, self.clock())
             if local is not None:
-                if self.validators.namespace_of(key) == PK_NAMESPACE:
+                if quorum == PK_QUORUM:
                     # A /pk/ key is the hash of its only valid value: no better record
                     # exists anywhere, so the one held is the answer at once.
                     op.got_result(self.observer)
@@ -692,7 +696,7 @@ class DhtNode:
             with trio.move_on_at(answer_by) as walk_scope:
                 try:
                     await self._walk(key, MessageType.GET_VALUE, _ignore, on_answer,
-                                     stop=lambda: len(answers) >= GET_QUORUM)
+                                     stop=lambda: len(answers) >= quorum)
                 except Unavailable:
                     if not answers:
                         raise

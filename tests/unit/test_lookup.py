@@ -531,6 +531,39 @@ def test_a_peer_naming_made_up_peers_at_a_dead_address_loses_standing() -> None:
     assert elapsed <= 2 * 2.0  # two rounds of patience at most
 
 
+def test_an_honest_peer_naming_a_few_stale_peers_alone_keeps_its_standing() -> None:
+    """A third of a network gone: an honest peer may alone name 5 stale entries that
+    everyone else dropped (their requests hang), but most of what it names, the
+    live peers also named by others, answers. It is not forgotten, and the walk
+    ends with the true k nearest live peers."""
+    net, rng = network(705, n=60)
+    target = rng.randbytes(34)
+    live = list(net.ids)
+    witness = live.pop()
+    tkey = kad_key(target)
+    stale: list[bytes] = []
+    while len(stale) < 5:
+        candidate = sha_id(rng)
+        if xor_distance(kad_key(candidate), tkey) < xor_distance(
+                kad_key(true_closest(target, live, 1)[0]), tkey):
+            stale.append(candidate)
+    net.hung = frozenset(stale)
+    ask = net.ask(target)
+
+    async def witness_ask(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == witness:
+            named = true_closest(target, live, 15)
+            return [*(PeerRecord(f, (b"stale",)) for f in stale),
+                    *(PeerRecord(p, addr_of(p)) for p in named)]
+        return await ask(peer)
+
+    transport = FakeTransport()
+    seeds = [PeerRecord(witness, addr_of(witness)), *seeds_from(rng, live, 5)]
+    result, _ = _timed_walk(target, seeds, witness_ask, transport, [])
+    assert witness not in transport.forgotten
+    assert [p.id for p in result.closest] == true_closest(target, [*live, witness], K)
+
+
 # --- stop and cancellation ------------------------------------------------------------------
 
 

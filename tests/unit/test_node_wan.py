@@ -18,6 +18,7 @@ import trio.testing
 from dhtd.errors import DeadlineExceeded
 from dhtd.ids import kad_key, xor_distance
 from dhtd.kadmsg import MessageType
+from dhtd.liveness import MIN_PATIENCE
 from dhtd.lookup import EventType, QueryEvent
 from dhtd.node import DhtNode, Observer
 from dhtd.wire.kad_pb2 import Message
@@ -190,6 +191,33 @@ def test_a_get_of_a_held_pk_record_answers_at_once_without_a_walk() -> None:
             assert await me.get_value(key, 60.0) == value
             assert trio.current_time() == start
             assert all(net.received(n.self_id, MessageType.GET_VALUE) == 0 for n in nodes)
+
+    run(main)
+
+
+def test_a_get_of_a_pk_record_ends_with_the_first_valid_answer() -> None:
+    """Under /pk/ the first valid record is the answer (PK_QUORUM): the walk stops
+    there, though the other holders answer only 30 s later. Another namespace waits
+    for its quorum: here, for the slow holders' patience (dhtd.liveness)."""
+    net = SimNet()
+    nodes = star(net, 6)
+    me = nodes[1]
+    key, value = pk_record()
+
+    async def main() -> None:
+        async with running(nodes):
+            await settle(nodes)
+            for n in nodes[2:]:
+                n.values.put(key, value, n.clock())
+                n.values.put(b"/demo/quorum", b"v", n.clock())
+            for n in nodes[3:]:
+                slow_down(net, n, 30.0)
+            start = trio.current_time()
+            assert await me.get_value(key, 60.0) == value
+            assert trio.current_time() - start < MIN_PATIENCE
+            start = trio.current_time()
+            assert await me.get_value(b"/demo/quorum", 60.0) == b"v"
+            assert trio.current_time() - start >= MIN_PATIENCE
 
     run(main)
 
