@@ -498,6 +498,19 @@ def test_the_follow_up_asks_the_rest_of_the_k_closest_at_once() -> None:
     assert [p.id for p in result.closest] == true_closest(target, net.ids, K)
 
 
+def nearer_than_all(rng: random.Random, target: bytes, peers: list[bytes], count: int
+                    ) -> list[bytes]:
+    """``count`` new peer IDs nearer to ``target`` than every one of ``peers``."""
+    tkey = kad_key(target)
+    bound = xor_distance(kad_key(true_closest(target, peers, 1)[0]), tkey)
+    out: list[bytes] = []
+    while len(out) < count:
+        candidate = sha_id(rng)
+        if xor_distance(kad_key(candidate), tkey) < bound:
+            out.append(candidate)
+    return out
+
+
 def test_a_peer_naming_made_up_peers_at_a_dead_address_loses_standing() -> None:
     """A tarpit: the hostile peer answers with 40 made-up peers nearer to the target,
     whose requests hang. Only a few are asked; the hostile peer is forgotten, and
@@ -506,13 +519,7 @@ def test_a_peer_naming_made_up_peers_at_a_dead_address_loses_standing() -> None:
     target = rng.randbytes(34)
     honest = list(net.ids)
     hostile = honest.pop()
-    tkey = kad_key(target)
-    fakes: list[bytes] = []
-    while len(fakes) < 40:
-        candidate = sha_id(rng)
-        if xor_distance(kad_key(candidate), tkey) < xor_distance(
-                kad_key(true_closest(target, honest, 1)[0]), tkey):
-            fakes.append(candidate)
+    fakes = nearer_than_all(rng, target, honest, 40)
     net.hung = frozenset(fakes)
     ask = net.ask(target)
 
@@ -540,13 +547,7 @@ def test_an_honest_peer_naming_a_few_stale_peers_alone_keeps_its_standing() -> N
     target = rng.randbytes(34)
     live = list(net.ids)
     witness = live.pop()
-    tkey = kad_key(target)
-    stale: list[bytes] = []
-    while len(stale) < 5:
-        candidate = sha_id(rng)
-        if xor_distance(kad_key(candidate), tkey) < xor_distance(
-                kad_key(true_closest(target, live, 1)[0]), tkey):
-            stale.append(candidate)
+    stale = nearer_than_all(rng, target, live, 5)
     net.hung = frozenset(stale)
     ask = net.ask(target)
 

@@ -175,12 +175,16 @@ def test_a_get_of_a_held_key_answers_with_it_though_the_walk_hangs() -> None:
     run(main)
 
 
+def pk_star(count: int) -> tuple[SimNet, list[DhtNode], DhtNode, bytes, bytes]:
+    """A star of ``count`` nodes, the one that asks, and a /pk/ record."""
+    net = SimNet()
+    nodes = star(net, count)
+    return (net, nodes, nodes[1], *pk_record())
+
+
 def test_a_get_of_a_held_pk_record_answers_at_once_without_a_walk() -> None:
     """A /pk/ key is the hash of its one valid value: held here, it is the answer."""
-    net = SimNet()
-    nodes = star(net, 4)
-    me = nodes[1]
-    key, value = pk_record()
+    net, nodes, me, key, value = pk_star(4)
 
     async def main() -> None:
         async with running(nodes):
@@ -199,10 +203,7 @@ def test_a_get_of_a_pk_record_ends_with_the_first_valid_answer() -> None:
     """Under /pk/ the first valid record is the answer (PK_QUORUM): the walk stops
     there, though the other holders answer only 30 s later. Another namespace waits
     for its quorum: here, for the slow holders' patience (dhtd.liveness)."""
-    net = SimNet()
-    nodes = star(net, 6)
-    me = nodes[1]
-    key, value = pk_record()
+    net, nodes, me, key, value = pk_star(6)
 
     async def main() -> None:
         async with running(nodes):
