@@ -4,7 +4,7 @@ connection protected from trimming while in use and for BUSY_HOLD after."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,6 +41,16 @@ async def two_hosts() -> AsyncIterator[tuple[Host, Host, list[bytes]]]:
     async with b.open(LISTEN, answer, lambda _: None), a.open(LISTEN, answer, lambda _: None):
         await a.connect(b.self_id, b.listen_addrs()[0])
         yield a, b, served
+
+
+async def within(seconds: float, done: Callable[[], bool]) -> None:
+    """Re-checks ``done`` (state a host's own tasks change) until it holds; fails
+    after ``seconds``."""
+    for _ in range(int(seconds / 0.05)):
+        if done():
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"not within {seconds}s")
 
 
 def muxed_conns(host: Host, peer: bytes) -> list[Any]:
@@ -158,6 +168,47 @@ def test_idle_and_trickling_inbound_streams_are_ended_by_the_reaper(
             assert ended == ("reset" if partial else "closed")
             assert not b._serving
             assert served == [a.self_id]
+
+    trio.run(main)
+
+
+def test_an_add_provider_never_goes_to_an_idle_stream_the_server_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server closes a stream idle for STREAM_IDLE_TIMEOUT with a FIN. An
+    ADD_PROVIDER has no answer, so written to that stream it would be lost without
+    an error: the next one goes to a new stream, and the server gets it."""
+    monkeypatch.setattr(p2p, "STREAM_IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(p2p, "REAP_INTERVAL", 0.1)
+    monkeypatch.setattr(p2p, "IDLE_STREAM_REUSE", 60.0)  # only the FIN counts here
+
+    async def main() -> None:
+        async with two_hosts() as (a, b, served):
+            await a.request(b.self_id, new_message(4, KEY))
+            (idle,) = a._idle[b.self_id]
+            await within(5, lambda: idle.io.remote_closed)
+            await a.send(b.self_id, new_message(2, KEY))  # ADD_PROVIDER
+            await within(5, lambda: len(served) == 2)
+            assert a._idle[b.self_id][0] is not idle
+
+    trio.run(main)
+
+
+def test_an_idle_stream_is_not_reused_past_idle_stream_reuse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the server's FIN could be on its way: a stream unused for
+    IDLE_STREAM_REUSE is closed, and the next message opens a new one."""
+    monkeypatch.setattr(p2p, "IDLE_STREAM_REUSE", 0.3)
+
+    async def main() -> None:
+        async with two_hosts() as (a, b, served):
+            await a.request(b.self_id, new_message(4, KEY))
+            (first,) = a._idle[b.self_id]
+            await a.request(b.self_id, new_message(4, KEY))
+            assert a._idle[b.self_id] == [first]  # reused at once
+            await trio.sleep(0.4)  # the time that makes it stale
+            await a.send(b.self_id, new_message(2, KEY))
+            assert a._idle[b.self_id][0] is not first
+            await within(5, lambda: len(served) == 3)
 
     trio.run(main)
 

@@ -227,6 +227,12 @@ DIAL_FAILURE_REASONS = ("timeout", "refused", "error", "backoff")
 # message sender, dhtd sends successive requests to a peer on one stream, which
 # skips the multistream-select negotiation of a new stream on every request.
 MAX_IDLE_STREAMS_PER_PEER = 2
+# An idle kad stream is reused only within this of its last use, and only while
+# the peer has not closed its side: a server ends streams idle for
+# STREAM_IDLE_TIMEOUT (go-libp2p-kad-dht: 1 min) with a FIN, and an ADD_PROVIDER,
+# which has no answer, written after that FIN is lost without an error (ours: half
+# the server's timeout, so the FIN is never on its way).
+IDLE_STREAM_REUSE = STREAM_IDLE_TIMEOUT / 2
 MAX_IDLE_STREAMS = 512
 
 # Entries of the stripped-address cache before it is emptied and refilled.
@@ -1054,15 +1060,24 @@ class Host:
         return answer
 
     def _take_idle(self, peer: bytes) -> _Framed | None:
+        """The most recently used idle stream to ``peer`` that is still fit for reuse
+        (see IDLE_STREAM_REUSE); unfit ones are closed."""
         streams = self._idle.get(peer)
+        now = trio.current_time()
+        found = None
+        while streams and found is None:
+            stream = streams.pop()
+            stale = stream.kept_at is not None and now - stream.kept_at >= IDLE_STREAM_REUSE
+            if stale or getattr(stream.io, "remote_closed", False):
+                self._spawn_close(stream)
+            else:
+                found = stream
         if not streams:
-            return None
-        stream = streams.pop()
-        if not streams:
-            del self._idle[peer]
-        return stream
+            self._idle.pop(peer, None)
+        return found
 
     def _keep_idle(self, peer: bytes, stream: _Framed) -> None:
+        stream.kept_at = trio.current_time()
         streams = self._idle.pop(peer, [])
         streams.append(stream)
         self._idle[peer] = streams  # most recently used last
@@ -1234,8 +1249,8 @@ class _Framed:
     (whose state lock cost two task switches per call); closing and resetting still
     go through the NetStream, so py-libp2p's bookkeeping sees them."""
 
-    __slots__ = ("buf", "expect", "expired", "idle_since", "io", "partial_since", "pending",
-                 "stream")
+    __slots__ = ("buf", "expect", "expired", "idle_since", "io", "kept_at", "partial_since",
+                 "pending", "stream")
 
     def __init__(self, stream: Any, expect: str | None = None) -> None:
         self.stream = stream
@@ -1252,6 +1267,8 @@ class _Framed:
         self.idle_since: float | None = None
         self.partial_since: float | None = None
         self.expired: str | None = None
+        # When an outbound stream was last put back among the idle ones (trio time).
+        self.kept_at: float | None = None
 
     def overdue(self, now: float) -> str | None:
         if self.partial_since is not None and now - self.partial_since >= FRAME_READ_TIMEOUT:

@@ -326,6 +326,12 @@ class YamuxStream(IMuxedStream):
 
     # -- as the host sees it
 
+    @property
+    def remote_closed(self) -> bool:
+        """True once the peer closed its side (FIN) or the stream was reset: what is
+        written now may have no reader."""
+        return self._recv_closed or self._reset
+
     async def read(self, n: int | None = None) -> bytes:
         if n == 0:
             return b""
