@@ -166,7 +166,10 @@ class PeerBook:
         rtt = entry.rtt if entry is not None and entry.rtt is not None else self._network
         wait = DEFAULT_PATIENCE if rtt is None else rtt.patience
         if not connected and rtt is not None:
-            wait *= 1 + DIAL_ROUND_TRIPS
+            # The dial's round trips come on top of the request's patience: added,
+            # not multiplied with its margin (a walk meets many unconnected dead
+            # peers on a large network, and waits each one's patience).
+            wait += DIAL_ROUND_TRIPS * rtt.srtt
         return min(ceiling, max(MIN_PATIENCE, wait))
 
     def round_trip(self, peer: bytes | None = None) -> float | None:
