@@ -260,8 +260,11 @@ def test_short_deadline_is_deadline_exceeded_promptly(five: list[Node]) -> None:
 
 def test_cancelling_find_provs_stops_its_lookup(five: list[Node]) -> None:
     node = five[0]
+    # The frozen node is the key's nearest of all: the walk waits on it (a frozen
+    # peer elsewhere would not hold it, and it could end before the check).
+    cid = nearest_of_all_is(five, five[3], "cancel-me")
     with Frozen(five[3]):
-        call = node.dht.FindProvs(pb.FindProvsRequest(cid=cid_for("cancel-me")), timeout=30)
+        call = node.dht.FindProvs(pb.FindProvsRequest(cid=cid), timeout=30)
         got_first = threading.Event()
 
         def consume() -> None:
@@ -371,7 +374,9 @@ def test_connect_adds_a_kad_peer_and_rejects_bad_addrs(tmp_path: object) -> None
 
 
 def test_find_provs_streams_the_first_provider_before_the_walk_ends(five: list[Node]) -> None:
-    cid = cid_for(f"stream-first-{time.time_ns()}")
+    # The frozen node is the key's nearest of all, so the walk waits on it after the
+    # provider's record arrived from the others.
+    cid = nearest_of_all_is(five, five[3], f"stream-first-{time.time_ns()}")
     list(five[1].dht.Provide(pb.ProvideRequest(cids=[cid]), timeout=20))
     with Frozen(five[3]):
         started = time.monotonic()
