@@ -11,6 +11,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -513,31 +514,54 @@ def nearer_than_all(rng: random.Random, target: bytes, peers: list[bytes], count
     return out
 
 
+@dataclass
+class Naming:
+    """A walk in which one peer (``namer``) answers with ``dead`` peers nearer to the
+    target than every other peer, whose requests hang, and some real ones."""
+
+    target: bytes
+    others: list[bytes]
+    namer: bytes
+    dead: list[bytes]
+    net: FakeNetwork
+    transport: FakeTransport
+    result: LookupResult
+    elapsed: float
+
+
+def walk_where_one_peer_names(seed: int, dead: int, real: int) -> Naming:
+    """60 peers; the namer names ``dead`` made-up peers and the ``real`` nearest others."""
+    net, rng = network(seed, n=60)
+    target = rng.randbytes(34)
+    others = list(net.ids)
+    namer = others.pop()
+    made_up = nearer_than_all(rng, target, others, dead)
+    net.hung = frozenset(made_up)
+    ask = net.ask(target)
+    named = true_closest(target, others, real) if real else []
+
+    async def namer_ask(peer: bytes) -> Sequence[PeerRecord]:
+        if peer == namer:
+            return [*(PeerRecord(f, (b"dead",)) for f in made_up),
+                    *(PeerRecord(p, addr_of(p)) for p in named)]
+        return await ask(peer)
+
+    transport = FakeTransport()
+    seeds = [PeerRecord(namer, addr_of(namer)), *seeds_from(rng, others, 5)]
+    result, elapsed = _timed_walk(target, seeds, namer_ask, transport, [])
+    return Naming(target, others, namer, made_up, net, transport, result, elapsed)
+
+
 def test_a_peer_naming_made_up_peers_at_a_dead_address_loses_standing() -> None:
     """A tarpit: the hostile peer answers with 40 made-up peers nearer to the target,
     whose requests hang. Only a few are asked; the hostile peer is forgotten, and
     the walk still ends with the true k nearest honest peers."""
-    net, rng = network(704, n=60)
-    target = rng.randbytes(34)
-    honest = list(net.ids)
-    hostile = honest.pop()
-    fakes = nearer_than_all(rng, target, honest, 40)
-    net.hung = frozenset(fakes)
-    ask = net.ask(target)
-
-    async def hostile_ask(peer: bytes) -> Sequence[PeerRecord]:
-        if peer == hostile:
-            return [PeerRecord(f, (b"tarpit",)) for f in fakes]
-        return await ask(peer)
-
-    transport = FakeTransport()
-    seeds = [PeerRecord(hostile, addr_of(hostile)), *seeds_from(rng, honest, 5)]
-    result, elapsed = _timed_walk(target, seeds, hostile_ask, transport, [])
-    assert hostile in transport.forgotten
-    assert sum(1 for f in fakes if net.asked[f]) <= 10 + 4
-    assert result.skipped >= 40 - 14
-    assert [p.id for p in result.closest] == true_closest(target, honest, K)
-    assert elapsed <= 2 * 2.0  # two rounds of patience at most
+    w = walk_where_one_peer_names(704, dead=40, real=0)
+    assert w.namer in w.transport.forgotten
+    assert sum(1 for f in w.dead if w.net.asked[f]) <= 10 + 4
+    assert w.result.skipped >= 40 - 14
+    assert [p.id for p in w.result.closest] == true_closest(w.target, w.others, K)
+    assert w.elapsed <= 2 * 2.0  # two rounds of patience at most
 
 
 def test_an_honest_peer_naming_a_few_stale_peers_alone_keeps_its_standing() -> None:
@@ -545,26 +569,10 @@ def test_an_honest_peer_naming_a_few_stale_peers_alone_keeps_its_standing() -> N
     everyone else dropped (their requests hang), but most of what it names, the
     live peers also named by others, answers. It is not forgotten, and the walk
     ends with the true k nearest live peers."""
-    net, rng = network(705, n=60)
-    target = rng.randbytes(34)
-    live = list(net.ids)
-    witness = live.pop()
-    stale = nearer_than_all(rng, target, live, 5)
-    net.hung = frozenset(stale)
-    ask = net.ask(target)
-
-    async def witness_ask(peer: bytes) -> Sequence[PeerRecord]:
-        if peer == witness:
-            named = true_closest(target, live, 15)
-            return [*(PeerRecord(f, (b"stale",)) for f in stale),
-                    *(PeerRecord(p, addr_of(p)) for p in named)]
-        return await ask(peer)
-
-    transport = FakeTransport()
-    seeds = [PeerRecord(witness, addr_of(witness)), *seeds_from(rng, live, 5)]
-    result, _ = _timed_walk(target, seeds, witness_ask, transport, [])
-    assert witness not in transport.forgotten
-    assert [p.id for p in result.closest] == true_closest(target, [*live, witness], K)
+    w = walk_where_one_peer_names(705, dead=5, real=15)
+    assert w.namer not in w.transport.forgotten
+    assert [p.id for p in w.result.closest] == true_closest(
+        w.target, [*w.others, w.namer], K)
 
 
 # --- stop and cancellation ------------------------------------------------------------------
